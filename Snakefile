@@ -1,0 +1,18 @@
+# innout: remove an object from a 3D scene (In-N-Out, NeurIPS 2024).
+# Run from the repository root:  snakemake --cores all   (see README.md)
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/scene.smk"
+include: "rules/poses.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

@@ -1,0 +1,113 @@
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+from snakemake.utils import min_version, validate
+
+min_version("8.20")
+
+# Make the library importable when the workflow runs from a source checkout without
+# an installed package (the README's commands install it; this is a fallback).
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from innout.config import load_method_config, stage_params  # noqa: E402
+
+
+##### config and scene sheet #####
+
+validate(config, schema="../workflow/schemas/config.schema.yaml")
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def load_scene_sheet(path):
+    """The scene sheet indexed by scene name; one-line errors naming the file."""
+    if not Path(path).is_file():
+        raise WorkflowError(f"{path}: scene sheet not found")
+    sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
+    for column in ("scene", "path"):
+        if column not in sheet.columns:
+            raise WorkflowError(f"{path}: scene sheet has no column '{column}' (columns: scene, path, format, poses, prompt)")
+    for column, default in (("format", "auto"), ("poses", "auto"), ("prompt", "")):
+        if column not in sheet.columns:
+            sheet[column] = default
+        sheet[column] = sheet[column].replace("", default)
+    for name in sheet["scene"]:
+        if not SAFE_NAME.match(name):
+            raise WorkflowError(f"{path}: unsafe scene name {name!r}: use letters, digits, '-' and '_' only")
+    duplicated = sheet["scene"][sheet["scene"].duplicated()].tolist()
+    if duplicated:
+        raise WorkflowError(f"{path}: scene names appear twice: {', '.join(duplicated)}")
+    validate(sheet, schema="../workflow/schemas/scenes.schema.yaml")
+    return sheet.set_index("scene", drop=False)
+
+
+scenes = load_scene_sheet(config["scenes"])
+GENERATED = config.get("generated", {})
+
+
+def method_config():
+    method = config.get("method", {})
+    return load_method_config(method.get("preset", "smoke"), method.get("overrides", []), method.get("model", "sd2"))
+
+
+METHOD = method_config()
+
+# Scene names come from the sheet, so a typo in a target fails early instead of matching.
+wildcard_constraints:
+    scene="|".join(re.escape(name) for name in scenes.index) or "^$",
+    generated="|".join(re.escape(name) for name in GENERATED) or "^$",
+
+
+##### input functions #####
+
+
+def generated_path(name):
+    return f"results/generated/{name}"
+
+
+def get_scene_source(wildcards):
+    """The scene's folder; a procedural scene's folder is built by rule generate."""
+    return scenes.loc[wildcards.scene, "path"]
+
+
+def scene_format(name):
+    fmt = scenes.loc[name, "format"]
+    path = scenes.loc[name, "path"]
+    if fmt != "auto":
+        return fmt
+    if path.startswith("results/generated/"):
+        return "spinnerf"
+    if Path(path).exists():
+        from innout.scene import detect_format
+
+        return detect_format(Path(path))
+    return "auto"
+
+
+def scene_uses_colmap(name):
+    """Whether the scene's poses come from the poses rule (COLMAP)."""
+    poses = scenes.loc[name, "poses"]
+    if poses == "colmap":
+        return True
+    if poses == "provided":
+        return False
+    return scene_format(name) == "images"
+
+
+def get_posed_transforms(wildcards):
+    """transforms.json with poses: COLMAP's when the scene uses it, else the scene's own."""
+    if scene_uses_colmap(wildcards.scene):
+        return f"results/{wildcards.scene}/poses/transforms.json"
+    return f"results/{wildcards.scene}/scene/transforms.json"
+
+
+def get_final_output():
+    """Every scene of the sheet through the last implemented stage."""
+    targets = []
+    for name in scenes.index:
+        targets.append(f"results/{name}/scene/summary.json")
+        if scene_uses_colmap(name):
+            targets.append(f"results/{name}/poses/summary.json")
+    return targets

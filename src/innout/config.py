@@ -1,0 +1,134 @@
+"""Method hyper-parameters as Hydra structured configs.
+
+The workflow's `config.yaml` picks a preset (``method.preset``: ``smoke`` for CPU minutes,
+``paper`` for the published settings) and may add Hydra overrides
+(``method.overrides: ["pretrain.iterations=2000"]``). Each stage resolves the config once,
+uses its own section and writes the whole resolved config next to its output, so every
+result says how it was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+CONF_DIR = Path(__file__).parent / "conf"
+
+
+@dataclass
+class PosesConfig:
+    """COLMAP (pycolmap) structure-from-motion."""
+
+    max_num_features: int = 4096  # SIFT features per image
+    max_image_size: int = 1600  # longest side given to SIFT; sources are downscaled to it
+    matcher: str = "exhaustive"  # exhaustive | sequential (ordered video captures)
+    sequential_overlap: int = 10  # neighbours matched by the sequential matcher
+    min_registered_fraction: float = 0.95  # fewer registered train views is an error
+
+
+@dataclass
+class PretrainConfig:
+    """Stage 2: nerfacto geometry pre-training on unmasked pixels."""
+
+    iterations: int = 10000
+    rays_per_batch: int = 4096
+    eval_rays_per_chunk: int = 4096
+    num_nerf_samples_per_ray: int = 48
+    num_proposal_samples_per_ray: list[int] = field(default_factory=lambda: [256, 96])
+    proposal_hash_max_res: list[int] = field(default_factory=lambda: [128, 256])
+    num_levels: int = 16
+    log2_hashmap_size: int = 19
+    max_res: int = 2048
+    hidden_dim: int = 64
+    use_view_dependent_color: bool = False  # the paper switches it off for stability
+    use_appearance_embedding: bool = False
+    steps_per_checkpoint: int = 500
+    learning_rate: float = 1e-2
+
+
+@dataclass
+class ModelsConfig:
+    """Which weights every stage loads. ``tiny`` and ``sd2-random`` are offline presets
+    built from configs with RANDOM weights: their outputs are labelled so."""
+
+    name: str = "sd2"  # sd2 | tiny | sd2-random (the Hydra `model` group)
+    inpainter: str = "stabilityai/stable-diffusion-2-inpainting"  # hub id or local folder
+    depth: str = "depth-anything/Depth-Anything-V2-Small-hf"  # transformers depth-estimation model
+    lpips_backbone: str = "vgg"
+    random_weights: bool = False
+    cache_dir: str = "resources/models"  # filled once by the `models` rule; later rules read only this
+    dtype: str = "auto"  # auto = fp16 on GPU, fp32 on CPU
+
+
+@dataclass
+class BaseViewConfig:
+    """Stage 3: base-view selection and the prior fit."""
+
+    n_candidates: int = 5
+
+
+@dataclass
+class InpaintConfig:
+    """Stage 4: aligned multi-view inpainting."""
+
+    steps: int = 20
+    guidance_scale: float = 7.5
+    ila_lambda: float = 0.2  # weight of a view's own attention; 1 - lambda goes to the base view
+    resolution: int = 512  # inpainting resolution (shorter side), multiple of 8
+    batch_size: int = 4  # target views denoised together
+
+
+@dataclass
+class MethodConfig:
+    preset: str = "paper"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    poses: PosesConfig = field(default_factory=PosesConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    base: BaseViewConfig = field(default_factory=BaseViewConfig)
+    inpaint: InpaintConfig = field(default_factory=InpaintConfig)
+
+
+ConfigStore.instance().store(name="base_method", node=MethodConfig)
+
+
+def load_method_config(preset: str = "smoke", overrides: list[str] | tuple[str, ...] = (), model: str | None = None) -> Any:
+    """Compose the preset (and model preset) with Hydra; a read-only, resolved DictConfig."""
+    GlobalHydra.instance().clear()
+    chosen = [f"preset={preset}"] + ([f"model={model}"] if model else [])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="method", overrides=[*chosen, *overrides])
+    OmegaConf.resolve(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def write_resolved(cfg: Any, path: Path) -> None:
+    """The resolved config next to a stage's output (YAML)."""
+    Path(path).write_text(OmegaConf.to_yaml(cfg))
+
+
+def stage_params(cfg: Any, stage: str, *also: str) -> dict:
+    """The part of the method config a stage depends on, as plain data.
+
+    Snakemake reruns a job when its params change, so a rule passes exactly this:
+    changing the refine section reruns refine (and downstream), not pre-training.
+    ``also`` names further sections the stage reads (e.g. ``models``)."""
+    params = {"preset": cfg.preset, "seed": cfg.seed, "device": cfg.device}
+    for section in (stage, *also):
+        params[section] = OmegaConf.to_container(cfg[section], resolve=True)
+    return params
+
+
+def config_from_params(params: dict) -> Any:
+    """A read-only DictConfig from :func:`stage_params` (what a rule script receives)."""
+    cfg = OmegaConf.create(dict(params))
+    OmegaConf.set_readonly(cfg, True)
+    return cfg

@@ -1,0 +1,447 @@
+"""The geometry NeRF of In-N-Out as a nerfstudio method plugin (``innout-nerfacto``).
+
+nerfacto with three changes the method needs:
+
+* the colour head can ignore the viewing direction (``use_view_dependent_color``; the
+  paper trains with it off, for stability of the later inpainting stages);
+* the photometric MSE only sees unmasked pixels: nerfstudio's pixel sampler already draws
+  rays only where the mask is non-zero, and the loss masks again so nothing else slips in;
+* it builds offline: nerfacto constructs a torchmetrics LPIPS (which downloads AlexNet)
+  in ``populate_modules``; this model keeps PSNR and SSIM only.
+
+Camera pose optimisation is off: the poses of the canonical scene are the frame every
+later stage works in (ELA projects NeRF samples into the base view), so the NeRF must not
+move them.
+
+The method is registered through the ``nerfstudio.method_configs`` entry point
+(``innout-nerfacto = "innout.nerf:innout_nerfacto"``), so ``ns-train innout-nerfacto``,
+``ns-viewer --load-config .../config.yml`` and ``ns-render`` know it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.configs.base_config import ViewerConfig
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.field_components.mlp import MLP
+from nerfstudio.field_components.spatial_distortions import SceneContraction
+from nerfstudio.fields.density_fields import HashMLPDensityField
+from nerfstudio.fields.nerfacto_field import NerfactoField
+from nerfstudio.model_components.losses import MSELoss
+from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
+from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, NormalsRenderer, RGBRenderer
+from nerfstudio.model_components.scene_colliders import NearFarCollider
+from nerfstudio.model_components.shaders import NormalsShader
+from nerfstudio.models.base_model import Model
+from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.plugins.types import MethodSpecification
+from nerfstudio.utils import colormaps
+
+METHOD_NAME = "innout-nerfacto"
+"""Name of the method in nerfstudio (entry point name = ``TrainerConfig.method_name``)."""
+
+
+# --------------------------------------------------------------------------------------
+# Field
+# --------------------------------------------------------------------------------------
+
+
+class InnoutNerfactoField(NerfactoField):
+    """nerfacto's field whose colour may be a function of position only.
+
+    With ``use_view_dependent_color=False`` the colour MLP takes the geometry feature
+    (and the appearance code when enabled) but no spherical-harmonics encoding of the
+    direction, so a point has one colour from every side.
+    """
+
+    def __init__(
+        self,
+        aabb: Tensor,
+        num_images: int,
+        *,
+        use_view_dependent_color: bool = False,
+        num_layers_color: int = 3,
+        hidden_dim_color: int = 64,
+        implementation: Literal["tcnn", "torch"] = "torch",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            aabb,
+            num_images,
+            num_layers_color=num_layers_color,
+            hidden_dim_color=hidden_dim_color,
+            implementation=implementation,
+            **kwargs,
+        )
+        self.use_view_dependent_color = use_view_dependent_color
+        if not use_view_dependent_color:
+            self.mlp_head = MLP(
+                in_dim=self.geo_feat_dim + self.appearance_embedding_dim,
+                num_layers=num_layers_color,
+                layer_width=hidden_dim_color,
+                out_dim=3,
+                activation=nn.ReLU(),
+                out_activation=nn.Sigmoid(),
+                implementation=implementation,
+            )
+
+    def _appearance(self, ray_samples: RaySamples, like: Tensor) -> Optional[Tensor]:
+        """Appearance codes (N, D) of the samples, or None when there are none."""
+        if self.embedding_appearance is None:
+            return None
+        n = like.shape[0]
+        if self.training:
+            assert ray_samples.camera_indices is not None, "training samples carry camera indices"
+            return self.embedding_appearance(ray_samples.camera_indices[..., 0].reshape(-1))
+        if self.use_average_appearance_embedding:
+            return self.embedding_appearance.mean(dim=0).expand(n, -1)
+        return torch.zeros((n, self.appearance_embedding_dim), device=like.device, dtype=like.dtype)
+
+    def get_outputs(
+        self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None
+    ) -> Dict[FieldHeadNames, Tensor]:
+        if self.use_view_dependent_color:
+            return super().get_outputs(ray_samples, density_embedding)
+        assert density_embedding is not None
+        shape = ray_samples.frustums.directions.shape[:-1]
+        geo = density_embedding.reshape(-1, self.geo_feat_dim)
+        inputs = [geo]
+        appearance = self._appearance(ray_samples, geo)
+        if appearance is not None:
+            inputs.append(appearance.to(geo))
+        rgb = self.mlp_head(torch.cat(inputs, dim=-1)).view(*shape, 3).to(ray_samples.frustums.directions)
+        return {FieldHeadNames.RGB: rgb}
+
+
+# --------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class InnoutNerfactoModelConfig(NerfactoModelConfig):
+    """nerfacto for In-N-Out's geometry stage (see the module docstring)."""
+
+    _target: Type = field(default_factory=lambda: InnoutNerfactoModel)
+    use_view_dependent_color: bool = False
+    """Feed the viewing direction to the colour head (the paper: off)."""
+    use_appearance_embedding: bool = False
+    """Per-image appearance codes (nerfacto's default is on; the scenes here are one exposure)."""
+    average_init_density: float = 0.01
+    """As in nerfstudio's ``nerfacto`` method config."""
+    implementation: Literal["tcnn", "torch"] = "torch"
+    """'torch' keeps checkpoints portable between CUDA and CPU; 'tcnn' needs tiny-cuda-nn."""
+    camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
+    """Off: the scene's poses are the frame every later stage uses."""
+    masked_rgb_loss: bool = True
+    """Apply the image mask (0 = ignore) to the photometric loss as well as to sampling."""
+
+
+class InnoutNerfactoModel(NerfactoModel):
+    """nerfacto, offline-constructible, optionally view-independent, masked loss.
+
+    Setting ``keep_samples = True`` makes ``get_outputs`` also return the final samples
+    of every ray (``sample_weights`` (R, S), ``sample_positions`` (R, S, 3) and
+    ``sample_distances`` (R, S), all in nerfstudio's normalised frame); the rendering API
+    uses this.
+    """
+
+    config: InnoutNerfactoModelConfig
+
+    def populate_modules(self) -> None:
+        Model.populate_modules(self)
+        cfg = self.config
+        contraction = None if cfg.disable_scene_contraction else SceneContraction(order=float("inf"))
+        appearance_dim = cfg.appearance_embed_dim if cfg.use_appearance_embedding else 0
+
+        self.field = InnoutNerfactoField(
+            self.scene_box.aabb,
+            num_images=self.num_train_data,
+            use_view_dependent_color=cfg.use_view_dependent_color,
+            hidden_dim=cfg.hidden_dim,
+            num_levels=cfg.num_levels,
+            max_res=cfg.max_res,
+            base_res=cfg.base_res,
+            features_per_level=cfg.features_per_level,
+            log2_hashmap_size=cfg.log2_hashmap_size,
+            hidden_dim_color=cfg.hidden_dim_color,
+            hidden_dim_transient=cfg.hidden_dim_transient,
+            spatial_distortion=contraction,
+            use_pred_normals=cfg.predict_normals,
+            use_average_appearance_embedding=cfg.use_average_appearance_embedding,
+            appearance_embedding_dim=appearance_dim,
+            average_init_density=cfg.average_init_density,
+            implementation=cfg.implementation,
+        )
+        self.camera_optimizer = cfg.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
+
+        # proposal networks: one density field per proposal iteration (or one shared)
+        self.proposal_networks = nn.ModuleList()
+        n_prop = cfg.num_proposal_iterations
+        n_nets = 1 if cfg.use_same_proposal_network else n_prop
+        for i in range(n_nets):
+            args = cfg.proposal_net_args_list[min(i, len(cfg.proposal_net_args_list) - 1)]
+            self.proposal_networks.append(
+                HashMLPDensityField(
+                    self.scene_box.aabb,
+                    spatial_distortion=contraction,
+                    **args,
+                    average_init_density=cfg.average_init_density,
+                    implementation=cfg.implementation,
+                )
+            )
+        self.density_fns = [self.proposal_networks[min(i, n_nets - 1)].density_fn for i in range(n_prop)]
+
+        warmup, every = cfg.proposal_warmup, cfg.proposal_update_every
+
+        def update_schedule(step: int) -> float:
+            return float(np.clip(np.interp(step, [0, warmup], [0, every]), 1, every))
+
+        initial = UniformSampler(single_jitter=cfg.use_single_jitter) if cfg.proposal_initial_sampler == "uniform" else None
+        self.proposal_sampler = ProposalNetworkSampler(
+            num_nerf_samples_per_ray=cfg.num_nerf_samples_per_ray,
+            num_proposal_samples_per_ray=cfg.num_proposal_samples_per_ray,
+            num_proposal_network_iterations=n_prop,
+            single_jitter=cfg.use_single_jitter,
+            update_sched=update_schedule,
+            initial_sampler=initial,
+        )
+        self.collider = NearFarCollider(near_plane=cfg.near_plane, far_plane=cfg.far_plane)
+
+        self.renderer_rgb = RGBRenderer(background_color=cfg.background_color)
+        self.renderer_accumulation = AccumulationRenderer()
+        self.renderer_depth = DepthRenderer(method="median")
+        self.renderer_expected_depth = DepthRenderer(method="expected")
+        self.renderer_normals = NormalsRenderer()
+        self.normals_shader = NormalsShader()
+        self.rgb_loss = MSELoss()
+
+        # metrics: PSNR and SSIM only (torchmetrics' LPIPS would download AlexNet weights)
+        from torchmetrics.functional import structural_similarity_index_measure
+        from torchmetrics.image import PeakSignalNoiseRatio
+
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.ssim = structural_similarity_index_measure
+        self.step = 0
+        self.keep_samples = False
+
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Any]:
+        cfg = self.config
+        if self.training:
+            self.camera_optimizer.apply_to_raybundle(ray_bundle)
+        ray_samples, weights_list, ray_samples_list = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
+        field_outputs = self.field.forward(ray_samples, compute_normals=cfg.predict_normals)
+        weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
+        weights_list.append(weights)
+        ray_samples_list.append(ray_samples)
+
+        outputs: Dict[str, Any] = {
+            "rgb": self.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights),
+            "accumulation": self.renderer_accumulation(weights=weights),
+            "expected_depth": self.renderer_expected_depth(weights=weights, ray_samples=ray_samples),
+        }
+        with torch.no_grad():
+            outputs["depth"] = self.renderer_depth(weights=weights, ray_samples=ray_samples)
+        if self.training:
+            outputs["weights_list"] = weights_list
+            outputs["ray_samples_list"] = ray_samples_list
+        if self.keep_samples:
+            frustums = ray_samples.frustums
+            outputs["sample_weights"] = weights[..., 0]
+            outputs["sample_positions"] = frustums.get_positions()
+            outputs["sample_distances"] = ((frustums.starts + frustums.ends) / 2)[..., 0]
+        for i in range(cfg.num_proposal_iterations):
+            outputs[f"prop_depth_{i}"] = self.renderer_depth(weights=weights_list[i], ray_samples=ray_samples_list[i])
+        return outputs
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
+        if self.config.masked_rgb_loss and batch.get("mask") is not None:
+            keep = batch["mask"].to(self.device).reshape(-1).bool()
+            pred, gt = self.renderer_rgb.blend_background_for_loss_computation(
+                pred_image=outputs["rgb"], pred_accumulation=outputs["accumulation"], gt_image=batch["image"].to(self.device)
+            )
+            if bool(keep.all()):
+                pass  # the sampler drew unmasked pixels only: nerfacto's loss is already the masked one
+            elif bool(keep.any()):
+                loss_dict["rgb_loss"] = self.rgb_loss(gt[keep], pred[keep])
+            else:
+                loss_dict["rgb_loss"] = (pred * 0.0).sum()
+        return loss_dict
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        gt = self.renderer_rgb.blend_background(batch["image"].to(self.device))
+        pred = outputs["rgb"]
+        acc = colormaps.apply_colormap(outputs["accumulation"])
+        depth = colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"])
+        gt_nchw = torch.moveaxis(gt, -1, 0)[None]
+        pred_nchw = torch.moveaxis(pred, -1, 0)[None]
+        metrics = {
+            "psnr": float(self.psnr(gt_nchw, pred_nchw).item()),
+            "ssim": float(self.ssim(gt_nchw, pred_nchw)),  # type: ignore[arg-type]
+        }
+        images = {"img": torch.cat([gt, pred], dim=1), "accumulation": acc, "depth": depth}
+        for i in range(self.config.num_proposal_iterations):
+            images[f"prop_depth_{i}"] = colormaps.apply_depth_colormap(
+                outputs[f"prop_depth_{i}"], accumulation=outputs["accumulation"]
+            )
+        return metrics, images
+
+
+# --------------------------------------------------------------------------------------
+# Trainer config / method specification
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class NerfSettings:
+    """The knobs of the geometry NeRF (a flat view of ``PretrainConfig``)."""
+
+    iterations: int = 10000
+    rays_per_batch: int = 4096
+    eval_rays_per_chunk: int = 1 << 15
+    num_nerf_samples_per_ray: int = 48
+    num_proposal_samples_per_ray: Tuple[int, ...] = (256, 96)
+    proposal_hash_max_res: Tuple[int, ...] = (128, 256)
+    proposal_num_levels: int = 5
+    proposal_log2_hashmap_size: int = 17
+    proposal_hidden_dim: int = 16
+    num_levels: int = 16
+    log2_hashmap_size: int = 19
+    max_res: int = 2048
+    hidden_dim: int = 64
+    hidden_dim_color: int = 64
+    use_view_dependent_color: bool = False
+    use_appearance_embedding: bool = False
+    steps_per_checkpoint: int = 2000
+    learning_rate: float = 1e-2
+    lr_final: float = 1e-4
+    lr_decay_steps: int = 200000
+    proposal_warmup: int = 5000
+    proposal_update_every: int = 5
+    proposal_weights_anneal_max_num_iters: int = 1000
+    distortion_loss_mult: float = 0.002
+    interlevel_loss_mult: float = 1.0
+    mixed_precision: bool = True
+    implementation: str = "torch"
+
+    @classmethod
+    def from_pretrain(cls, pretrain: Any) -> "NerfSettings":
+        """Take every field of ``PretrainConfig`` (a DictConfig or dataclass) that is a knob here."""
+        names = cls.__dataclass_fields__.keys()
+        values = {}
+        for name in names:
+            if name in pretrain:
+                value = pretrain[name]
+                values[name] = tuple(value) if name in ("num_proposal_samples_per_ray", "proposal_hash_max_res") else value
+        return cls(**values)
+
+
+def make_trainer_config(
+    settings: NerfSettings | None = None,
+    *,
+    data: Path | None = None,
+    output_dir: Path = Path("outputs"),
+    experiment_name: Optional[str] = None,
+    timestamp: str = "{timestamp}",
+    device: str = "cuda",
+) -> TrainerConfig:
+    """nerfstudio ``TrainerConfig`` of the geometry NeRF.
+
+    ``data`` is a nerfstudio ``transforms.json``; poses are auto-oriented, centred and
+    scaled into nerfstudio's unit box (``dataparser_transforms.json`` maps back).
+    """
+    s = settings or NerfSettings()
+    n_prop = len(s.num_proposal_samples_per_ray)
+    if len(s.proposal_hash_max_res) != n_prop:
+        raise ValueError("num_proposal_samples_per_ray and proposal_hash_max_res need one entry per proposal network")
+    proposal_args = [
+        {
+            "hidden_dim": s.proposal_hidden_dim,
+            "log2_hashmap_size": s.proposal_log2_hashmap_size,
+            "num_levels": s.proposal_num_levels,
+            "max_res": int(r),
+            "use_linear": False,
+        }
+        for r in s.proposal_hash_max_res
+    ]
+    model = InnoutNerfactoModelConfig(
+        eval_num_rays_per_chunk=s.eval_rays_per_chunk,
+        num_nerf_samples_per_ray=s.num_nerf_samples_per_ray,
+        num_proposal_samples_per_ray=tuple(int(n) for n in s.num_proposal_samples_per_ray),
+        num_proposal_iterations=n_prop,
+        proposal_net_args_list=proposal_args,
+        num_levels=s.num_levels,
+        log2_hashmap_size=s.log2_hashmap_size,
+        max_res=s.max_res,
+        hidden_dim=s.hidden_dim,
+        hidden_dim_color=s.hidden_dim_color,
+        use_view_dependent_color=s.use_view_dependent_color,
+        use_appearance_embedding=s.use_appearance_embedding,
+        proposal_warmup=s.proposal_warmup,
+        proposal_update_every=s.proposal_update_every,
+        proposal_weights_anneal_max_num_iters=s.proposal_weights_anneal_max_num_iters,
+        distortion_loss_mult=s.distortion_loss_mult,
+        interlevel_loss_mult=s.interlevel_loss_mult,
+        implementation=s.implementation,  # type: ignore[arg-type]
+    )
+    dataparser = NerfstudioDataParserConfig(downscale_factor=1)
+    if data is not None:
+        dataparser.data = Path(data)
+    datamanager = VanillaDataManagerConfig(
+        dataparser=dataparser,
+        train_num_rays_per_batch=s.rays_per_batch,
+        eval_num_rays_per_batch=s.rays_per_batch,
+    )
+    if data is not None:
+        datamanager.data = Path(data)
+
+    def adam() -> Dict[str, Any]:
+        return {
+            "optimizer": AdamOptimizerConfig(lr=s.learning_rate, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=s.lr_final, max_steps=s.lr_decay_steps),
+        }
+
+    config = TrainerConfig(
+        method_name=METHOD_NAME,
+        experiment_name=experiment_name,
+        output_dir=Path(output_dir),
+        timestamp=timestamp,
+        steps_per_eval_batch=500,
+        steps_per_eval_image=500,
+        steps_per_save=s.steps_per_checkpoint,
+        max_num_iterations=s.iterations,
+        mixed_precision=s.mixed_precision,
+        pipeline=VanillaPipelineConfig(datamanager=datamanager, model=model),
+        optimizers={"proposal_networks": adam(), "fields": adam()},
+        viewer=ViewerConfig(num_rays_per_chunk=s.eval_rays_per_chunk),
+        vis="viewer",
+    )
+    config.machine.device_type = device  # type: ignore[assignment]
+    if data is not None:
+        config.data = Path(data)
+    return config
+
+
+innout_nerfacto = MethodSpecification(
+    config=make_trainer_config(NerfSettings()),
+    description="In-N-Out geometry NeRF: nerfacto on unmasked pixels, view-independent colour, offline metrics.",
+)
+"""Entry point ``nerfstudio.method_configs: innout-nerfacto`` (the paper's settings)."""

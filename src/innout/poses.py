@@ -1,0 +1,496 @@
+"""The ``poses`` stage: camera intrinsics and extrinsics from COLMAP (pycolmap).
+
+Input is a canonical scene (``docs/scene-format.md``); output is a folder ::
+
+    out_dir/
+      sparse/0/          COLMAP binary model (cameras.bin, images.bin, points3D.bin, ...)
+      transforms.json    the scene's transforms.json with COLMAP poses and intrinsics
+      summary.json       registration counts, reprojection error, time, pose accuracy
+
+What is run, and why:
+
+* SIFT runs on the *source* images (``innout_source_image``, full resolution; COLMAP
+  downsamples them to ``max_image_size`` for extraction and reports keypoints at source
+  resolution). Working-resolution images are often too small for reliable SfM.
+* Training views contain the object that will be removed, so features on it must not
+  anchor the poses: each train view gets a COLMAP mask (0 = no features) made from its
+  object mask, upsampled with nearest-neighbour to source resolution and dilated by
+  about 1 % of the image diagonal. Test views (photographed without the object) are
+  not masked.
+* All views, train and test, are reconstructed together (what SPIn-NeRF did), so test
+  cameras come out in the same frame as the train cameras.
+* One camera shared by all images (``CameraMode.SINGLE``), model ``SIMPLE_RADIAL``
+  (f, cx, cy, k1) by default: the benchmark captures are one phone camera, and one
+  focal plus one radial term is what COLMAP can estimate reliably from a few dozen
+  small images; ``OPENCV``'s separate fx/fy and tangential terms are poorly constrained
+  there. ``k1`` is written to transforms.json (nerfstudio undistorts with it); the
+  project's pinhole ``Camera`` ignores it, which is harmless for the small k1 of
+  ordinary lenses. ``camera_model`` can be set to ``PINHOLE``, ``SIMPLE_PINHOLE``,
+  ``SIMPLE_RADIAL``, ``RADIAL`` or ``OPENCV``.
+* The largest reconstruction (most registered images) is kept; frames it does not
+  contain are dropped from transforms.json and listed in the summary.
+* Determinism: ``pycolmap.set_random_seed(seed)`` plus the mapper's, triangulator's and
+  RANSAC's ``random_seed``. With ``num_threads != 1`` multi-threaded bundle adjustment
+  can still make runs differ in the last digits.
+
+Paths in the output transforms.json (``file_path``, ``mask_path``,
+``innout_object_mask`` and the ``*_filenames`` lists) are absolute: the file lives in
+``out_dir``, not next to the images. ``innout.scene_dir`` records the scene it was made
+from, ``innout.poses_source`` is ``"colmap"``. World orientation and scale are COLMAP's
+(nerfstudio's dataparser re-orients and re-centres).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from innout.cameras import Intrinsics, opencv_w2c_to_opengl_c2w, rotation_angle_deg, umeyama_similarity
+from innout.errors import InputError, StageError
+
+STAGE = "poses"
+MATCHERS = ("exhaustive", "sequential")
+CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+# Per-frame keys that describe the old camera; COLMAP's shared camera replaces them.
+_FRAME_CAMERA_KEYS = (
+    "fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "k2", "k3", "k4", "p1", "p2", "camera_model",
+)
+_PATH_KEYS = ("file_path", "mask_path", "innout_object_mask", "depth_file_path")
+
+_log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def compare_poses(est: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Accuracy of estimated camera-to-world poses against reference ones.
+
+    Both are ``{name: 4x4 c2w}`` in the same axis convention (OpenGL). The estimated
+    camera centres are aligned onto the reference centres by a similarity (Umeyama);
+    for every view in both sets:
+
+    * rotation error: angle between the reference rotation and the aligned estimated
+      rotation ``R_align @ R_est`` (degrees);
+    * relative translation error: ``|aligned centre - reference centre|`` divided by the
+      mean distance of the reference centres from their centroid.
+
+    Returns ``rotation_error_deg_mean/max``, ``translation_error_rel_mean/max``,
+    ``num_compared``, ``scale`` (of the alignment) and ``per_view``
+    (``{name: [rotation_deg, translation_rel]}``). Needs three views in common whose
+    reference centres are not all the same point; raises ``ValueError`` otherwise.
+    """
+    names = sorted(set(est) & set(ref))
+    if len(names) < 3:
+        raise ValueError(f"need at least 3 views in common to compare poses, got {len(names)}")
+    est_m = np.stack([np.asarray(est[n], dtype=float) for n in names])
+    ref_m = np.stack([np.asarray(ref[n], dtype=float) for n in names])
+    est_c, ref_c = est_m[:, :3, 3], ref_m[:, :3, 3]
+    spread = float(np.linalg.norm(ref_c - ref_c.mean(0), axis=1).mean())
+    if not spread > 0 or not np.isfinite(spread):
+        raise ValueError("reference camera centres all coincide; cannot align")
+    if not np.linalg.norm(est_c - est_c.mean(0), axis=1).mean() > 0:
+        raise ValueError("estimated camera centres all coincide; cannot align")
+    scale, rot, trans = umeyama_similarity(est_c, ref_c)
+    aligned_c = scale * est_c @ rot.T + trans
+    t_err = np.linalg.norm(aligned_c - ref_c, axis=1) / spread
+    r_err = np.array([rotation_angle_deg(r, rot @ e) for r, e in zip(ref_m[:, :3, :3], est_m[:, :3, :3])])
+    return {
+        "num_compared": len(names),
+        "rotation_error_deg_mean": float(r_err.mean()),
+        "rotation_error_deg_max": float(r_err.max()),
+        "translation_error_rel_mean": float(t_err.mean()),
+        "translation_error_rel_max": float(t_err.max()),
+        "scale": float(scale),
+        "per_view": {n: [float(r), float(t)] for n, r, t in zip(names, r_err, t_err)},
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read_scene(scene_dir: Path) -> dict:
+    path = scene_dir / "transforms.json"
+    if not path.is_file():
+        raise InputError(path, "missing; run the scene stage first")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not readable JSON ({exc})") from exc
+    frames = meta.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise InputError(path, "has no frames")
+    return meta
+
+
+def _resolve(scene_dir: Path, p: str) -> Path:
+    q = Path(p)
+    return q if q.is_absolute() else (scene_dir / q)
+
+
+def _frame_name(frame: dict) -> str:
+    return Path(frame["file_path"]).stem
+
+
+def _working_size(scene_dir: Path, meta: dict, frame: dict) -> tuple[int, int]:
+    for src in (frame, meta):
+        if "w" in src and "h" in src:
+            return int(src["w"]), int(src["h"])
+    with Image.open(_resolve(scene_dir, frame["file_path"])) as im:
+        return im.size
+
+
+def _source_size(frame: dict, source: Path) -> tuple[int, int]:
+    if "innout_source_size" in frame:
+        w, h = frame["innout_source_size"]
+        return int(w), int(h)
+    with Image.open(source) as im:
+        return im.size
+
+
+def _colmap_mask(object_mask_path: Path, size: tuple[int, int], dilate_px: int) -> Image.Image:
+    """COLMAP feature mask at ``size`` (w, h): 0 on the (dilated) object, 255 elsewhere."""
+    import cv2
+
+    with Image.open(object_mask_path) as im:
+        obj = np.asarray(im.convert("L")) > 127
+    obj = np.asarray(Image.fromarray(obj.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+    if dilate_px > 0 and obj.any():
+        k = 2 * dilate_px + 1
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        obj = cv2.dilate(obj.astype(np.uint8), kernel) > 0
+    return Image.fromarray(np.where(obj, 0, 255).astype(np.uint8))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.symlink(src.resolve(), dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _camera_entries(cam: Any, work_w: int, work_h: int) -> dict[str, Any]:
+    """transforms.json camera keys for a COLMAP camera, scaled to the working size."""
+    model = cam.model_name if hasattr(cam, "model_name") else str(cam.model).split(".")[-1]
+    p = [float(x) for x in cam.params]
+    k1 = k2 = p1 = p2 = 0.0
+    if model == "SIMPLE_PINHOLE":
+        fx = fy = p[0]
+        cx, cy = p[1], p[2]
+    elif model == "PINHOLE":
+        fx, fy, cx, cy = p[:4]
+    elif model == "SIMPLE_RADIAL":
+        fx = fy = p[0]
+        cx, cy, k1 = p[1], p[2], p[3]
+    elif model == "RADIAL":
+        fx = fy = p[0]
+        cx, cy, k1, k2 = p[1], p[2], p[3], p[4]
+    elif model == "OPENCV":
+        fx, fy, cx, cy, k1, k2, p1, p2 = p[:8]
+    else:  # pragma: no cover - only the models above are ever requested
+        raise StageError(STAGE, f"unsupported COLMAP camera model {model}")
+    intr = Intrinsics(fx, fy, cx, cy, int(cam.width), int(cam.height)).scaled_to(work_w, work_h)
+    return {
+        "camera_model": "OPENCV",
+        "w": int(work_w), "h": int(work_h),
+        "fl_x": intr.fx, "fl_y": intr.fy, "cx": intr.cx, "cy": intr.cy,
+        "k1": k1, "k2": k2, "p1": p1, "p2": p2,
+    }
+
+
+def _seed_options(obj: Any, seed: int) -> None:
+    if hasattr(obj, "random_seed"):
+        obj.random_seed = seed
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move ``tmp`` onto ``out_dir``, replacing whatever was there."""
+    old = None
+    if out_dir.exists() or out_dir.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, old / "x")
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def estimate_poses(
+    scene_dir: Path,
+    out_dir: Path,
+    *,
+    max_num_features: int = 4096,
+    max_image_size: int = 1600,
+    matcher: str = "exhaustive",
+    min_registered_fraction: float = 0.95,
+    num_threads: int = -1,
+    seed: int = 0,
+    sequential_overlap: int = 10,
+    camera_model: str = "SIMPLE_RADIAL",
+    log: logging.Logger | None = None,
+) -> dict:
+    """Run COLMAP on a canonical scene and write ``out_dir`` (see the module docstring).
+
+    Returns the summary (also written to ``out_dir/summary.json``). Raises
+    :class:`InputError` for a broken scene and :class:`StageError` when fewer than
+    ``min_registered_fraction`` of the train views register; ``out_dir`` is then left
+    untouched and nothing partial is written.
+    """
+    import pycolmap
+
+    log = log or _log
+    t0 = time.monotonic()
+    scene_dir, out_dir = Path(scene_dir).resolve(), Path(out_dir).absolute()
+    if matcher not in MATCHERS:
+        raise ValueError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
+    if camera_model not in CAMERA_MODELS:
+        raise ValueError(f"camera_model must be one of {CAMERA_MODELS}, got {camera_model!r}")
+    meta = _read_scene(scene_dir)
+    tpath = scene_dir / "transforms.json"
+
+    # ---- gather frames
+    frames: list[dict] = meta["frames"]
+    by_name: dict[str, dict] = {}
+    image_name: dict[str, str] = {}  # frame name -> COLMAP image name
+    sources: dict[str, Path] = {}
+    for i, fr in enumerate(frames):
+        if "file_path" not in fr:
+            raise InputError(tpath, f"frame {i} has no file_path")
+        name = _frame_name(fr)
+        if name in by_name:
+            raise InputError(tpath, f"two frames are named {name!r}")
+        src = fr.get("innout_source_image") or str(_resolve(scene_dir, fr["file_path"]))
+        src = _resolve(scene_dir, src)
+        if not src.is_file():
+            raise InputError(src, f"source image of frame {name!r} not found")
+        by_name[name] = fr
+        sources[name] = src
+        image_name[name] = name + src.suffix.lower()
+    split = {n: fr.get("innout_split", "train") for n, fr in by_name.items()}
+    train = [n for n in by_name if split[n] == "train"]
+    test = [n for n in by_name if split[n] != "train"]
+    if not train:
+        raise InputError(tpath, "has no train frames")
+    has_ref = bool(meta.get("innout", {}).get("has_poses", False))
+    ref = {n: np.asarray(fr["transform_matrix"], float) for n, fr in by_name.items()
+           if has_ref and "transform_matrix" in fr}
+    src_sizes = {n: _source_size(by_name[n], sources[n]) for n in by_name}
+    if len(set(src_sizes.values())) > 1:
+        raise InputError(tpath, f"source images differ in size ({sorted(set(src_sizes.values()))}); "
+                                "one shared camera needs one size")
+    log.info("poses: %d train + %d test views from %s, matcher=%s, %d features, max size %d",
+             len(train), len(test), scene_dir, matcher, max_num_features, max_image_size)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; out_dir should look like any other folder
+    old_level = pycolmap.logging.minloglevel
+    if not log.isEnabledFor(logging.DEBUG):  # COLMAP's per-image chatter only when debugging
+        pycolmap.logging.minloglevel = pycolmap.logging.WARNING
+    try:
+        work = tmp / "work"
+        img_dir, mask_dir, map_dir = work / "images", work / "masks", work / "sparse"
+        for d in (img_dir, mask_dir, map_dir):
+            d.mkdir(parents=True)
+        database = work / "database.db"
+
+        # ---- images and feature masks
+        diag = math.hypot(*next(iter(src_sizes.values())))
+        dilate_px = max(2, int(round(0.01 * diag)))
+        n_masked = 0
+        for n in by_name:
+            _link_or_copy(sources[n], img_dir / image_name[n])
+            om = by_name[n].get("innout_object_mask")
+            if split[n] == "train" and om:
+                om_path = _resolve(scene_dir, om)
+                if not om_path.is_file():
+                    raise InputError(om_path, f"object mask of frame {n!r} not found")
+                _colmap_mask(om_path, src_sizes[n], dilate_px).save(mask_dir / f"{image_name[n]}.png")
+                n_masked += 1
+        log.info("poses: %d feature masks written (object dilated by %d px)", n_masked, dilate_px)
+
+        pycolmap.set_random_seed(seed)
+
+        # ---- features
+        t = time.monotonic()
+        reader = pycolmap.ImageReaderOptions()
+        reader.camera_model = camera_model
+        reader.mask_path = str(mask_dir)
+        extraction = pycolmap.FeatureExtractionOptions()
+        extraction.sift.max_num_features = int(max_num_features)
+        extraction.max_image_size = int(max_image_size)
+        extraction.num_threads = int(num_threads)
+        extraction.use_gpu = False
+        names_sorted = sorted(image_name.values())
+        pycolmap.extract_features(
+            database, img_dir, image_names=names_sorted, camera_mode=pycolmap.CameraMode.SINGLE,
+            reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
+        )
+        log.info("poses: features extracted from %d images in %.1f s", len(names_sorted), time.monotonic() - t)
+
+        # ---- matching
+        t = time.monotonic()
+        matching = pycolmap.FeatureMatchingOptions()
+        matching.num_threads = int(num_threads)
+        matching.use_gpu = False
+        verification = pycolmap.TwoViewGeometryOptions()
+        _seed_options(verification.ransac, seed)
+        if matcher == "exhaustive":
+            pycolmap.match_exhaustive(database, matching_options=matching,
+                                      verification_options=verification, device=pycolmap.Device.cpu)
+        else:
+            pairing = pycolmap.SequentialPairingOptions()
+            pairing.overlap = int(sequential_overlap)
+            pairing.num_threads = int(num_threads)
+            pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
+                                      verification_options=verification, device=pycolmap.Device.cpu)
+        log.info("poses: %s matching done in %.1f s", matcher, time.monotonic() - t)
+
+        # ---- incremental mapping
+        t = time.monotonic()
+        options = pycolmap.IncrementalPipelineOptions()
+        options.num_threads = int(num_threads)
+        _seed_options(options, seed)
+        _seed_options(options.mapper, seed)
+        _seed_options(options.triangulation, seed)
+        options.mapper.num_threads = int(num_threads)
+        options.extract_colors = True
+        counter = {"n": 0}
+
+        def _next_image() -> None:
+            counter["n"] += 1
+            if counter["n"] % 10 == 0:
+                log.info("poses: mapping, %d registrations so far (%.0f s)", counter["n"], time.monotonic() - t)
+
+        recs = pycolmap.incremental_mapping(database, img_dir, map_dir, options=options,
+                                            next_image_callback=_next_image)
+        log.info("poses: mapping done in %.1f s, %d model(s)", time.monotonic() - t, len(recs))
+        total, total_test = len(train), len(test)
+        if not recs:
+            raise StageError(STAGE, f"COLMAP reconstructed nothing: 0 of {total} train views registered; "
+                                    "try more features / check overlap")
+        rec = max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+
+        # ---- poses of registered frames
+        colmap_to_frame = {image_name[n]: n for n in by_name}
+        est: dict[str, np.ndarray] = {}
+        for image in rec.images.values():
+            if not image.has_pose or image.name not in colmap_to_frame:
+                continue
+            w2c = np.eye(4)
+            w2c[:3, :] = image.cam_from_world().matrix()
+            est[colmap_to_frame[image.name]] = opencv_w2c_to_opengl_c2w(w2c)
+        registered = sum(n in est for n in train)
+        registered_test = sum(n in est for n in test)
+        unregistered = sorted(n for n in by_name if n not in est)
+        if registered < min_registered_fraction * total:
+            raise StageError(
+                STAGE,
+                f"only {registered} of {total} train views registered "
+                f"(< {100 * min_registered_fraction:.0f} %) in the largest of {len(recs)} COLMAP model(s); "
+                f"try more features / check overlap",
+            )
+        for n in unregistered:
+            log.warning("poses: view %s (%s) did not register and is dropped", n, split[n])
+
+        cams = list(rec.cameras.values())
+        if len(cams) != 1:
+            raise StageError(STAGE, f"expected one shared COLMAP camera, got {len(cams)}")
+        cam = cams[0]
+        src_w, src_h = next(iter(src_sizes.values()))
+        if (int(cam.width), int(cam.height)) != (src_w, src_h):
+            raise StageError(STAGE, f"COLMAP read the images as {cam.width}x{cam.height} but the scene says "
+                                    f"{src_w}x{src_h} (EXIF rotation?)")
+
+        # ---- outputs
+        sparse0 = tmp / "sparse" / "0"
+        sparse0.mkdir(parents=True)
+        rec.write_binary(str(sparse0))
+        work_w, work_h = _working_size(scene_dir, meta, by_name[train[0]])
+        out_meta = _transforms_with_poses(meta, scene_dir, est, _camera_entries(cam, work_w, work_h))
+        (tmp / "transforms.json").write_text(json.dumps(out_meta, indent=2))
+
+        comparison = None
+        if ref:
+            try:
+                comparison = compare_poses(est, ref)
+            except ValueError as exc:
+                log.warning("poses: cannot compare with the reference poses: %s", exc)
+        summary = {
+            "registered": registered,
+            "total": total,
+            "registered_test": registered_test,
+            "total_test": total_test,
+            "unregistered": unregistered,
+            "num_models": len(recs),
+            "num_points3D": int(rec.num_points3D()),
+            "mean_reprojection_error_px": float(rec.compute_mean_reprojection_error()),
+            "camera": {"model": camera_model, "width": int(cam.width), "height": int(cam.height),
+                       "params": [float(x) for x in cam.params]},
+            "matcher": matcher,
+            "max_num_features": int(max_num_features),
+            "max_image_size": int(max_image_size),
+            "seed": int(seed),
+            "rotation_error_deg_mean": comparison["rotation_error_deg_mean"] if comparison else None,
+            "rotation_error_deg_max": comparison["rotation_error_deg_max"] if comparison else None,
+            "translation_error_rel_mean": comparison["translation_error_rel_mean"] if comparison else None,
+            "seconds": round(time.monotonic() - t0, 2),
+        }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        shutil.rmtree(work)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        pycolmap.logging.minloglevel = old_level
+    log.info("poses: %d/%d train and %d/%d test views registered, %d points, reprojection error %.2f px%s, "
+             "%.0f s", registered, total, registered_test, total_test, summary["num_points3D"],
+             summary["mean_reprojection_error_px"],
+             f", rotation error {summary['rotation_error_deg_mean']:.2f} deg mean" if comparison else "",
+             summary["seconds"])
+    return summary
+
+
+def _transforms_with_poses(meta: dict, scene_dir: Path, est: dict[str, np.ndarray], camera: dict) -> dict:
+    """The scene's transforms.json with COLMAP cameras, absolute paths, registered frames only."""
+    out = {k: v for k, v in meta.items() if k not in ("frames",) and k not in _FRAME_CAMERA_KEYS}
+    # Keys nerfstudio derives from old intrinsics would contradict the new ones.
+    for k in ("camera_angle_x", "camera_angle_y", "k3", "k4", "ply_file_path", "applied_transform"):
+        out.pop(k, None)
+    out.update(camera)
+    frames = []
+    kept_paths: set[str] = set()
+    for fr in meta["frames"]:
+        name = _frame_name(fr)
+        if name not in est:
+            continue
+        fr = {k: v for k, v in fr.items() if k not in _FRAME_CAMERA_KEYS}
+        for k in _PATH_KEYS:
+            if k in fr:
+                fr[k] = str(_resolve(scene_dir, fr[k]))
+        fr["transform_matrix"] = est[name].tolist()
+        kept_paths.add(fr["file_path"])
+        frames.append(fr)
+    out["frames"] = frames
+    for key in ("train_filenames", "val_filenames", "test_filenames"):
+        if key in out:
+            paths = [str(_resolve(scene_dir, p)) for p in out[key]]
+            out[key] = [p for p in paths if p in kept_paths]
+    innout = dict(out.get("innout", {}))
+    innout.update({"has_poses": True, "poses_source": "colmap", "scene_dir": str(scene_dir),
+                   "colmap_model": "sparse/0", "paths": "absolute"})
+    out["innout"] = innout
+    return out

@@ -1,0 +1,36 @@
+"""Run the Snakemake workflow of this checkout in a scratch copy (for tests)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "config", "profiles", "envs")
+
+
+def workflow_copy(dest: Path) -> Path:
+    """A copy of the workflow files (not results) in ``dest``; the library is the installed one."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run(
+        [str(SNAKEMAKE), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def files_under(path: Path) -> list[Path]:
+    return [p for p in Path(path).rglob("*")] if Path(path).exists() else []
