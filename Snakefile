@@ -10,6 +10,7 @@ report: "workflow/report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/scene.smk"
 include: "rules/poses.smk"
+include: "rules/pretrain.smk"
 
 
 rule all:

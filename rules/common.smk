@@ -110,4 +110,5 @@ def get_final_output():
         targets.append(f"results/{name}/scene/summary.json")
         if scene_uses_colmap(name):
             targets.append(f"results/{name}/poses/summary.json")
+        targets.append(f"results/{name}/pretrain/summary.json")
     return targets

@@ -200,6 +200,7 @@ def test_procedural_scene_through_colmap(tmp_path):
     summary = estimate_poses(scene, out)
     assert summary["total"] == n_train and summary["total_test"] == n_test
     assert summary["registered"] >= 0.95 * n_train
+    assert summary["registered_test"] >= 0.95 * n_test
     assert summary["rotation_error_deg_mean"] < 1.0
     meta = _check_output(out, summary, summary["registered"] + summary["registered_test"])
     splits = {fr["innout_split"] for fr in meta["frames"]}

@@ -122,6 +122,12 @@ def test_spinnerf_basic(tmp_path):
     assert fr["innout_source_image"] == str(src / "images" / "img002.jpg")
     assert fr["innout_source_size"] == list(FULL)
     np.testing.assert_allclose(fr["transform_matrix"], _ring_c2w(5)[2], atol=1e-9)
+    # independently of innout.cameras: LLFF's loader turns (down, right, back) columns into
+    # (right, up, back) as [R1, -R0, R2]
+    row = np.load(src / "poses_bounds.npy")[2, :15].reshape(3, 5)
+    np.testing.assert_allclose(np.asarray(fr["transform_matrix"])[:3],
+                               np.stack([row[:, 1], -row[:, 0], row[:, 2], row[:, 3]], axis=1), atol=1e-12)
+    assert fr["innout_bounds"] == [1.0, 10.0]
     # images re-encoded from images_4, masks binarised to 0/255, nerf masks inverted
     src_img = _read(src / "images_4" / "img002.png")
     np.testing.assert_array_equal(_read(out / "images" / "img002.png"), src_img)
@@ -214,6 +220,13 @@ def test_spinnerf_multilevel_mask_warns(tmp_path):
     assert any("grey levels" in w for w in summary["warnings"])
     np.testing.assert_array_equal(_read(tmp_path / "out" / "masks" / "img002.png"),
                                   _box_mask((32, 24), (8, 6, 16, 12)))
+
+
+def test_spinnerf_n_test_from_generator_json(tmp_path):
+    src = make_spinnerf(tmp_path / "src")
+    (src / "innout_generator.json").write_text(json.dumps({"n_test": 2}))
+    summary = import_scene(src, "spinnerf", tmp_path / "out")  # no spinnerf_n_test: the file's 2, not 40
+    assert (summary["n_train"], summary["n_test"]) == (3, 2)
 
 
 def test_replaces_an_existing_scene(tmp_path):
@@ -361,8 +374,8 @@ def test_nerfstudio_fox(tmp_path, fox_dir):
     assert meta["fl_x"] == pytest.approx(src["fl_x"] / 2) and meta["cy"] == pytest.approx(src["cy"] / 2)
     assert meta["k1"] == src["k1"] and meta["p2"] == src["p2"]
     assert meta["val_filenames"] == meta["train_filenames"] and meta["test_filenames"] == []
-    assert meta["frames"][0]["innout_source_image"] == str((fox_dir / "images" / "0001.jpg").resolve()) or \
-        Path(meta["frames"][0]["innout_source_image"]).samefile(fox_dir / "images" / "0001.jpg")
+    first = Path(meta["frames"][0]["innout_source_image"])
+    assert first.is_absolute() and first.samefile(fox_dir / "images" / "0001.jpg")
     assert _read(out / "images" / "0001.png").shape == (240, 135, 3)
 
 

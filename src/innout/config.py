@@ -34,22 +34,37 @@ class PosesConfig:
 
 @dataclass
 class PretrainConfig:
-    """Stage 2: nerfacto geometry pre-training on unmasked pixels."""
+    """Stage 2: nerfacto geometry pre-training on unmasked pixels (defaults: the paper's,
+    i.e. nerfstudio's nerfacto with view-dependent colour off)."""
 
     iterations: int = 10000
     rays_per_batch: int = 4096
-    eval_rays_per_chunk: int = 4096
+    eval_rays_per_chunk: int = 32768  # rays per forward pass when rendering
     num_nerf_samples_per_ray: int = 48
     num_proposal_samples_per_ray: list[int] = field(default_factory=lambda: [256, 96])
-    proposal_hash_max_res: list[int] = field(default_factory=lambda: [128, 256])
-    num_levels: int = 16
+    proposal_hash_max_res: list[int] = field(default_factory=lambda: [128, 256])  # one per proposal net
+    proposal_num_levels: int = 5
+    proposal_log2_hashmap_size: int = 17
+    proposal_hidden_dim: int = 16
+    num_levels: int = 16  # hash-grid levels of the main field
     log2_hashmap_size: int = 19
     max_res: int = 2048
     hidden_dim: int = 64
+    hidden_dim_color: int = 64
     use_view_dependent_color: bool = False  # the paper switches it off for stability
     use_appearance_embedding: bool = False
-    steps_per_checkpoint: int = 500
-    learning_rate: float = 1e-2
+    learning_rate: float = 1e-2  # Adam, proposal nets and field
+    lr_final: float = 1e-4  # exponential decay towards this ...
+    lr_decay_steps: int = 200000  # ... reached after this many steps (nerfacto: 200k)
+    proposal_warmup: int = 5000  # steps over which proposal updates thin out to every `proposal_update_every`
+    proposal_update_every: int = 5
+    proposal_weights_anneal_max_num_iters: int = 1000
+    distortion_loss_mult: float = 0.002
+    interlevel_loss_mult: float = 1.0
+    mixed_precision: bool = True  # CUDA only; CPU trains in float32
+    implementation: str = "torch"  # torch | tcnn (tcnn checkpoints do not load on CPU)
+    steps_per_checkpoint: int = 500  # resumable checkpoints in the stage's work dir
+    log_every_steps: int = 100
 
 
 @dataclass
@@ -71,6 +86,11 @@ class BaseViewConfig:
     """Stage 3: base-view selection and the prior fit."""
 
     n_candidates: int = 5
+    phash_size: int = 8  # pHash of hash_size**2 bits (imagehash default)
+    depth_kind: str = "disparity"  # what the monocular model outputs: disparity (Depth Anything) | depth
+    depth_fit: str = "ransac"  # robust scale/offset fit: ransac (LMedS) | irls (Tukey from repeated median)
+    depth_fit_iterations: int = 500  # random 2-point models (ransac)
+    depth_inlier_sigmas: float = 2.5  # inliers: |residual| <= this x robust sigma
 
 
 @dataclass
@@ -79,9 +99,16 @@ class InpaintConfig:
 
     steps: int = 20
     guidance_scale: float = 7.5
-    ila_lambda: float = 0.2  # weight of a view's own attention; 1 - lambda goes to the base view
+    ila_lambda: float = 0.2  # weight of a view's own attention; 1 - lambda goes to the base view (paper 0.2, released code 0.1)
+    ila: bool = True  # false: the "without ILA" ablation (every view denoised on its own)
     resolution: int = 512  # inpainting resolution (shorter side), multiple of 8
     batch_size: int = 4  # target views denoised together
+    ela: str = "composite"  # initial-latent alignment: composite (paper) | splat (released code) | off (ablation)
+    ela_interpolation: str = "bilinear"  # how base noise is read at a projected sample: bilinear | nearest
+    ela_min_visible: float = 0.5  # rays with less of their weight inside the base view get fresh noise
+    ela_region: str = "all"  # all (paper: the whole latent) | mask (aligned only inside the dilated mask)
+    ela_mask_dilation: int = 1  # latent pixels the latent-resolution mask is dilated by
+    scheduler: str = "pipeline"  # pipeline (what the model ships: PNDM for SD2-inpainting) | ddim | pndm
 
 
 @dataclass

@@ -15,8 +15,9 @@ depth edges: ``method="ransac"`` draws random 2-point models and keeps the one w
 the least median of squared residuals (LMedS, threshold-free, breakdown point 50 %),
 then alternates "inliers = |r| <= 2.5 sigma" (sigma the robust residual scale) with least
 squares on the inliers; ``method="irls"`` runs iteratively reweighted least squares
-from the least-squares fit (Huber weights, then Tukey's biweight, which rejects gross
-outliers), then the same inlier least squares.
+with Tukey's biweight (which gives gross outliers zero weight) started from Siegel's
+repeated-median line (robust to outliers in the monocular values too, which an
+M-estimator started from least squares is not), then the same inlier least squares.
 
 The NeRF renders the *distance along the unit ray*, while monocular models predict
 something close to camera z-depth; the two differ by the per-pixel factor ``cos`` of
@@ -86,21 +87,37 @@ def _lmeds(x: np.ndarray, y: np.ndarray, iterations: int, rng: np.random.Generat
     return best[1], best[2], best[0]
 
 
-def _irls(x: np.ndarray, y: np.ndarray, iterations: int) -> tuple[float, float]:
-    s, t = _lstsq(x, y)
-    for it in range(iterations):
-        r = y - s * x - t
-        sigma = max(_robust_sigma(r), 1e-12)
-        u = np.abs(r) / sigma
-        if it < iterations // 2:  # Huber: convex, converges from the LS start
-            w = np.where(u <= 1.345, 1.0, 1.345 / np.maximum(u, 1e-12))
-        else:  # Tukey biweight: redescending, gives gross outliers zero weight
-            w = np.where(u < 4.685, (1 - (u / 4.685) ** 2) ** 2, 0.0)
+def _repeated_median(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, m: int = 400) -> tuple[float, float]:
+    """Siegel's repeated-median line on a random subset of ``m`` points: 50 % breakdown,
+    robust to outliers in x (leverage points) as well as in y."""
+    if x.size > m:
+        sel = rng.choice(x.size, m, replace=False)
+        x, y = x[sel], y[sel]
+    dx = x[None, :] - x[:, None]
+    dy = y[None, :] - y[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slopes = np.where(np.abs(dx) > 0, dy / dx, np.nan)
+    per_point = np.nanmedian(slopes, axis=1)
+    s = float(np.nanmedian(per_point)) if np.isfinite(per_point).any() else 0.0
+    return s, float(np.median(y - s * x))
+
+
+def _irls(x: np.ndarray, y: np.ndarray, iterations: int, rng: np.random.Generator) -> tuple[float, float]:
+    """MM-style iteratively reweighted least squares: Tukey's biweight (redescending, so
+    gross outliers get zero weight) started from the repeated-median line, with the
+    residual scale fixed by the start's median absolute deviation. (Huber weights are
+    not used: with outliers in x their bounded but non-zero pull adds up and drags the
+    line away.)"""
+    s, t = _repeated_median(x, y, rng)
+    sigma = max(_robust_sigma(y - s * x - t), 1e-12 * (np.abs(y).mean() + 1e-300))
+    for _ in range(iterations):
+        u = np.abs(y - s * x - t) / sigma
+        w = np.where(u < 4.685, (1 - (u / 4.685) ** 2) ** 2, 0.0)
         s_new, t_new = _lstsq(x, y, w)
-        if abs(s_new - s) + abs(t_new - t) <= 1e-12 * (abs(s) + abs(t) + 1e-300) and it >= iterations // 2:
-            s, t = s_new, t_new
-            break
+        done = abs(s_new - s) + abs(t_new - t) <= 1e-12 * (abs(s) + abs(t) + 1e-300)
         s, t = s_new, t_new
+        if done:
+            break
     return s, t
 
 
@@ -127,7 +144,7 @@ def robust_affine_fit(
         # Rousseeuw & Leroy's LMedS scale estimate with its small-sample correction
         sigma = _MAD_TO_SIGMA * (1 + 5.0 / max(x.size - 2, 1)) * np.sqrt(med2)
     else:
-        s, t = _irls(x, y, max(iterations // 10, 20))
+        s, t = _irls(x, y, max(iterations // 10, 20), rng)
         sigma = _robust_sigma(y - s * x - t)
     spread = _robust_sigma(y) + np.abs(y).mean() + 1e-300
     inl = np.ones_like(x, dtype=bool)

@@ -208,6 +208,14 @@ def _camera_entries(cam: Any, work_w: int, work_h: int) -> dict[str, Any]:
     }
 
 
+def _keypoint_counts(pycolmap: Any, database: Path) -> dict[str, int]:
+    db = pycolmap.Database.open(str(database))
+    try:
+        return {im.name: int(db.num_keypoints_for_image(im.image_id)) for im in db.read_all_images()}
+    finally:
+        db.close()
+
+
 def _seed_options(obj: Any, seed: int) -> None:
     if hasattr(obj, "random_seed"):
         obj.random_seed = seed
@@ -312,13 +320,18 @@ def estimate_poses(
         n_masked = 0
         for n in by_name:
             _link_or_copy(sources[n], img_dir / image_name[n])
+            # COLMAP 4 skips an image whose mask file is missing (MASK_ERROR), so every
+            # image gets one; only train views (which show the object) mask anything.
             om = by_name[n].get("innout_object_mask")
             if split[n] == "train" and om:
                 om_path = _resolve(scene_dir, om)
                 if not om_path.is_file():
                     raise InputError(om_path, f"object mask of frame {n!r} not found")
-                _colmap_mask(om_path, src_sizes[n], dilate_px).save(mask_dir / f"{image_name[n]}.png")
+                mask = _colmap_mask(om_path, src_sizes[n], dilate_px)
                 n_masked += 1
+            else:
+                mask = Image.new("L", src_sizes[n], 255)
+            mask.save(mask_dir / f"{image_name[n]}.png")
         log.info("poses: %d feature masks written (object dilated by %d px)", n_masked, dilate_px)
 
         pycolmap.set_random_seed(seed)
@@ -338,7 +351,12 @@ def estimate_poses(
             database, img_dir, image_names=names_sorted, camera_mode=pycolmap.CameraMode.SINGLE,
             reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
         )
-        log.info("poses: features extracted from %d images in %.1f s", len(names_sorted), time.monotonic() - t)
+        n_keypoints = _keypoint_counts(pycolmap, database)
+        for n in names_sorted:
+            if n_keypoints.get(n, 0) == 0:
+                log.warning("poses: no features in %s%s", n, "" if n in n_keypoints else " (COLMAP could not read it)")
+        log.info("poses: features extracted from %d images in %.1f s (%.0f per image)", len(n_keypoints),
+                 time.monotonic() - t, np.mean(list(n_keypoints.values())) if n_keypoints else 0)
 
         # ---- matching
         t = time.monotonic()

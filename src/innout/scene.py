@@ -9,10 +9,11 @@ only that. Supported inputs (``fmt``):
     resolution) and ``images_N/`` (1/N) with ``images_N/label/`` (train masks) and
     ``images_N/test_label/`` (test masks). Sorted by name, the first
     ``spinnerf_n_test`` images are object-free ground-truth test views, the rest train
-    views. The working images come from ``images_{downscale}/`` when it exists, else
-    they are resized from ``images/``; masks come from the label folders of that
-    ``N``, else of the closest ``N`` (by ratio; ties go to the finer one) and are
-    resized. ``label/`` may hold masks for all images or only for the train views;
+    views (by default 40, or the ``n_test`` of ``innout_generator.json`` when a
+    procedural scene carries one). The working images come from
+    ``images_{downscale}/`` when it exists, else they are resized from ``images/``;
+    masks come from the label folders of that ``N``, else of the closest ``N`` (by
+    ratio; ties go to the finer one) and are resized. ``label/`` may hold masks for all images or only for the train views;
     without ``test_label/``, test masks must be in ``label/``.
 
 ``nerfstudio``
@@ -93,6 +94,7 @@ from innout.errors import InputError
 STAGE = "scene"
 FORMATS = ("spinnerf", "nerfstudio", "colmap", "images")
 POSES_MODES = ("auto", "provided", "colmap")
+SPINNERF_N_TEST = 40  # the benchmark's first 40 images (by name) are the ground-truth test views
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 _ASPECT_TOLERANCE = 0.05  # masks whose aspect ratio is further off than this are errors
@@ -469,8 +471,7 @@ def _plan_spinnerf(src: Path, downscale: int, n_test: int, warn: Callable[[str],
     return _Plan("spinnerf", views, has_poses=True, has_masks=True)
 
 
-def _nerfstudio_camera(meta: dict, frame: dict, image: Path, where: str, tpath: Path,
-                       warn: Callable[[str], None]) -> _Cam:
+def _nerfstudio_camera(meta: dict, frame: dict, image: Path, where: str, tpath: Path) -> _Cam:
     def get(key: str) -> Any:
         return frame[key] if key in frame else meta.get(key)
 
@@ -553,6 +554,7 @@ def _plan_nerfstudio(src: Path, downscale: int, warn: Callable[[str], None]) -> 
         raise InputError(tpath, "has no frames")
 
     views: list[_View] = []
+    resized: list[str] = []
     n_posed = 0
     for i, fr in enumerate(frames):
         if not isinstance(fr, dict) or not isinstance(fr.get("file_path"), str):
@@ -576,8 +578,14 @@ def _plan_nerfstudio(src: Path, downscale: int, warn: Callable[[str], None]) -> 
             if not np.allclose(c2w[3], [0.0, 0.0, 0.0, 1.0]):
                 raise InputError(tpath, f"{where}: transform_matrix's last row is {c2w[3].tolist()}, not [0, 0, 0, 1]")
             view.c2w = c2w
-            view.cam = _nerfstudio_camera(meta, fr, image, where, tpath, warn)
+            view.cam = _nerfstudio_camera(meta, fr, image, where, tpath)
             n_posed += 1
+            cam_size, (iw, ih) = (view.cam.intr.width, view.cam.intr.height), _image_header(image)[0]
+            if cam_size != (iw, ih):
+                if _aspect_off(cam_size, (iw, ih)) > 0.02:
+                    raise InputError(image, f"is {iw}x{ih} but {tpath} gives w x h = {cam_size[0]}x{cam_size[1]} "
+                                            f"for {where}: the aspect ratios differ")
+                resized.append(image.name)
         for key in ("innout_object_mask", "mask_path"):
             if isinstance(fr.get(key), str):
                 mask = _resolve_image(base, fr[key])
@@ -588,6 +596,9 @@ def _plan_nerfstudio(src: Path, downscale: int, warn: Callable[[str], None]) -> 
                 break
         views.append(view)
     _check_unique_names(views)
+    if resized:
+        warn(f"{tpath}: {len(resized)} images ({resized[0]}, ...) do not have the size w x h given for them; "
+             "their intrinsics are scaled to the images' size")
     if 0 < n_posed < len(views):
         i = next(i for i, v in enumerate(views) if v.c2w is None)
         raise InputError(tpath, f"frame {i} ({frames[i]['file_path']}) has no transform_matrix while others do")
@@ -645,7 +656,7 @@ def _plan_colmap(src: Path, downscale: int, warn: Callable[[str], None]) -> _Pla
     views: list[_View] = []
     cams: dict[int, _Cam] = {}
     for image in sorted(rec.images.values(), key=lambda im: im.name):
-        if not image.has_pose:
+        if not getattr(image, "has_pose", getattr(image, "registered", True)):
             continue
         path = image_dir / image.name
         if not path.is_file():
@@ -712,13 +723,17 @@ def import_scene(
     max_width: int | None = None,
     mask_dilation_iterations: int = 5,
     mask_dilation_kernel: int = 5,
-    spinnerf_n_test: int = 40,
+    spinnerf_n_test: int | None = None,
     poses: str = "auto",
     log: logging.Logger | None = None,
 ) -> dict:
     """Convert ``source`` (format ``fmt`` in auto|spinnerf|nerfstudio|colmap|images) into the
     canonical scene at ``out_dir`` (docs/scene-format.md); returns the summary dict that is also
     written to ``out_dir/summary.json``.
+
+    ``spinnerf_n_test``: how many of the first images (by name) are ground-truth test views;
+    ``None`` means the ``n_test`` of ``innout_generator.json`` when the source has one (a
+    scene written by :mod:`innout.procedural`), else 40 (the SPIn-NeRF benchmark).
 
     ``poses``: ``auto`` imports whatever poses the source has; ``provided`` requires them
     (:class:`InputError` otherwise); ``colmap`` also imports them (the ``poses`` stage
@@ -738,21 +753,22 @@ def import_scene(
         raise ValueError(f"max_width must be None or an integer >= 1, got {max_width!r}")
     if mask_dilation_iterations < 0 or mask_dilation_kernel < 1:
         raise ValueError("mask_dilation_iterations must be >= 0 and mask_dilation_kernel >= 1")
-    if spinnerf_n_test < 0:
+    if spinnerf_n_test is not None and spinnerf_n_test < 0:
         raise ValueError(f"spinnerf_n_test must be >= 0, got {spinnerf_n_test}")
     downscale = int(downscale)
 
     warn = _Warnings(log)
     if not source.exists():
         raise InputError(source, "does not exist")
-    detected = detect_format(source)
-    fmt = detected if fmt == "auto" else fmt
+    if fmt == "auto":
+        fmt = detect_format(source)
     if fmt != "nerfstudio" and source.is_file():
         raise InputError(source, f"is a file; the {fmt} format is a folder")
     log.info("%s: importing %s (%s) at 1/%d", STAGE, source, fmt, downscale)
 
     if fmt == "spinnerf":
-        plan = _plan_spinnerf(source, downscale, spinnerf_n_test, warn, log)
+        n_test = _default_n_test(source, log) if spinnerf_n_test is None else int(spinnerf_n_test)
+        plan = _plan_spinnerf(source, downscale, n_test, warn, log)
     elif fmt == "nerfstudio":
         plan = _plan_nerfstudio(source, downscale, warn)
     elif fmt == "colmap":
@@ -771,16 +787,18 @@ def import_scene(
         warn("no object masks found: every mask is empty, nothing will be removed")
 
     created = _missing_parents(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp: Path | None = None
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the scene should look like any other folder
         summary = _write_scene(plan, source, tmp, size, source_sizes, downscale=downscale, max_width=max_width,
                                iterations=mask_dilation_iterations, kernel=mask_dilation_kernel,
                                poses=poses, warn=warn)
         _replace_dir(tmp, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         for d in created:  # innermost first; only if still empty
             try:
                 d.rmdir()
@@ -790,6 +808,21 @@ def import_scene(
     log.info("%s: %d train + %d test views at %dx%d -> %s", STAGE, summary["n_train"], summary["n_test"],
              summary["width"], summary["height"], out_dir)
     return summary
+
+
+def _default_n_test(source: Path, log: logging.Logger) -> int:
+    """40 (SPIn-NeRF), or the test count a procedural scene records about itself."""
+    gen = source / "innout_generator.json"
+    if not gen.is_file():
+        return SPINNERF_N_TEST
+    try:
+        n_test = json.loads(gen.read_text())["n_test"]
+        if int(n_test) != n_test or n_test < 0:
+            raise ValueError(n_test)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(gen, f"has no valid n_test ({_exc_text(exc, gen)})") from exc
+    log.info("%s: %d test views, as %s says", STAGE, n_test, gen.name)
+    return int(n_test)
 
 
 def _missing_parents(out_dir: Path) -> list[Path]:
