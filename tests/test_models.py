@@ -82,7 +82,10 @@ def test_tiny_save_and_load_back_offline(tmp_path):
 def test_fetch_models_offline_preset_writes_manifest_and_caches_tiny(tmp_path):
     from transformers import AutoModelForDepthEstimation
 
-    cfg = {"name": "tiny", "inpainter": "tiny", "depth": "tiny", "lpips_backbone": "random", "random_weights": True}
+    from innout.config import load_method_config
+
+    cfg = load_method_config("smoke", model="tiny").models
+    assert is_random(cfg)
     manifest = fetch_models(cfg, tmp_path)
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk == manifest and manifest["random_weights"] and manifest["warning"] == RANDOM_WEIGHTS_WARNING
@@ -102,9 +105,10 @@ def test_missing_hub_weights_fail_in_one_line_without_network(tmp_path):
 
 
 def test_download_plan_and_file_selection(tmp_path):
-    cfg = {"name": "sd2", "inpainter": "stabilityai/stable-diffusion-2-inpainting",
-           "depth": "depth-anything/Depth-Anything-V2-Small-hf", "lpips_backbone": "vgg", "random_weights": False}
-    assert not is_random(cfg)
+    from innout.config import load_method_config
+
+    cfg = load_method_config("paper", model="sd2").models
+    assert not is_random(cfg) and cfg.inpainter == "stabilityai/stable-diffusion-2-inpainting"
     plan = download_plan(cfg, tmp_path)
     assert [p["what"] for p in plan] == ["inpainter", "depth", "lpips-vgg16", "fid-inception"]
     assert plan[2]["dest"].endswith("torch/hub/checkpoints/vgg16-397923af.pth")

@@ -160,6 +160,8 @@ def _check_output(out: Path, summary: dict, n_frames_expected: int) -> dict:
         c2w = np.asarray(fr["transform_matrix"])
         assert c2w.shape == (4, 4)
         assert np.allclose(c2w[:3, :3] @ c2w[:3, :3].T, np.eye(3), atol=1e-6)
+        near, far = fr["innout_bounds"]  # recomputed in COLMAP's units
+        assert 0 < near < far
     return meta
 
 
@@ -171,19 +173,23 @@ def test_fox_through_colmap(tmp_path):
     images = [(FOX / f["file_path"]) for f in ref_meta["frames"]]
     ref = {Path(f["file_path"]).stem: f["transform_matrix"] for f in ref_meta["frames"]}
     intr = {k: ref_meta[k] for k in ("fl_x", "fl_y", "cx", "cy", "k1", "k2", "p1", "p2")}
-    scene = _write_minimal_scene(tmp_path / "scene", images, ref=ref, intrinsics=intr)
+    # Every fifth view plays a test view (no feature mask): they must land in the same model.
+    splits = ["test" if i % 5 == 2 else "train" for i in range(len(images))]
+    scene = _write_minimal_scene(tmp_path / "scene", images, splits=splits, ref=ref, intrinsics=intr)
     out = tmp_path / "poses"
     summary = estimate_poses(scene, out)
-    n = len(images)
-    assert summary["total"] == n and summary["total_test"] == 0
+    n_test = splits.count("test")
+    n = len(images) - n_test
+    assert summary["total"] == n and summary["total_test"] == n_test
     assert summary["registered"] >= 0.95 * n
+    assert summary["registered_test"] >= 0.95 * n_test
     assert summary["rotation_error_deg_mean"] < 2.0
     assert summary["translation_error_rel_mean"] < 0.05
     assert summary["mean_reprojection_error_px"] < 1.5
     meta = _check_output(out, summary, summary["registered"])
     assert meta["w"] == ref_meta["w"] and meta["h"] == ref_meta["h"]
     assert meta["fl_x"] == pytest.approx(ref_meta["fl_x"], rel=0.05)
-    assert meta["train_filenames"] == [f["file_path"] for f in meta["frames"]]
+    assert meta["train_filenames"] == [f["file_path"] for f in meta["frames"] if f["innout_split"] == "train"]
 
 
 @pytest.mark.slow
@@ -193,9 +199,9 @@ def test_procedural_scene_through_colmap(tmp_path):
     n_train, n_test = 24, 12
     source = tmp_path / "spinnerf"
     procedural.write_spinnerf_scene(source, variant="forward", seed=0, n_train=n_train, n_test=n_test,
-                                    width=480, height=360, downscales=(4,))
+                                    width=480, height=360, downscales=(4,), progress=False)
     scene = tmp_path / "scene"
-    scene_mod.import_scene(source, "spinnerf", scene, downscale=4)
+    scene_mod.import_scene(source, "spinnerf", scene, downscale=4, spinnerf_n_test=n_test)
     out = tmp_path / "poses"
     summary = estimate_poses(scene, out)
     assert summary["total"] == n_train and summary["total_test"] == n_test

@@ -112,6 +112,48 @@ class InpaintConfig:
 
 
 @dataclass
+class RefineConfig:
+    """Stage 5: refinement, L = L_rec + prior_weight * L_prior + lambda_patch * L_patch
+    (defaults: the paper's, or the released code's where the paper is silent; see
+    ``innout.refine``)."""
+
+    iterations: int = 5000  # paper 5k (released code: 6k)
+    rays_per_batch: int = 4096  # L_rec: random rays from unmasked pixels of all train views
+    prior_weight: float = 1.0  # multiplies L_prior (base view's masked pixels: colour MSE + depth)
+    prior_rays_per_batch: int = 1024  # rays per step for L_prior
+    keep_fraction: float = 0.5  # patch views: share of each of the 12 groups kept (most similar to the base)
+    include_base_in_patches: bool = False  # the base view is supervised by L_prior already
+    patch_size: int = 256  # square patches inside the mask's bounding box (clipped to the image)
+    patches_per_step: int = 1  # patches rendered per step (released code: 1)
+    lambda_patch: float = 0.01  # multiplies L_patch = l1 + lpips + adv (applied in refine.patch_loss)
+    l1_weight: float = 1.0
+    lpips_weight: float = 1.0  # 0: the "without LPIPS" ablation
+    adv_weight: float = 1.0  # 0: the "without the adversarial term" ablation
+    disc_tile: int = 64  # discriminator input (power of two >= 8); smaller patches are resized up to it
+    disc_tiles: str = "grid"  # grid (every non-overlapping tile of a patch) | random (tiles_per_patch crops)
+    tiles_per_patch: int = 4  # random mode only
+    disc_channels: int = 256  # channels at the tile resolution, doubling per halving ...
+    disc_max_channels: int = 512  # ... capped here (StyleGAN2-ADA at 64 px: 256 / 512)
+    disc_mbstd_group: int = 4  # minibatch-stddev group size
+    disc_equalized_lr: bool = True  # StyleGAN2's equalized learning rate
+    disc_optimizer: str = "adam"  # adam (betas 0, 0.99 as StyleGAN2) | rmsprop (released code)
+    disc_lr: float = 2e-3
+    r1_gamma: float = 0.2  # R1 = gamma / 2 * E||grad D(real)||^2 (images in [-1, 1]); released code: 0.2
+    r1_every: int = 1  # lazy R1: every k D steps, scaled by k (StyleGAN2 uses 16)
+
+
+@dataclass
+class EvaluateConfig:
+    """Metrics of the test views, inside the bounding box of each test view's mask (the
+    SPIn-NeRF protocol; ``innout.evaluate``). Networks and weights: the ``models`` section
+    (``lpips_backbone``, ``random_weights``, ``cache_dir``)."""
+
+    fid: bool = True  # FID over the scene's test crops (needs >= 2 views; biased at ~40 views)
+    fid_batch_size: int = 8  # crops of equal size per Inception forward pass
+    lpips_min_side: int = 32  # crops with a shorter side are enlarged (bilinear) to this before LPIPS
+
+
+@dataclass
 class MethodConfig:
     preset: str = "paper"
     seed: int = 0
@@ -121,6 +163,8 @@ class MethodConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     base: BaseViewConfig = field(default_factory=BaseViewConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
 
 ConfigStore.instance().store(name="base_method", node=MethodConfig)

@@ -87,35 +87,64 @@ class _RowGather(torch.autograd.Function):
 
 class InnoutHashEncoding(HashEncoding):
     """nerfstudio's torch ``HashEncoding`` (same parameters, same hash, same trilinear
-    interpolation), evaluated for all levels and the 8 corners at once.
+    interpolation) with a cheaper evaluation: integer hashing in int32 on contiguous
+    per-axis tensors, one corner at a time into preallocated index/weight tensors, one
+    gather for all levels and corners, and a backward that scatters once.
 
-    About 2-3x faster forward+backward on CPU. Unless ``input_grad`` is set, no gradient
-    flows back to the sample positions (nerfacto only needs it for predicted normals).
+    About 2x faster forward and backward on CPU. No gradient flows back to the sample
+    positions unless ``input_grad`` is set (then nerfstudio's own code path is used;
+    nerfacto only needs it for predicted normals).
     """
 
     input_grad: bool = False
 
     def pytorch_fwd(self, in_tensor: Tensor) -> Tensor:
+        if self.input_grad:
+            return super().pytorch_fwd(in_tensor)
         shape = in_tensor.shape[:-1]
-        x = in_tensor.reshape(-1, 3)
-        if not self.input_grad:
-            x = x.detach()
+        x = in_tensor.reshape(-1, 3).detach()
         n, levels = x.shape[0], self.num_levels
         scaled = x[:, None, :] * self.scalings.to(x)[None, :, None]  # (n, L, 3)
         floor = torch.floor(scaled)
         frac = scaled - floor
         primes = torch.tensor(_HASH_PRIMES_I32, dtype=torch.int32, device=x.device)
-        corners = torch.stack((floor.to(torch.int32), torch.ceil(scaled).to(torch.int32)), dim=-1)  # (n, L, 3, 2)
-        hashed = corners * primes[:, None]
-        index = (hashed[:, :, 0, :, None, None] ^ hashed[:, :, 1, None, :, None]) ^ hashed[:, :, 2, None, None, :]
-        offsets = self.hash_offset.to(device=x.device, dtype=torch.int32)
-        index = (index & (self.hash_table_size - 1)) + offsets[None, :, None, None, None]  # (n, L, 2, 2, 2)
-        w1 = torch.stack((1.0 - frac, frac), dim=-1)  # (n, L, 3, 2)
-        weights = w1[:, :, 0, :, None, None] * w1[:, :, 1, None, :, None] * w1[:, :, 2, None, None, :]
-        rows = _RowGather.apply(self.hash_table, index.reshape(-1).long())
-        feats = rows.view(n, levels, 8, self.features_per_level)
-        out = (feats * weights.reshape(n, levels, 8, 1)).sum(dim=2)
+        # per axis: hashed floor / ceil coordinates and their interpolation weights, (n, L) each
+        h_floor = [t.contiguous() for t in (floor.to(torch.int32) * primes).unbind(-1)]
+        h_ceil = [t.contiguous() for t in (torch.ceil(scaled).to(torch.int32) * primes).unbind(-1)]
+        w_ceil = [t.contiguous() for t in frac.unbind(-1)]
+        w_floor = [1.0 - t for t in w_ceil]
+        table_mask = self.hash_table_size - 1
+        offsets = self.hash_offset.to(device=x.device, dtype=torch.int32)[None, :]
+        index = torch.empty((8, n, levels), dtype=torch.int64, device=x.device)
+        weight = torch.empty((8, n, levels), dtype=x.dtype, device=x.device)
+        corner = 0
+        for cx in (False, True):
+            hx, wx = (h_ceil[0], w_ceil[0]) if cx else (h_floor[0], w_floor[0])
+            for cy in (False, True):
+                hxy = hx ^ (h_ceil[1] if cy else h_floor[1])
+                wxy = wx * (w_ceil[1] if cy else w_floor[1])
+                for cz in (False, True):
+                    h = hxy ^ (h_ceil[2] if cz else h_floor[2])
+                    torch.add(h & table_mask, offsets, out=index[corner])
+                    torch.mul(wxy, w_ceil[2] if cz else w_floor[2], out=weight[corner])
+                    corner += 1
+        rows = _RowGather.apply(self.hash_table, index.view(-1))
+        feats = rows.view(8, n, levels, self.features_per_level)
+        # a contiguous same-shape product is much cheaper on CPU than a broadcast one
+        weight = weight[..., None].expand(feats.shape).contiguous()
+        out = (feats * weight).sum(dim=0)
         return out.reshape(*shape, levels * self.features_per_level)
+
+
+class InnoutSceneContraction(SceneContraction):
+    """nerfstudio's L-inf scene contraction with the norm as ``abs().amax()`` (same values;
+    ``torch.linalg.norm(ord=inf)`` is a slow reduction on CPU)."""
+
+    def forward(self, positions):
+        if self.order != float("inf") or not isinstance(positions, Tensor):
+            return super().forward(positions)
+        mag = positions.abs().amax(dim=-1, keepdim=True)
+        return torch.where(mag < 1, positions, (2 - 1 / mag) * (positions / mag))
 
 
 def use_fast_hash_encoding(module: nn.Module, input_grad: bool = False) -> int:
@@ -242,7 +271,7 @@ class InnoutNerfactoModel(NerfactoModel):
     def populate_modules(self) -> None:
         Model.populate_modules(self)
         cfg = self.config
-        contraction = None if cfg.disable_scene_contraction else SceneContraction(order=float("inf"))
+        contraction = None if cfg.disable_scene_contraction else InnoutSceneContraction(order=float("inf"))
         appearance_dim = cfg.appearance_embed_dim if cfg.use_appearance_embedding else 0
 
         self.field = InnoutNerfactoField(

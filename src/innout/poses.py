@@ -48,6 +48,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -208,12 +209,48 @@ def _camera_entries(cam: Any, work_w: int, work_h: int) -> dict[str, Any]:
     }
 
 
+def _depth_bounds(rec: Any, image: Any) -> list[float] | None:
+    """[near, far] of the image's triangulated points (0.1 / 99.9 percentiles, as LLFF's imgs2poses)."""
+    ids = [p.point3D_id for p in image.get_observation_points2D()]
+    if len(ids) < 2:
+        return None
+    xyz = np.array([rec.points3D[i].xyz for i in ids])
+    m = image.cam_from_world().matrix()
+    z = xyz @ m[2, :3] + m[2, 3]
+    z = z[z > 0]
+    if len(z) < 2:
+        return None
+    return [float(np.percentile(z, 0.1)), float(np.percentile(z, 99.9))]
+
+
 def _keypoint_counts(pycolmap: Any, database: Path) -> dict[str, int]:
     db = pycolmap.Database.open(str(database))
     try:
         return {im.name: int(db.num_keypoints_for_image(im.image_id)) for im in db.read_all_images()}
     finally:
         db.close()
+
+
+class _Heartbeat:
+    """Logs ``what`` every ``every`` seconds while a long COLMAP call runs (it reports nothing)."""
+
+    def __init__(self, log: logging.Logger, what: str, every: float = 30.0):
+        self.log, self.what, self.every = log, what, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.wait(self.every):
+            self.log.info("poses: %s ... %.0f s", self.what, time.monotonic() - t0)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _seed_options(obj: Any, seed: int) -> None:
@@ -259,7 +296,9 @@ def estimate_poses(
     import pycolmap
 
     log = log or _log
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
+    phase_seconds: dict[str, float] = {}  # wall clock per COLMAP phase
+    phase_cpu_seconds: dict[str, float] = {}  # CPU time (all threads) per phase
     scene_dir, out_dir = Path(scene_dir).resolve(), Path(out_dir).absolute()
     if matcher not in MATCHERS:
         raise ValueError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
@@ -337,7 +376,7 @@ def estimate_poses(
         pycolmap.set_random_seed(seed)
 
         # ---- features
-        t = time.monotonic()
+        t, cpu = time.monotonic(), time.process_time()
         reader = pycolmap.ImageReaderOptions()
         reader.camera_model = camera_model
         reader.mask_path = str(mask_dir)
@@ -347,37 +386,45 @@ def estimate_poses(
         extraction.num_threads = int(num_threads)
         extraction.use_gpu = False
         names_sorted = sorted(image_name.values())
-        pycolmap.extract_features(
-            database, img_dir, image_names=names_sorted, camera_mode=pycolmap.CameraMode.SINGLE,
-            reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
-        )
+        with _Heartbeat(log, f"extracting features from {len(names_sorted)} images"):
+            pycolmap.extract_features(
+                database, img_dir, image_names=names_sorted, camera_mode=pycolmap.CameraMode.SINGLE,
+                reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
+            )
         n_keypoints = _keypoint_counts(pycolmap, database)
         for n in names_sorted:
             if n_keypoints.get(n, 0) == 0:
                 log.warning("poses: no features in %s%s", n, "" if n in n_keypoints else " (COLMAP could not read it)")
+        phase_seconds["features"] = round(time.monotonic() - t, 2)
+        phase_cpu_seconds["features"] = round(time.process_time() - cpu, 2)
         log.info("poses: features extracted from %d images in %.1f s (%.0f per image)", len(n_keypoints),
-                 time.monotonic() - t, np.mean(list(n_keypoints.values())) if n_keypoints else 0)
+                 phase_seconds["features"], np.mean(list(n_keypoints.values())) if n_keypoints else 0)
 
         # ---- matching
-        t = time.monotonic()
+        t, cpu = time.monotonic(), time.process_time()
         matching = pycolmap.FeatureMatchingOptions()
         matching.num_threads = int(num_threads)
         matching.use_gpu = False
         verification = pycolmap.TwoViewGeometryOptions()
         _seed_options(verification.ransac, seed)
-        if matcher == "exhaustive":
-            pycolmap.match_exhaustive(database, matching_options=matching,
-                                      verification_options=verification, device=pycolmap.Device.cpu)
-        else:
-            pairing = pycolmap.SequentialPairingOptions()
-            pairing.overlap = int(sequential_overlap)
-            pairing.num_threads = int(num_threads)
-            pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
-                                      verification_options=verification, device=pycolmap.Device.cpu)
-        log.info("poses: %s matching done in %.1f s", matcher, time.monotonic() - t)
+        n_img = len(names_sorted)
+        n_pairs = n_img * (n_img - 1) // 2 if matcher == "exhaustive" else None
+        with _Heartbeat(log, f"{matcher} matching" + (f" of {n_pairs} pairs" if n_pairs else "")):
+            if matcher == "exhaustive":
+                pycolmap.match_exhaustive(database, matching_options=matching,
+                                          verification_options=verification, device=pycolmap.Device.cpu)
+            else:
+                pairing = pycolmap.SequentialPairingOptions()
+                pairing.overlap = int(sequential_overlap)
+                pairing.num_threads = int(num_threads)
+                pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
+                                          verification_options=verification, device=pycolmap.Device.cpu)
+        phase_seconds["matching"] = round(time.monotonic() - t, 2)
+        phase_cpu_seconds["matching"] = round(time.process_time() - cpu, 2)
+        log.info("poses: %s matching done in %.1f s", matcher, phase_seconds["matching"])
 
         # ---- incremental mapping
-        t = time.monotonic()
+        t, cpu = time.monotonic(), time.process_time()
         options = pycolmap.IncrementalPipelineOptions()
         options.num_threads = int(num_threads)
         _seed_options(options, seed)
@@ -394,7 +441,9 @@ def estimate_poses(
 
         recs = pycolmap.incremental_mapping(database, img_dir, map_dir, options=options,
                                             next_image_callback=_next_image)
-        log.info("poses: mapping done in %.1f s, %d model(s)", time.monotonic() - t, len(recs))
+        phase_seconds["mapping"] = round(time.monotonic() - t, 2)
+        phase_cpu_seconds["mapping"] = round(time.process_time() - cpu, 2)
+        log.info("poses: mapping done in %.1f s, %d model(s)", phase_seconds["mapping"], len(recs))
         total, total_test = len(train), len(test)
         if not recs:
             raise StageError(STAGE, f"COLMAP reconstructed nothing: 0 of {total} train views registered; "
@@ -404,12 +453,14 @@ def estimate_poses(
         # ---- poses of registered frames
         colmap_to_frame = {image_name[n]: n for n in by_name}
         est: dict[str, np.ndarray] = {}
+        bounds: dict[str, list[float] | None] = {}
         for image in rec.images.values():
             if not image.has_pose or image.name not in colmap_to_frame:
                 continue
             w2c = np.eye(4)
             w2c[:3, :] = image.cam_from_world().matrix()
             est[colmap_to_frame[image.name]] = opencv_w2c_to_opengl_c2w(w2c)
+            bounds[colmap_to_frame[image.name]] = _depth_bounds(rec, image)
         registered = sum(n in est for n in train)
         registered_test = sum(n in est for n in test)
         unregistered = sorted(n for n in by_name if n not in est)
@@ -437,7 +488,7 @@ def estimate_poses(
         sparse0.mkdir(parents=True)
         rec.write_binary(str(sparse0))
         work_w, work_h = _working_size(scene_dir, meta, by_name[train[0]])
-        out_meta = _transforms_with_poses(meta, scene_dir, est, _camera_entries(cam, work_w, work_h))
+        out_meta = _transforms_with_poses(meta, scene_dir, est, bounds, _camera_entries(cam, work_w, work_h))
         (tmp / "transforms.json").write_text(json.dumps(out_meta, indent=2))
 
         comparison = None
@@ -465,6 +516,9 @@ def estimate_poses(
             "rotation_error_deg_max": comparison["rotation_error_deg_max"] if comparison else None,
             "translation_error_rel_mean": comparison["translation_error_rel_mean"] if comparison else None,
             "seconds": round(time.monotonic() - t0, 2),
+            "phase_seconds": phase_seconds,
+            "phase_cpu_seconds": phase_cpu_seconds,
+            "cpu_seconds": round(time.process_time() - cpu0, 2),
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
         shutil.rmtree(work)
@@ -482,8 +536,13 @@ def estimate_poses(
     return summary
 
 
-def _transforms_with_poses(meta: dict, scene_dir: Path, est: dict[str, np.ndarray], camera: dict) -> dict:
-    """The scene's transforms.json with COLMAP cameras, absolute paths, registered frames only."""
+def _transforms_with_poses(meta: dict, scene_dir: Path, est: dict[str, np.ndarray],
+                           bounds: dict[str, list[float] | None], camera: dict) -> dict:
+    """The scene's transforms.json with COLMAP cameras, absolute paths, registered frames only.
+
+    ``innout_bounds`` ([near, far] depth) is recomputed from COLMAP's points: the scene's
+    values are in the reference poses' units, not COLMAP's.
+    """
     out = {k: v for k, v in meta.items() if k not in ("frames",) and k not in _FRAME_CAMERA_KEYS}
     # Keys nerfstudio derives from old intrinsics would contradict the new ones.
     for k in ("camera_angle_x", "camera_angle_y", "k3", "k4", "ply_file_path", "applied_transform"):
@@ -500,6 +559,9 @@ def _transforms_with_poses(meta: dict, scene_dir: Path, est: dict[str, np.ndarra
             if k in fr:
                 fr[k] = str(_resolve(scene_dir, fr[k]))
         fr["transform_matrix"] = est[name].tolist()
+        fr.pop("innout_bounds", None)
+        if bounds.get(name) is not None:
+            fr["innout_bounds"] = bounds[name]
         kept_paths.add(fr["file_path"])
         frames.append(fr)
     out["frames"] = frames

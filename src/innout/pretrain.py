@@ -38,6 +38,7 @@ import math
 import os
 import random
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -299,23 +300,41 @@ def _fingerprint(cfg: Any, transforms_bytes: bytes) -> str:
     return h.hexdigest()[:16]
 
 
+def plain_state(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays turned into Python numbers/tensors.
+
+    nerfstudio's learning-rate schedules compute with numpy, so optimiser and scheduler
+    states hold numpy floats; torch >= 2.6 loads with ``weights_only=True`` by default
+    (nerfstudio's ``eval_setup`` included), which refuses numpy objects."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj)
+    if isinstance(obj, dict):
+        items = [(k, plain_state(v)) for k, v in obj.items()]
+        return OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
+    if isinstance(obj, list):
+        return [plain_state(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(plain_state(v) for v in obj)
+    return obj
+
+
 def _save_checkpoint(ckpt_dir: Path, step: int, pipeline, optimizers, grad_scaler, extra: dict) -> Path:
     """nerfstudio's checkpoint layout (plus an ``innout`` entry), written atomically;
     older checkpoints in the folder are removed once the new one is in place."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step-{step:09d}.ckpt"
     tmp = ckpt_dir / f".step-{step:09d}.ckpt.tmp"
-    torch.save(
-        {
-            "step": step,
-            "pipeline": pipeline.state_dict(),
-            "optimizers": {k: v.state_dict() for k, v in optimizers.optimizers.items()},
-            "schedulers": {k: v.state_dict() for k, v in optimizers.schedulers.items()},
-            "scalers": grad_scaler.state_dict(),
-            "innout": extra,
-        },
-        tmp,
-    )
+    state = {
+        "step": step,
+        "pipeline": pipeline.state_dict(),
+        "optimizers": {k: v.state_dict() for k, v in optimizers.optimizers.items()},
+        "schedulers": {k: v.state_dict() for k, v in optimizers.schedulers.items()},
+        "scalers": grad_scaler.state_dict(),
+        "innout": extra,
+    }
+    torch.save(plain_state(state), tmp)
     os.replace(tmp, path)
     for old in ckpt_dir.glob("step-*.ckpt"):
         if old != path:
@@ -545,7 +564,7 @@ def run_pretrain(
         # the final checkpoint without the resume-only entries (RNG states etc.)
         state = torch.load(final_ckpt, map_location="cpu", weights_only=False)
         state.pop("innout", None)
-        torch.save(state, ns_base / "nerfstudio_models" / final_ckpt.name)
+        torch.save(plain_state(state), ns_base / "nerfstudio_models" / final_ckpt.name)
         del state
 
         t_render = time.perf_counter()

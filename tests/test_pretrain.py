@@ -1,0 +1,297 @@
+"""Geometry pre-training (stage 2): an offline nerfstudio method whose checkpoints
+nerfstudio's own tools load, and training that resumes from its checkpoints.
+
+The session fixture ``trained`` trains one tiny NeRF on a tiny procedural scene
+(64x48, 24 train + 4 ground-truth test views) the way a killed-and-rerun Snakemake job
+would: interrupted after a checkpoint, then rerun to completion. ``tests/test_render.py``
+reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ITERATIONS = 240
+INTERRUPT_AFTER = ITERATIONS // 2  # steps done before the simulated kill (a checkpoint is there)
+TINY = [
+    "pretrain.rays_per_batch=512",
+    "pretrain.num_proposal_samples_per_ray=[48]",
+    "pretrain.proposal_hash_max_res=[64]",
+    "pretrain.proposal_num_levels=4",
+    "pretrain.proposal_log2_hashmap_size=13",
+    "pretrain.num_nerf_samples_per_ray=24",
+    "pretrain.num_levels=8",
+    "pretrain.log2_hashmap_size=14",
+    "pretrain.max_res=256",
+    "pretrain.hidden_dim=32",
+    "pretrain.hidden_dim_color=32",
+    "pretrain.eval_rays_per_chunk=4096",
+    "pretrain.proposal_warmup=200",
+    "pretrain.lr_decay_steps=2000",
+    "pretrain.log_every_steps=40",
+    "device=cpu",
+]
+SCENE = {"variant": "forward", "seed": 3, "n_train": 24, "n_test": 4, "width": 128, "height": 96}
+
+
+class Interrupted(Exception):
+    """Raised from the training callback to simulate a killed job."""
+
+
+class ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _refuse(*args, **kwargs):
+    raise OSError("network access attempted during an offline test")
+
+
+@pytest.fixture(scope="session")
+def offline():
+    """Any download attempt (sockets, urllib, the HF hub) fails the test."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _refuse)
+        mp.setattr(socket, "create_connection", _refuse)
+        mp.setattr(urllib.request, "urlopen", _refuse)
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        yield
+
+
+def make_scene(root: Path) -> Path:
+    from innout.procedural import write_spinnerf_scene
+    from innout.scene import import_scene
+
+    s = SCENE
+    write_spinnerf_scene(root / "src", s["variant"], s["seed"], s["n_train"], s["n_test"], s["width"], s["height"], (2,), progress=False)
+    import_scene(root / "src", "spinnerf", root / "scene", downscale=2, spinnerf_n_test=s["n_test"], mask_dilation_iterations=1)
+    return root / "scene" / "transforms.json"
+
+
+def tiny_cfg(*extra: str):
+    from innout.config import load_method_config
+
+    return load_method_config("smoke", [*TINY, *extra])
+
+
+def _logger(name: str) -> tuple[logging.Logger, ListHandler]:
+    log = logging.getLogger(f"innout.test.{name}")
+    log.setLevel(logging.INFO)
+    handler = ListHandler()
+    log.addHandler(handler)
+    return log, handler
+
+
+# test_render.py imports these fixtures; pytest then holds one definition per module, so
+# the work is memoised here to happen once per session.
+_SHARED: dict = {}
+
+
+@pytest.fixture(scope="session")
+def scene(tmp_path_factory, offline) -> Path:
+    if "scene" not in _SHARED:
+        _SHARED["scene"] = make_scene(tmp_path_factory.mktemp("tiny_scene"))
+    return _SHARED["scene"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, scene, offline) -> dict:
+    """Train ITERATIONS steps, killed after INTERRUPT_AFTER and rerun (same work dir)."""
+    if "trained" not in _SHARED:
+        _SHARED["trained"] = _train_interrupted_and_resumed(tmp_path_factory, scene)
+    return _SHARED["trained"]
+
+
+def _train_interrupted_and_resumed(tmp_path_factory, scene: Path) -> dict:
+    from innout.pretrain import run_pretrain
+
+    root = tmp_path_factory.mktemp("pretrain")
+    out_dir, work_dir = root / "out", root / "work"
+    cfg = tiny_cfg(f"pretrain.iterations={ITERATIONS}", f"pretrain.steps_per_checkpoint={INTERRUPT_AFTER}")
+
+    def kill(step: int) -> None:
+        if step + 1 == INTERRUPT_AFTER:
+            raise Interrupted(step)
+
+    log1, first = _logger("first")
+    with pytest.raises(Interrupted):
+        run_pretrain(scene, out_dir, work_dir, cfg, log1, on_step=kill)
+    assert not out_dir.exists(), "an interrupted run must not leave outputs"
+    log2, second = _logger("second")
+    summary = run_pretrain(scene, out_dir, work_dir, cfg, log2)
+    return {"scene": scene, "out_dir": out_dir, "work_dir": work_dir, "summary": summary, "cfg": cfg,
+            "log_first": first.messages, "log_second": second.messages}
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def test_method_is_registered():
+    from nerfstudio.plugins.registry import discover_methods
+
+    from innout.nerf import METHOD_NAME, InnoutNerfactoModelConfig
+
+    methods, _ = discover_methods()
+    assert METHOD_NAME in methods
+    model = methods[METHOD_NAME].pipeline.model
+    assert isinstance(model, InnoutNerfactoModelConfig)
+    assert model.use_view_dependent_color is False
+    assert model.camera_optimizer.mode == "off"
+
+
+def test_fast_hash_encoding_matches_nerfstudio():
+    from nerfstudio.field_components.encodings import HashEncoding
+
+    from innout.nerf import use_fast_hash_encoding
+
+    torch.manual_seed(0)
+    ref = HashEncoding(num_levels=6, min_res=8, max_res=300, log2_hashmap_size=12, implementation="torch")
+    fast = HashEncoding(num_levels=6, min_res=8, max_res=300, log2_hashmap_size=12, implementation="torch")
+    fast.load_state_dict(ref.state_dict())
+    assert use_fast_hash_encoding(fast) == 1
+    x = torch.rand(5000, 3)
+    x[:7] = torch.tensor([0.0, 0.5, 1.0])  # grid-aligned points (floor == ceil)
+    g = torch.randn(5000, 12)
+    out_ref, out_fast = ref(x), fast(x)
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-7)
+    (out_ref * g).sum().backward()
+    (out_fast * g).sum().backward()
+    torch.testing.assert_close(fast.hash_table.grad, ref.hash_table.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_view_independent_colour(offline):
+    """With view dependence off the colour of a point does not depend on the direction."""
+    from nerfstudio.cameras.rays import Frustums, RaySamples
+    from nerfstudio.data.scene_box import SceneBox
+    from nerfstudio.field_components.field_heads import FieldHeadNames
+
+    from innout.nerf import NerfSettings, make_trainer_config
+
+    settings = NerfSettings(num_levels=4, log2_hashmap_size=10, max_res=64, hidden_dim=16, hidden_dim_color=16)
+    cfg = make_trainer_config(settings).pipeline.model
+    model = cfg.setup(scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=3, metadata={})
+    n = 16
+    pos = torch.rand(n, 1, 3) - 0.5
+
+    def colour(dirs):
+        fr = Frustums(origins=pos, directions=dirs, starts=torch.zeros(n, 1, 1), ends=torch.zeros(n, 1, 1), pixel_area=torch.ones(n, 1, 1))
+        samples = RaySamples(frustums=fr, camera_indices=torch.zeros(n, 1, 1, dtype=torch.long))
+        return model.field(samples)[FieldHeadNames.RGB]
+
+    d1 = torch.nn.functional.normalize(torch.randn(n, 1, 3), dim=-1)
+    d2 = torch.nn.functional.normalize(torch.randn(n, 1, 3), dim=-1)
+    torch.testing.assert_close(colour(d1), colour(d2))
+
+
+def test_outputs(trained):
+    out, summary = trained["out_dir"], trained["summary"]
+    assert (out / "innout-nerfacto" / "config.yml").is_file()
+    ckpts = list((out / "innout-nerfacto" / "nerfstudio_models").glob("step-*.ckpt"))
+    assert [c.name for c in ckpts] == [f"step-{ITERATIONS - 1:09d}.ckpt"]
+    assert (out / "innout-nerfacto" / "dataparser_transforms.json").is_file()
+    assert (out / "config.yaml").is_file()
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ("iterations", "seconds", "rays_per_second", "psnr_train_unmasked", "psnr_test_outside_mask", "ssim_test_outside_mask"):
+        assert summary[key] is not None, key
+    assert summary["iterations"] == ITERATIONS
+    assert summary["rays_per_second"] > 0
+    assert 0.0 < summary["ssim_test_outside_mask"] <= 1.0
+    # the tiny NeRF learned something (random colours are ~10 dB)
+    assert summary["psnr_train_unmasked"] > 16, summary
+    meta = json.loads(trained["scene"].read_text())
+    train_names = [Path(f["file_path"]).stem for f in meta["frames"] if f["innout_split"] == "train"]
+    for name in train_names:
+        assert (out / "renders" / "train" / "rgb" / f"{name}.png").is_file()
+        assert (out / "renders" / "train" / "depth" / f"{name}.png").is_file()
+        depth = np.load(out / "renders" / "train" / "depth" / f"{name}.npy")
+        assert depth.shape == (meta["h"], meta["w"]) and depth.dtype == np.float32 and np.isfinite(depth).all()
+    print(f"\ntiny pretrain: {json.dumps({k: summary[k] for k in ('seconds', 'rays_per_second', 'psnr_train_unmasked', 'psnr_test_outside_mask', 'ssim_test_outside_mask')})}")
+
+
+def test_resumed_from_checkpoint(trained):
+    first, second, summary = trained["log_first"], trained["log_second"], trained["summary"]
+    assert not any("resuming" in m for m in first)
+    assert any(m.startswith(f"resuming from step {INTERRUPT_AFTER} ") for m in second), second
+    # the rerun trained only the remaining steps and ended at the total count
+    assert summary["resumed_from_step"] == INTERRUPT_AFTER
+    assert summary["steps_this_run"] == ITERATIONS - INTERRUPT_AFTER
+    assert any(m.startswith(f"step {ITERATIONS}/{ITERATIONS} ") for m in second)
+    assert not any(m.startswith(f"step {INTERRUPT_AFTER}/") or m.startswith("step 1/") for m in second)
+
+
+def test_nerfstudio_eval_setup_loads_and_agrees(trained, offline):
+    """nerfstudio's eval_setup (what ns-viewer / ns-render use) loads the checkpoint, and
+    its renders of its own (normalised-frame) cameras equal ours of the scene cameras."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from innout.pretrain import read_scene
+    from innout.render import NerfRenderer
+
+    config_path = trained["out_dir"] / "innout-nerfacto" / "config.yml"
+    _, pipeline, ckpt, step = eval_setup(config_path, test_mode="test")
+    assert step == ITERATIONS - 1 and ckpt.is_file()
+    renderer = NerfRenderer.from_config(trained["out_dir"], device="cpu")
+    _, _, train, _ = read_scene(trained["scene"])
+    by_path = {str(f.image): f for f in train}
+    cameras = pipeline.datamanager.train_dataset.cameras
+    for i in (0, len(cameras) - 1):
+        path = str(pipeline.datamanager.train_dataset.image_filenames[i])
+        ns = pipeline.model.get_outputs_for_camera(cameras[i : i + 1].to(pipeline.device))
+        ours = renderer.render_camera(by_path[path].camera, return_samples=False)
+        torch.testing.assert_close(ours["rgb"], ns["rgb"].cpu(), atol=2e-3, rtol=0)
+        torch.testing.assert_close(ours["depth"] * renderer.frame.scale, ns["expected_depth"][..., 0].cpu(), atol=2e-3, rtol=1e-3)
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, scene, offline):
+    """Same seed, same steps: an uninterrupted run and a killed-and-resumed one end with
+    identical checkpoints (resume restores model, optimisers, schedulers and RNG states)."""
+    from innout.pretrain import run_pretrain
+
+    cfg = tiny_cfg("pretrain.iterations=6", "pretrain.steps_per_checkpoint=2", "pretrain.rays_per_batch=128")
+
+    def stop_at(k):
+        def cb(step):
+            if step == k:
+                raise Interrupted(step)
+        return cb
+
+    log, _ = _logger("exact")
+    with pytest.raises(Interrupted):  # uninterrupted up to the checkpoint after 4 steps
+        run_pretrain(scene, tmp_path / "a_out", tmp_path / "a_work", cfg, log, on_step=stop_at(5))
+    with pytest.raises(Interrupted):  # killed after the first checkpoint (2 steps) ...
+        run_pretrain(scene, tmp_path / "b_out", tmp_path / "b_work", cfg, log, on_step=stop_at(1))
+    with pytest.raises(Interrupted):  # ... rerun: resumes at step 2
+        run_pretrain(scene, tmp_path / "b_out", tmp_path / "b_work", cfg, log, on_step=stop_at(5))
+    a = torch.load(tmp_path / "a_work" / "checkpoints" / "step-000000003.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "b_work" / "checkpoints" / "step-000000003.ckpt", weights_only=False)
+    assert a["pipeline"].keys() == b["pipeline"].keys()
+    for key in a["pipeline"]:
+        assert torch.equal(a["pipeline"][key], b["pipeline"][key]), key
+    assert torch.equal(a["innout"]["rng"]["torch"], b["innout"]["rng"]["torch"])
+
+
+def test_bad_input(tmp_path, scene):
+    from innout.errors import InputError
+    from innout.pretrain import read_scene
+
+    meta = json.loads(scene.read_text())
+    for frame in meta["frames"]:
+        frame.pop("transform_matrix")
+    bad = scene.parent / "no_poses.json"
+    bad.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="transform_matrix"):
+        read_scene(bad)

@@ -1,0 +1,385 @@
+"""Refinement building blocks: view subset, patch and pixel samplers, patch/GAN losses."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from innout.cameras import Camera, Intrinsics, look_at
+from innout.refine import (
+    GROUP_IDS,
+    Discriminator,
+    Patch,
+    PatchLossWeights,
+    PatchSampler,
+    UnmaskedPixelSampler,
+    discriminator_loss,
+    discriminator_step,
+    extract_tiles,
+    lpips_distance,
+    make_discriminator,
+    make_discriminator_optimizer,
+    mask_bbox,
+    minibatch_stddev,
+    patch_loss,
+    pixel_rays,
+    sample_unmasked_pixels,
+    select_patch_views,
+)
+
+K = Intrinsics(60.0, 60.0, 32.0, 24.0, 64, 48)
+
+
+@pytest.fixture(scope="module")
+def lpips_vgg():
+    """LPIPS with its linear heads from the package and a random VGG trunk: no network."""
+    lpips = pytest.importorskip("lpips")
+    return lpips.LPIPS(net="vgg", pnet_rand=True, pretrained=True, verbose=False).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These tensors are tiny: on shared cores one thread beats two contending ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny_cfg(**kw):
+    base = dict(
+        disc_channels=8, disc_tile=16, disc_max_channels=16, disc_mbstd_group=4, disc_equalized_lr=True,
+        disc_optimizer="adam", disc_lr=2e-3, r1_gamma=1.0, r1_every=1, disc_tiles="random", tiles_per_patch=2,
+        l1_weight=1.0, lpips_weight=1.0, adv_weight=1.0, lambda_patch=0.01,
+    )
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+# -------------------------------------------------------------------------- view subset
+
+
+def _cloud(rng, n=40, spread=(2.0, 1.5, 1.0)) -> dict[str, Camera]:
+    """A base camera at the origin looking down -z at the scene, and ``n`` jittered
+    cameras around it, all looking at the same point with some random extra yaw."""
+    target = np.array([0.0, 0.0, -6.0])
+    up = np.array([0.0, 1.0, 0.0])
+    cams = {"base": Camera(look_at(np.zeros(3), target, up), K)}
+    for i in range(n):
+        eye = rng.normal(0.0, 1.0, 3) * np.array(spread)
+        tgt = target + rng.normal(0.0, 0.7, 3)
+        cams[f"v{i:02d}"] = Camera(look_at(eye, tgt, up), K)
+    return cams
+
+
+def test_view_groups_definition_and_selection():
+    rng = np.random.default_rng(3)
+    cams = _cloud(rng)
+    sel = select_patch_views(cams, "base", keep_fraction=0.5)
+    assert tuple(sel["groups"]) == GROUP_IDS and len(GROUP_IDS) == 12 == len(set(GROUP_IDS))
+    others = [k for k in cams if k != "base"]
+    members = [n for g in GROUP_IDS for n in sel["groups"][g]]
+    assert sorted(members) == sorted(others)  # every non-base view in exactly one group
+    # independent recomputation of the group of every view
+    base = cams["base"].c2w
+    d = {k: base[:3, :3].T @ (cams[k].center - base[:3, 3]) for k in others}
+    by_z = sorted(others, key=lambda k: (d[k][2], k))
+    for rank, k in enumerate(by_z):
+        gid = sel["group_of"][k]
+        assert gid[1] == ("+" if d[k][0] >= 0 else "-") and gid[3] == ("+" if d[k][1] >= 0 else "-")
+        assert gid[5] == str(3 * rank // len(others))
+        assert k in sel["groups"][gid]
+    tercile_sizes = [sum(sel["group_of"][k].endswith(f"z{t}") for k in others) for t in range(3)]
+    assert max(tercile_sizes) - min(tercile_sizes) <= 1
+    # z0 is in front of the base camera (towards the scene, -z), z2 behind it
+    z_mean = [np.mean([d[k][2] for k in others if sel["group_of"][k].endswith(f"z{t}")]) for t in range(3)]
+    assert z_mean[0] < z_mean[1] < z_mean[2]
+    # per non-empty group: ceil(50 %), the most similar ones
+    for g in GROUP_IDS:
+        grp = sel["groups"][g]
+        kept = sel["kept"][g]
+        assert len(kept) == (math.ceil(len(grp) / 2) if grp else 0)
+        sims = [sel["similarity"][k] for k in grp]
+        assert sims == sorted(sims, reverse=True)
+        assert kept == grp[: len(kept)]
+    assert sorted(sel["selected"]) == sorted(n for g in GROUP_IDS for n in sel["kept"][g])
+    assert sel["selected"] == [k for k in cams if k in set(sel["selected"])]  # input order
+    # the view most similar to the base is always selected; the base only when asked
+    nearest = max(others, key=lambda k: sel["similarity"][k])
+    assert nearest in sel["selected"] and "base" not in sel["selected"]
+    assert all(0.0 <= s <= 1.0 for s in sel["similarity"].values())
+    with_base = select_patch_views(cams, "base", include_base=True)
+    assert with_base["selected"] == ["base", *sel["selected"]]
+    # keep_fraction 1 keeps everything
+    assert sorted(select_patch_views(cams, "base", keep_fraction=1.0)["selected"]) == sorted(others)
+
+
+def test_similarity_and_empty_groups():
+    up = np.array([0.0, 1.0, 0.0])
+    tgt = np.array([0.0, 0.0, -5.0])
+    cams = {"base": Camera(look_at(np.zeros(3), tgt, up), K)}
+    # every view to the right of and above the base: the x- and y- groups stay empty
+    for i, (x, y, z) in enumerate([(0.1, 0.1, 0.0), (1.0, 0.5, 0.3), (2.0, 1.0, -0.3), (0.5, 2.0, 0.1), (3.0, 3.0, 0.2), (0.2, 0.3, -0.2)]):
+        cams[f"v{i}"] = Camera(look_at(np.array([x, y, z]), tgt, up), K)
+    # a pure translation of the base (same orientation): angle 0
+    shifted = cams["base"].c2w.copy()
+    shifted[:3, 3] += [0.3, 0.2, 0.0]
+    cams["shift"] = Camera(shifted, K)
+    sel = select_patch_views(cams, "base")
+    assert sel["angle_deg"]["shift"] == pytest.approx(0.0, abs=1e-6)
+    assert all(not sel["groups"][g] for g in GROUP_IDS if g.startswith("x-") or "y-" in g)
+    assert sum(bool(v) for v in sel["groups"].values()) == 3  # x+y+z0, x+y+z1, x+y+z2
+    # the farthest, most rotated view has similarity 0, and v0 (closest) is kept
+    assert sel["similarity"]["v4"] == pytest.approx(0.0)
+    assert "v0" in sel["selected"]
+    with pytest.raises(KeyError):
+        select_patch_views(cams, "nope")
+    with pytest.raises(ValueError):
+        select_patch_views(cams, "base", keep_fraction=0.0)
+    # the base alone: nothing to group
+    alone = select_patch_views({"base": cams["base"]}, "base")
+    assert alone["selected"] == [] and all(not v for v in alone["groups"].values())
+
+
+# -------------------------------------------------------------------------- samplers
+
+
+def _random_mask(rng, h, w) -> np.ndarray:
+    """Random unions of rectangles, often touching or crossing the image border."""
+    m = np.zeros((h, w), bool)
+    for _ in range(int(rng.integers(1, 4))):
+        y0, x0 = int(rng.integers(-h // 4, h)), int(rng.integers(-w // 4, w))
+        hh, ww = int(rng.integers(1, h // 2 + 2)), int(rng.integers(1, w // 2 + 2))
+        m[max(y0, 0) : max(y0 + hh, 0), max(x0, 0) : max(x0 + ww, 0)] = True
+    if rng.random() < 0.3:  # a one-pixel blob in a corner
+        m[rng.choice([0, h - 1]), rng.choice([0, w - 1])] = True
+    if not m.any():
+        m[rng.integers(0, h), rng.integers(0, w)] = True
+    return m
+
+
+def test_patch_sampler_inside_image_and_around_bbox():
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        h, w = int(rng.integers(12, 80)), int(rng.integers(12, 80))
+        masks = {f"m{i}": _random_mask(rng, h, w) for i in range(3)}
+        masks["empty"] = np.zeros((h, w), bool)
+        patch_size = int(rng.choice([8, 16, 32, 64, 256]))
+        sampler = PatchSampler(masks, patch_size=patch_size, seed=trial)
+        assert sampler.skipped == ["empty"] and "empty" not in sampler.views
+        for p in sampler.sample_many(60):
+            ya, yb, xa, xb = mask_bbox(masks[p.name])
+            assert p.size == min(patch_size, h, w)
+            assert 0 <= p.y0 and p.y0 + p.size <= h and 0 <= p.x0 and p.x0 + p.size <= w
+            # overlaps the mask's bounding box
+            assert p.y0 <= yb and p.y0 + p.size - 1 >= ya and p.x0 <= xb and p.x0 + p.size - 1 >= xa
+            # an unclamped patch is centred on a pixel of the bounding box
+            if 0 < p.y0 < h - p.size:
+                assert ya <= p.y0 + p.size // 2 <= yb
+            if 0 < p.x0 < w - p.size:
+                assert xa <= p.x0 + p.size // 2 <= xb
+            pix = p.pixels()
+            assert pix.shape == (p.size * p.size, 2)
+            assert pix[:, 0].min() >= 0 and pix[:, 0].max() < h and pix[:, 1].min() >= 0 and pix[:, 1].max() < w
+    # pixel coordinates, crop and nerfstudio ray indices agree
+    img = np.arange(20 * 30).reshape(20, 30)
+    p = Patch("a", 3, 5, 7)
+    assert np.array_equal(img[p.pixels()[:, 0], p.pixels()[:, 1]], p.crop(img).reshape(-1))
+    assert p.ray_indices(4)[:, 0].eq(4).all() and p.ray_indices(4)[0, 1:].tolist() == [3, 5]
+    # centres spread over the whole bounding box, not one point
+    m = np.zeros((200, 200), bool)
+    m[50:150, 60:140] = True
+    s = PatchSampler({"a": m}, patch_size=16, seed=1)
+    cy = np.array([q.y0 + 8 for q in s.sample_many(400)])
+    assert cy.min() < 60 and cy.max() > 140
+    with pytest.raises(ValueError):
+        PatchSampler({"e": np.zeros((8, 8), bool)})
+
+
+def test_patch_sampler_reproducible_and_resumable():
+    rng = np.random.default_rng(5)
+    masks = {f"m{i}": _random_mask(rng, 40, 50) for i in range(4)}
+    a, b = PatchSampler(masks, 16, seed=7), PatchSampler(masks, 16, seed=7)
+    assert a.sample_many(10) == b.sample_many(10)
+    state = a.state_dict()
+    first = a.sample_many(5)
+    a.load_state_dict(state)
+    assert a.sample_many(5) == first
+    only = PatchSampler(masks, 16, seed=0, views=["m2"])
+    assert {p.name for p in only.sample_many(20)} == {"m2"}
+
+
+def test_unmasked_pixels_never_masked():
+    rng = np.random.default_rng(1)
+    paths = set()
+    for trial in range(25):
+        h, w = int(rng.integers(4, 60)), int(rng.integers(4, 60))
+        masks = {f"v{i}": _random_mask(rng, h, w) for i in range(4)}
+        masks["full"] = np.ones((h, w), bool)  # never sampled
+        masks["almost"] = np.ones((h, w), bool)
+        masks["almost"][rng.integers(0, h), :] = False
+        if trial % 2:
+            masks["free"] = np.zeros((h, w), bool)
+        if trial % 3 == 0:  # a view of another size
+            masks["other"] = _random_mask(rng, h + 7, w + 3)
+        if trial % 4 == 0:  # mostly masked pixels overall: the index-list path
+            masks.update({f"full{j}": np.ones((h, w), bool) for j in range(30)})
+        sampler = UnmaskedPixelSampler(masks)
+        assert (sampler._free_index is None) == (sampler.free_fraction >= 0.25)
+        paths.add(sampler._free_index is None)
+        idx = sample_unmasked_pixels(masks, 500, np.random.default_rng(trial))
+        assert idx.shape == (500, 3) and idx.dtype == torch.long
+        names = list(masks)
+        for row in idx.numpy():
+            v, y, x = (int(c) for c in row)
+            m = masks[names[v]]
+            assert 0 <= y < m.shape[0] and 0 <= x < m.shape[1]
+            assert not m[y, x]
+        assert not (idx[:, 0] == names.index("full")).any()
+    assert paths == {True, False}  # both the rejection and the index-list path ran
+    # uniform over the pooled unmasked pixels: views in proportion to their free pixels
+    m1 = np.ones((10, 10), bool)
+    m1[:1, :] = False  # 10 free
+    m2 = np.zeros((10, 10), bool)
+    m2[:7, :] = True  # 30 free
+    sampler = UnmaskedPixelSampler({"a": m1, "b": m2})
+    v = sampler.sample(20000, 0)[:, 0].numpy()
+    assert abs(v.mean() - 0.75) < 0.02
+    # the same through the index-list path (90 % of all pixels masked)
+    m3 = np.ones((10, 10), bool)
+    m3[0, :3] = False  # 3 free
+    m4 = np.ones((10, 30), bool)
+    m4[5, :] = False  # 30 free... and one wider view
+    few = UnmaskedPixelSampler({"a": m3, "b": m4})
+    assert few._free_index is not None
+    idx = few.sample(20000, 2).numpy()
+    assert abs(idx[:, 0].mean() - 30 / 33) < 0.01
+    assert (idx[idx[:, 0] == 1, 1] == 5).all() and set(idx[idx[:, 0] == 0, 2].tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError):
+        UnmaskedPixelSampler({"a": np.ones((3, 3), bool)})
+
+
+def test_pixel_rays_match_camera_rays():
+    cam = Camera(look_at(np.array([1.0, 2.0, 3.0]), np.zeros(3)), K)
+    o, d = cam.rays()
+    ys, xs = np.array([0, 5, 47]), np.array([0, 63, 10])
+    po, pd = pixel_rays(cam, ys, xs)
+    assert np.allclose(pd, d[ys, xs]) and np.allclose(po, o[ys, xs])
+
+
+# -------------------------------------------------------------------------- losses and D
+
+
+def test_extract_tiles():
+    x = torch.rand(2, 3, 32, 32)
+    grid = extract_tiles(x, 16, "grid")
+    assert grid.shape == (8, 3, 16, 16)
+    assert torch.equal(grid[0], x[0, :, :16, :16]) and torch.equal(grid[3], x[0, :, 16:, 16:])
+    assert torch.equal(grid[5], x[1, :, :16, 16:])
+    rnd = extract_tiles(x, 16, "random", count=3, generator=0)
+    assert rnd.shape == (6, 3, 16, 16)
+    # each random tile is a crop of its patch
+    t = rnd[4]
+    found = any(torch.equal(t, x[1, :, i : i + 16, j : j + 16]) for i in range(17) for j in range(17))
+    assert found
+    small = extract_tiles(torch.rand(3, 3, 10, 10), 16)
+    assert small.shape == (3, 3, 16, 16)
+    assert extract_tiles([torch.rand(1, 3, 20, 20), torch.rand(2, 3, 16, 16)], 16, "grid", generator=1).shape == (3, 3, 16, 16)
+
+
+def test_discriminator_shapes_and_mbstd():
+    d = Discriminator(channels=8, tile=32, max_channels=16)
+    assert len(d.blocks) == 3  # 32 -> 16 -> 8 -> 4
+    assert d(torch.rand(6, 3, 32, 32)).shape == (6,)
+    assert d(torch.rand(1, 3, 32, 32)).shape == (1,)
+    with pytest.raises(ValueError):
+        d(torch.rand(2, 3, 16, 16))
+    with pytest.raises(ValueError):
+        Discriminator(tile=48)
+    x = torch.randn(6, 4, 2, 2)
+    y = minibatch_stddev(x, 4)  # group 3 (largest divisor of 6 <= 4)
+    assert y.shape == (6, 5, 2, 2)
+    g = x.reshape(3, 2, 4, 2, 2)
+    expect = (g.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
+    assert torch.allclose(y[:, 4, 0, 0], expect.repeat(3), atol=1e-6)
+    plain = Discriminator(channels=8, tile=16, max_channels=8, equalized=False)
+    assert torch.isfinite(plain(torch.rand(2, 3, 16, 16))).all()
+
+
+def test_lpips_identical_patches_is_zero(lpips_vgg):
+    x = torch.rand(2, 3, 32, 32)
+    assert all(not p.requires_grad for p in lpips_vgg.net.parameters())  # the trunk is frozen by lpips
+    assert float(lpips_distance(lpips_vgg, x, x)) == pytest.approx(0.0, abs=1e-7)
+    assert float(lpips_distance(lpips_vgg, x, torch.rand(2, 3, 32, 32))) > 0.0
+    out = patch_loss(x.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1), lpips_vgg, None, PatchLossWeights())
+    assert float(out["l1"]) == 0.0 and float(out["lpips"]) == pytest.approx(0.0, abs=1e-7) and float(out["total"]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_generator_and_discriminator_step(lpips_vgg):
+    torch.manual_seed(0)
+    cfg = _tiny_cfg()
+    disc = make_discriminator(cfg)
+    opt = make_discriminator_optimizer(disc, cfg)
+    target = torch.rand(2, 3, 24, 24)  # inpainted patches ("real")
+    render = torch.nn.Parameter(torch.rand(2, 3, 24, 24))  # stands in for the NeRF's patch renders
+    w = PatchLossWeights.from_config(cfg)
+    assert w.lambda_patch == 0.01 and w.tile_mode == "random"
+    out = patch_loss(render, target, lpips_vgg, disc, w, generator=0)
+    for k in ("l1", "lpips", "adv", "patch", "total"):
+        assert torch.isfinite(out[k]), k
+    assert float(out["lpips"]) > 0 and float(out["adv"]) > 0
+    assert torch.allclose(out["total"], 0.01 * (out["l1"] + out["lpips"] + out["adv"]))
+    out["total"].backward()
+    assert render.grad is not None and torch.isfinite(render.grad).all() and render.grad.abs().sum() > 0
+    assert all(p.grad is None for p in disc.parameters())  # the generator step leaves D alone
+    assert all(p.grad is None for p in lpips_vgg.parameters())  # ... and LPIPS's heads
+    assert all(p.requires_grad for p in disc.parameters())  # ... and unfreezes it after
+    before = [p.detach().clone() for p in disc.parameters()]
+    stats = discriminator_step(disc, opt, target, render, cfg, step=0, generator=1)
+    assert stats["skipped"] == 0.0 and all(math.isfinite(v) for v in stats.values())
+    assert stats["r1"] > 0.0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in disc.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, disc.parameters()))
+    # the real-only case (base-view patches) and the ablations
+    assert math.isfinite(discriminator_step(disc, opt, target, None, cfg, step=1)["total"])
+    abl = patch_loss(render, target, None, None, PatchLossWeights(lpips=0.0, adv=0.0))
+    assert float(abl["lpips"]) == 0.0 and float(abl["adv"]) == 0.0 and float(abl["patch"]) == pytest.approx(float(abl["l1"]))
+
+
+def test_r1_penalty_and_lazy_schedule():
+    torch.manual_seed(1)
+    disc = Discriminator(channels=8, tile=16, max_channels=16)
+    real, fake = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    full = discriminator_loss(disc, real, fake, r1_gamma=2.0, r1_every=1, step=0)
+    assert float(full["r1"]) > 0 and torch.isfinite(full["total"])
+    # R1 = gamma / 2 * E||grad||^2 w.r.t. the image in [-1, 1]
+    x = (real * 2 - 1).requires_grad_(True)
+    (g,) = torch.autograd.grad(disc((x + 1) / 2).sum(), x)
+    assert float(full["r1"]) == pytest.approx(float(g.square().sum(dim=(1, 2, 3)).mean()), rel=1e-4)
+    lazy_on = discriminator_loss(disc, real, fake, r1_gamma=2.0, r1_every=4, step=8)
+    lazy_off = discriminator_loss(disc, real, fake, r1_gamma=2.0, r1_every=4, step=9)
+    assert float(lazy_on["r1"]) == pytest.approx(4 * float(full["r1"]), rel=1e-5)
+    assert float(lazy_off["r1"]) == 0.0
+    assert float(lazy_off["real"]) == pytest.approx(float(full["real"]), rel=1e-5)
+    # gradient of the penalty reaches D's weights
+    full["r1"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters())
+    rms = make_discriminator_optimizer(disc, _tiny_cfg(disc_optimizer="rmsprop"))
+    assert isinstance(rms, torch.optim.RMSprop)
+
+
+def test_refine_config_presets():
+    from innout.config import load_method_config
+
+    smoke = load_method_config("smoke").refine
+    paper = load_method_config("paper").refine
+    assert paper.patch_size == 256 and paper.lambda_patch == 0.01 and paper.iterations == 5000
+    assert paper.keep_fraction == 0.5 and paper.disc_tile == 64
+    assert smoke.patch_size < 64 and smoke.iterations <= 200
+    d = make_discriminator(smoke)
+    assert d.tile == smoke.disc_tile
+    assert make_discriminator_optimizer(d, smoke).param_groups[0]["lr"] == pytest.approx(smoke.disc_lr)
