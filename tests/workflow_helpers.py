@@ -34,3 +34,21 @@ def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.Com
 
 def files_under(path: Path) -> list[Path]:
     return [p for p in Path(path).rglob("*")] if Path(path).exists() else []
+
+
+def planned_rules(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count from the job-stats table of a ``-n --quiet rules`` run."""
+    counts: dict[str, int] = {}
+    in_table = False
+    for line in (result.stdout + result.stderr).splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_table = True
+            continue
+        if in_table:
+            if len(parts) == 2 and parts[1].isdigit():
+                if parts[0] != "total":
+                    counts[parts[0]] = int(parts[1])
+            elif parts and not set(parts[0]) <= {"-"}:
+                in_table = False
+    return counts

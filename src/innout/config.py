@@ -30,6 +30,10 @@ class PosesConfig:
     matcher: str = "exhaustive"  # exhaustive | sequential (ordered video captures)
     sequential_overlap: int = 10  # neighbours matched by the sequential matcher
     min_registered_fraction: float = 0.95  # fewer registered train views is an error
+    # PINHOLE: the benchmark inputs (SPIn-NeRF/LLFF, procedural) are undistorted, and the
+    # geometry stage trains on pinhole cameras. SIMPLE_RADIAL/OPENCV estimate distortion,
+    # which pre-training then refuses (undistort the images first).
+    camera_model: str = "PINHOLE"
 
 
 @dataclass

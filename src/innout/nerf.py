@@ -68,18 +68,28 @@ _HASH_PRIMES_I32 = (1, 2654435761 - (1 << 32), 805459861)
 
 
 class _RowGather(torch.autograd.Function):
-    """``table[index]`` whose backward scatters with ``index_add_`` into one gradient
-    tensor (autograd's ``index`` backward is an ``index_put_`` per call, much slower on CPU)."""
+    """``table[index]`` for a (rows, F) table, cheaper on CPU than autograd's indexing.
+
+    Forward: rows of two float32 are gathered as single 8-byte elements (a 1-D
+    ``index_select`` on a float64 view: several times faster than a 2-D row gather).
+    Backward: one weighted ``bincount`` per feature on CPU (``index_add_`` elsewhere)
+    instead of autograd's ``index_put_`` with accumulation.
+    """
 
     @staticmethod
     def forward(ctx, table: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(index)
         ctx.rows = table.shape[0]
+        if table.dtype == torch.float32 and table.shape[1] == 2 and table.is_contiguous():
+            return table.view(torch.float64).view(-1).index_select(0, index).view(torch.float32).view(-1, 2)
         return table.index_select(0, index)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (index,) = ctx.saved_tensors
+        if grad.device.type == "cpu":
+            cols = [torch.bincount(index, weights=grad[:, k], minlength=ctx.rows) for k in range(grad.shape[1])]
+            return torch.stack(cols, dim=1).to(grad.dtype), None
         grad_table = grad.new_zeros((ctx.rows, grad.shape[1]))
         grad_table.index_add_(0, index, grad)
         return grad_table, None
@@ -115,7 +125,7 @@ class InnoutHashEncoding(HashEncoding):
         w_floor = [1.0 - t for t in w_ceil]
         table_mask = self.hash_table_size - 1
         offsets = self.hash_offset.to(device=x.device, dtype=torch.int32)[None, :]
-        index = torch.empty((8, n, levels), dtype=torch.int64, device=x.device)
+        index = torch.empty((8, n, levels), dtype=torch.int32, device=x.device)
         weight = torch.empty((8, n, levels), dtype=x.dtype, device=x.device)
         corner = 0
         for cx in (False, True):

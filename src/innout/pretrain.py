@@ -290,10 +290,17 @@ def _set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# settings that do not change the trained model: changing them keeps a run resumable
+_NOT_IN_FINGERPRINT = ("steps_per_checkpoint", "log_every_steps", "eval_rays_per_chunk")
+
+
 def _fingerprint(cfg: Any, transforms_bytes: bytes) -> str:
+    """What a checkpoint in the work dir must have been trained with to be resumed."""
     from omegaconf import OmegaConf
 
-    pre = OmegaConf.to_container(cfg.pretrain, resolve=True) if not isinstance(cfg.pretrain, dict) else cfg.pretrain
+    pre = OmegaConf.to_container(cfg.pretrain, resolve=True) if not isinstance(cfg.pretrain, dict) else dict(cfg.pretrain)
+    for key in _NOT_IN_FINGERPRINT:
+        pre.pop(key, None)
     blob = json.dumps({"pretrain": pre, "seed": int(cfg.seed)}, sort_keys=True).encode()
     h = hashlib.sha256(blob)
     h.update(hashlib.sha256(transforms_bytes).digest())
