@@ -21,18 +21,11 @@ import torch
 
 ITERATIONS = 240
 INTERRUPT_AFTER = ITERATIONS // 2  # steps done before the simulated kill (a checkpoint is there)
-TINY = [
+TINY = [  # the smoke preset's sampling, smaller tables and batches for a 64x48 scene
     "pretrain.rays_per_batch=512",
-    "pretrain.num_proposal_samples_per_ray=[48]",
-    "pretrain.proposal_hash_max_res=[64]",
-    "pretrain.proposal_num_levels=4",
-    "pretrain.proposal_log2_hashmap_size=13",
-    "pretrain.num_nerf_samples_per_ray=24",
-    "pretrain.num_levels=8",
-    "pretrain.log2_hashmap_size=14",
+    "pretrain.proposal_log2_hashmap_size=12",
+    "pretrain.log2_hashmap_size=13",
     "pretrain.max_res=256",
-    "pretrain.hidden_dim=32",
-    "pretrain.hidden_dim_color=32",
     "pretrain.eval_rays_per_chunk=4096",
     "pretrain.proposal_warmup=200",
     "pretrain.lr_decay_steps=2000",

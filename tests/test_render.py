@@ -72,11 +72,12 @@ def test_outputs_are_consistent(renderer, views):
     mean_dist = (out["weights"] * out["distances"]).sum(-1) / out["accumulation"]
     ok = out["accumulation"] > 0.5
     torch.testing.assert_close(out["depth"][ok], mean_dist[ok], rtol=1e-4, atol=1e-5)
-    o, d = (torch.from_numpy(a).float() for a in lat.rays())
+    o64, d64 = lat.rays()
+    o, d = torch.from_numpy(o64).float(), torch.from_numpy(d64).float()
     on_ray = o[:, :, None, :] + out["distances"][..., None] * d[:, :, None, :]
     torch.testing.assert_close(out["positions"], on_ray, atol=1e-4 * float(out["distances"].max()), rtol=0)
     # arbitrary rays (and chunking) give the same answer
-    rays = renderer.render_rays(o.reshape(-1, 3).numpy(), d.reshape(-1, 3).numpy(), chunk=7)
+    rays = renderer.render_rays(o64.reshape(-1, 3), d64.reshape(-1, 3), chunk=7)
     torch.testing.assert_close(rays["depth"], out["depth"].reshape(-1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rays["positions"], out["positions"].reshape(-1, s, 3), atol=1e-5, rtol=1e-5)
 
