@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib  # noqa: F401  before anything can import pycolmap (see innout.poses)
+
 import json
 from pathlib import Path
 
@@ -190,6 +192,23 @@ def test_fox_through_colmap(tmp_path):
     assert meta["w"] == ref_meta["w"] and meta["h"] == ref_meta["h"]
     assert meta["fl_x"] == pytest.approx(ref_meta["fl_x"], rel=0.05)
     assert meta["train_filenames"] == [f["file_path"] for f in meta["frames"] if f["innout_split"] == "train"]
+
+
+@pytest.mark.slow
+def test_auto_matcher_falls_back_to_exhaustive(tmp_path, monkeypatch):
+    if not (FOX / "transforms.json").is_file():
+        pytest.skip(f"fox data not found at {FOX}")
+    pycolmap = pytest.importorskip("pycolmap")
+    # Sequential matching that finds nothing: the stage must add exhaustive matching.
+    monkeypatch.setattr(pycolmap, "match_sequential", lambda *args, **kwargs: None)
+    images = sorted((FOX / "images").iterdir())[:12]
+    scene = _write_minimal_scene(tmp_path / "scene", images)
+    summary = estimate_poses(scene, tmp_path / "poses", matcher="auto")
+    assert summary["matchers_run"] == ["sequential", "exhaustive"]
+    assert summary["registered"] == 12
+    assert summary["rotation_error_deg_mean"] is None  # the scene ships no poses
+    meta = json.loads((tmp_path / "poses" / "transforms.json").read_text())
+    assert meta["innout"]["has_poses"] is True and meta["innout"]["poses_source"] == "colmap"
 
 
 @pytest.mark.slow

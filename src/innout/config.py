@@ -67,6 +67,7 @@ class PretrainConfig:
     interlevel_loss_mult: float = 1.0
     mixed_precision: bool = True  # CUDA only; CPU trains in float32
     implementation: str = "torch"  # torch | tcnn (tcnn checkpoints do not load on CPU)
+    pose_scale_factor: float = 1.0  # on top of nerfstudio's auto scale (cameras in [-1, 1])
     steps_per_checkpoint: int = 500  # resumable checkpoints in the stage's work dir
     log_every_steps: int = 100
 

@@ -458,6 +458,7 @@ class NerfSettings:
     interlevel_loss_mult: float = 1.0
     mixed_precision: bool = True
     implementation: str = "torch"
+    pose_scale_factor: float = 1.0
 
     @classmethod
     def from_pretrain(cls, pretrain: Any) -> "NerfSettings":
@@ -519,7 +520,7 @@ def make_trainer_config(
         interlevel_loss_mult=s.interlevel_loss_mult,
         implementation=s.implementation,  # type: ignore[arg-type]
     )
-    dataparser = NerfstudioDataParserConfig(downscale_factor=1)
+    dataparser = NerfstudioDataParserConfig(downscale_factor=1, scale_factor=float(s.pose_scale_factor))
     if data is not None:
         dataparser.data = Path(data)
     datamanager = VanillaDataManagerConfig(

@@ -456,6 +456,7 @@ def estimate_poses(
             n_img = len(names_sorted)
             what = f"exhaustive matching of {n_img * (n_img - 1) // 2} pairs" if kind == "exhaustive" \
                 else f"sequential matching (overlap {sequential_overlap})"
+            t = time.monotonic()
             with clock("matching"), _Heartbeat(log, what):
                 if kind == "exhaustive":  # pairs already in the database are skipped
                     pycolmap.match_exhaustive(database, matching_options=matching,
@@ -466,7 +467,7 @@ def estimate_poses(
                     pairing.num_threads = int(num_threads)
                     pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
                                               verification_options=verification, device=pycolmap.Device.cpu)
-            log.info("poses: %s done in %.1f s", what, phase_seconds["matching"])
+            log.info("poses: %s done in %.1f s", what, time.monotonic() - t)
 
         def reconstruct() -> dict:
             if map_dir.exists():
