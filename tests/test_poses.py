@@ -15,8 +15,6 @@ from innout.cameras import look_at
 from innout.errors import InputError, StageError
 from innout.poses import compare_poses, estimate_poses
 
-FOX = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fox"
-
 
 def _rotation(axis: np.ndarray, angle_deg: float) -> np.ndarray:
     axis = np.asarray(axis, float) / np.linalg.norm(axis)
@@ -168,11 +166,9 @@ def _check_output(out: Path, summary: dict, n_frames_expected: int) -> dict:
 
 
 @pytest.mark.slow
-def test_fox_through_colmap(tmp_path):
-    if not (FOX / "transforms.json").is_file():
-        pytest.skip(f"fox data not found at {FOX}")
-    ref_meta = json.loads((FOX / "transforms.json").read_text())
-    images = [(FOX / f["file_path"]) for f in ref_meta["frames"]]
+def test_fox_through_colmap(tmp_path, fox_dir):
+    ref_meta = json.loads((fox_dir / "transforms.json").read_text())
+    images = [(fox_dir / f["file_path"]) for f in ref_meta["frames"]]
     ref = {Path(f["file_path"]).stem: f["transform_matrix"] for f in ref_meta["frames"]}
     intr = {k: ref_meta[k] for k in ("fl_x", "fl_y", "cx", "cy", "k1", "k2", "p1", "p2")}
     # Every fifth view plays a test view (no feature mask): they must land in the same model.
@@ -188,20 +184,18 @@ def test_fox_through_colmap(tmp_path):
     assert summary["rotation_error_deg_mean"] < 2.0
     assert summary["translation_error_rel_mean"] < 0.05
     assert summary["mean_reprojection_error_px"] < 1.5
-    meta = _check_output(out, summary, summary["registered"])
+    meta = _check_output(out, summary, summary["registered"] + summary["registered_test"])
     assert meta["w"] == ref_meta["w"] and meta["h"] == ref_meta["h"]
     assert meta["fl_x"] == pytest.approx(ref_meta["fl_x"], rel=0.05)
     assert meta["train_filenames"] == [f["file_path"] for f in meta["frames"] if f["innout_split"] == "train"]
 
 
 @pytest.mark.slow
-def test_auto_matcher_falls_back_to_exhaustive(tmp_path, monkeypatch):
-    if not (FOX / "transforms.json").is_file():
-        pytest.skip(f"fox data not found at {FOX}")
+def test_auto_matcher_falls_back_to_exhaustive(tmp_path, monkeypatch, fox_dir):
     pycolmap = pytest.importorskip("pycolmap")
     # Sequential matching that finds nothing: the stage must add exhaustive matching.
     monkeypatch.setattr(pycolmap, "match_sequential", lambda *args, **kwargs: None)
-    images = sorted((FOX / "images").iterdir())[:12]
+    images = sorted((fox_dir / "images").iterdir())[:12]
     scene = _write_minimal_scene(tmp_path / "scene", images)
     summary = estimate_poses(scene, tmp_path / "poses", matcher="auto")
     assert summary["matchers_run"] == ["sequential", "exhaustive"]

@@ -25,9 +25,9 @@ CONF_DIR = Path(__file__).parent / "conf"
 class PosesConfig:
     """COLMAP (pycolmap) structure-from-motion."""
 
-    max_num_features: int = 4096  # SIFT features per image
+    max_num_features: int = 2048  # SIFT features per image
     max_image_size: int = 1600  # longest side given to SIFT; sources are downscaled to it
-    matcher: str = "exhaustive"  # exhaustive | sequential (ordered video captures)
+    matcher: str = "auto"  # auto (sequential, exhaustive if too few register) | sequential | exhaustive
     sequential_overlap: int = 10  # neighbours matched by the sequential matcher
     min_registered_fraction: float = 0.95  # fewer registered train views is an error
     # PINHOLE: the benchmark inputs (SPIn-NeRF/LLFF, procedural) are undistorted, and the
@@ -67,7 +67,11 @@ class PretrainConfig:
     interlevel_loss_mult: float = 1.0
     mixed_precision: bool = True  # CUDA only; CPU trains in float32
     implementation: str = "torch"  # torch | tcnn (tcnn checkpoints do not load on CPU)
-    pose_scale_factor: float = 1.0  # on top of nerfstudio's auto scale (cameras in [-1, 1])
+    # Extra scale on top of nerfstudio's (which puts the cameras in [-1, 1]^3). 0 = auto:
+    # from the frames' innout_bounds, bring the nearest content to ~1 unit from the
+    # cameras (forward-facing captures otherwise sit mostly in the contracted region, where
+    # a small hash grid has little resolution); 1 when the frames carry no bounds.
+    pose_scale_factor: float = 1.0
     steps_per_checkpoint: int = 500  # resumable checkpoints in the stage's work dir
     log_every_steps: int = 100
 

@@ -19,14 +19,16 @@ What is run, and why:
   not masked.
 * All views, train and test, are reconstructed together (what SPIn-NeRF did), so test
   cameras come out in the same frame as the train cameras.
-* One camera shared by all images (``CameraMode.SINGLE``), model ``SIMPLE_RADIAL``
-  (f, cx, cy, k1) by default: the benchmark captures are one phone camera, and one
-  focal plus one radial term is what COLMAP can estimate reliably from a few dozen
-  small images; ``OPENCV``'s separate fx/fy and tangential terms are poorly constrained
-  there. ``k1`` is written to transforms.json (nerfstudio undistorts with it); the
-  project's pinhole ``Camera`` ignores it, which is harmless for the small k1 of
-  ordinary lenses. ``camera_model`` can be set to ``PINHOLE``, ``SIMPLE_PINHOLE``,
-  ``SIMPLE_RADIAL``, ``RADIAL`` or ``OPENCV``.
+* One camera shared by all images (``CameraMode.SINGLE``; source images of different
+  sizes are an InputError). Model ``PINHOLE`` by default, the project's choice
+  (``innout.config.PosesConfig.camera_model``): the benchmark inputs (SPIn-NeRF/LLFF,
+  procedural) are undistorted and the later stages use pinhole cameras. For raw photos
+  ``SIMPLE_RADIAL`` (f, cx, cy, k1) is the safer fit (one focal and one radial term is
+  what COLMAP estimates reliably from a few dozen small images; ``OPENCV``'s separate
+  fx/fy and tangential terms are poorly constrained there); its ``k1`` (and ``k2``,
+  ``p1``, ``p2`` for ``RADIAL``/``OPENCV``) go to transforms.json for nerfstudio.
+  Choices: ``SIMPLE_PINHOLE``, ``PINHOLE``, ``SIMPLE_RADIAL``, ``RADIAL``, ``OPENCV``.
+  The principal point is not refined (COLMAP's default), so it stays at the centre.
 * Matching: ``auto`` (default) runs sequential matching (each image against its
   ``sequential_overlap`` successors by name plus the ones 2, 4, 8, ... further on, so
   SPIn-NeRF's 40 test views also meet the 60 train views after them) and, when that
@@ -51,7 +53,9 @@ Paths in the output transforms.json (``file_path``, ``mask_path``,
 ``innout_object_mask`` and the ``*_filenames`` lists) are absolute: the file lives in
 ``out_dir``, not next to the images. ``innout.scene_dir`` records the scene it was made
 from, ``innout.poses_source`` is ``"colmap"``. World orientation and scale are COLMAP's
-(nerfstudio's dataparser re-orients and re-centres).
+(nerfstudio's dataparser re-orients and re-centres). Each frame's ``innout_bounds``
+([near, far]) is recomputed in COLMAP's units from the depths of the points it observes
+(0.1 / 99.9 percentiles, as LLFF's imgs2poses); the scene's values were in the old units.
 """
 
 from __future__ import annotations
@@ -328,7 +332,7 @@ def estimate_poses(
     num_threads: int = -1,
     seed: int = 0,
     sequential_overlap: int = 10,
-    camera_model: str = "SIMPLE_RADIAL",
+    camera_model: str = "PINHOLE",
     log: logging.Logger | None = None,
 ) -> dict:
     """Run COLMAP on a canonical scene and write ``out_dir`` (see the module docstring).

@@ -435,6 +435,9 @@ def run_pretrain(
     data_json.write_text(ns_data_text)
 
     # ---- nerfstudio pipeline --------------------------------------------------------
+    if settings.pose_scale_factor <= 0:
+        settings.pose_scale_factor, why = auto_pose_scale_factor(data_json, train)
+        log.info("pose_scale_factor auto: %.4g (%s)", settings.pose_scale_factor, why)
     seed_everything(seed)
     mixed = bool(settings.mixed_precision) and device.startswith("cuda")
     trainer_cfg = make_trainer_config(settings, data=data_json, output_dir=work_dir, experiment_name="run", timestamp="", device=device.split(":")[0])
@@ -645,6 +648,26 @@ def _cfg_get(node: Any, key: str, default: Any) -> Any:
         return node[key] if key in node else default
     except TypeError:
         return getattr(node, key, default)
+
+
+def auto_pose_scale_factor(data_json: Path, train: list[Frame]) -> tuple[float, str]:
+    """Scale factor (<= 1) that puts the train views' median near bound at distance 1 in
+    nerfstudio's frame; 1.0 when the frames have no ``innout_bounds``."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    nears = []
+    for f in train:
+        b = f.raw.get("innout_bounds")
+        if isinstance(b, (list, tuple)) and len(b) == 2 and b[0] is not None and np.isfinite(b[0]) and b[0] > 0:
+            nears.append(float(b[0]))
+    if not nears:
+        return 1.0, "no innout_bounds in the frames"
+    with _Quiet():
+        parser = NerfstudioDataParserConfig(data=Path(data_json), downscale_factor=1).setup()
+        base = float(parser.get_dataparser_outputs(split="train").dataparser_scale)
+    near = float(np.median(nears))
+    factor = min(1.0, 1.0 / (base * near))
+    return factor, f"median near bound {near:.4g} x nerfstudio scale {base:.4g}"
 
 
 def _mean(values: list) -> Optional[float]:
