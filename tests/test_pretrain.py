@@ -2,7 +2,7 @@
 nerfstudio's own tools load, and training that resumes from its checkpoints.
 
 The session fixture ``trained`` trains one tiny NeRF on a tiny procedural scene
-(64x48, 24 train + 4 ground-truth test views) the way a killed-and-rerun Snakemake job
+(64x48, 40 train + 4 ground-truth test views) the way a killed-and-rerun Snakemake job
 would: interrupted after a checkpoint, then rerun to completion. ``tests/test_render.py``
 reuses it.
 """
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-ITERATIONS = 240
+ITERATIONS = 300
 INTERRUPT_AFTER = ITERATIONS // 2  # steps done before the simulated kill (a checkpoint is there)
 TINY = [  # the smoke preset's sampling, smaller tables and batches for a 64x48 scene
-    "pretrain.rays_per_batch=512",
+    "pretrain.rays_per_batch=1024",
     "pretrain.proposal_log2_hashmap_size=12",
     "pretrain.log2_hashmap_size=13",
     "pretrain.max_res=256",
@@ -32,7 +32,7 @@ TINY = [  # the smoke preset's sampling, smaller tables and batches for a 64x48 
     "pretrain.log_every_steps=40",
     "device=cpu",
 ]
-SCENE = {"variant": "forward", "seed": 3, "n_train": 24, "n_test": 4, "width": 128, "height": 96}
+SCENE = {"variant": "forward", "seed": 0, "n_train": 40, "n_test": 4, "width": 128, "height": 96}
 
 
 class Interrupted(Exception):
@@ -173,7 +173,7 @@ def test_view_independent_colour(offline):
 
     from innout.nerf import NerfSettings, make_trainer_config
 
-    settings = NerfSettings(num_levels=4, log2_hashmap_size=10, max_res=64, hidden_dim=16, hidden_dim_color=16)
+    settings = NerfSettings(num_levels=4, log2_hashmap_size=10, max_res=64, hidden_dim=16, hidden_dim_color=16, proposal_log2_hashmap_size=10)
     cfg = make_trainer_config(settings).pipeline.model
     model = cfg.setup(scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=3, metadata={})
     n = 16

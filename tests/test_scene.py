@@ -339,6 +339,46 @@ def test_mask_of_wrong_aspect(tmp_path):
     assert "aspect" in _check_failed(exc, str(bad), out)
 
 
+def test_all_one_train_mask(tmp_path):
+    """A train view whose mask covers the whole image leaves the geometry nothing to learn from it."""
+    src = make_spinnerf(tmp_path / "src")
+    bad = src / "images_4" / "label" / "img003.png"
+    _save(bad, np.full(_read(bad).shape, 255, np.uint8))
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as exc:
+        _spin(src, out)
+    assert "whole image" in _check_failed(exc, str(bad), out)
+
+
+def test_all_zero_train_masks(tmp_path):
+    """One empty train mask is a warning; all of them empty means there is nothing to remove."""
+    src = make_spinnerf(tmp_path / "src")
+    label = src / "images_4" / "label"
+    masks = sorted(label.iterdir())
+    _save(masks[0], np.zeros(_read(masks[0]).shape, np.uint8))
+    summary = _spin(src, tmp_path / "one")
+    assert any("1 train masks are empty" in w for w in summary["warnings"])
+    for m in masks[1:]:
+        _save(m, np.zeros(_read(m).shape, np.uint8))
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as exc:
+        _spin(src, out)
+    assert "all 3 train masks are empty" in _check_failed(exc, str(label), out)
+
+
+def test_non_binary_masks_are_thresholded_with_a_warning(tmp_path):
+    """Anti-aliased (many grey levels) masks: object = above half the maximum, and a warning."""
+    src = make_spinnerf(tmp_path / "src")
+    for m in sorted((src / "images_4" / "label").iterdir()):
+        arr = _read(m).astype(np.float64)
+        ramp = np.linspace(0, 100, arr.shape[1])[None, :]
+        _save(m, np.clip(arr * 0.6 + ramp, 0, 255).astype(np.uint8))  # object ~153-253, background 0-100
+    summary = _spin(src, tmp_path / "out", mask_dilation_iterations=0)
+    assert any("more than two grey levels" in w for w in summary["warnings"])
+    obj = _read(tmp_path / "out" / "masks" / "img002.png") > 0
+    assert 0 < obj.mean() < 0.5
+
+
 def test_cannot_detect_format(tmp_path):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"

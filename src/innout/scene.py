@@ -942,6 +942,10 @@ def _write_scene(plan: _Plan, source: Path, tmp: Path, size: tuple[int, int],
             obj = cv2.dilate(obj, kernel_ones, iterations=iterations)
         if v.split == "train" and plan.has_masks and not obj.any():
             empty_train.append(v.name)
+        if v.split == "train" and obj.all():
+            # the geometry stage trains on unmasked pixels only: this view would give none
+            raise InputError(v.mask or v.working, "the object mask covers the whole image (after dilation): "
+                                                  "no pixel of this train view shows the scene")
         _write_png(tmp / "masks" / f"{v.name}.png", obj)
         _write_png(tmp / "nerf_masks" / f"{v.name}.png", 255 - obj)
         fractions[v.name] = float(np.count_nonzero(obj)) / obj.size
@@ -964,6 +968,11 @@ def _write_scene(plan: _Plan, source: Path, tmp: Path, size: tuple[int, int],
     for folder, names in multi_level.items():
         warn(f"{folder}: {len(names)} masks have more than two grey levels ({names[0]}, ...); "
              "pixels above half the mask's maximum are the object")
+    n_train = sum(v.split == "train" for v in plan.views)
+    if plan.has_masks and empty_train and len(empty_train) == n_train:
+        first = next(v for v in plan.views if v.split == "train")
+        raise InputError(first.mask.parent if first.mask else source,
+                         f"all {n_train} train masks are empty: there is no object to remove")
     if empty_train:
         warn(f"{len(empty_train)} train masks are empty ({empty_train[0]}, ...)")
 
