@@ -288,3 +288,30 @@ def test_bad_input(tmp_path, scene):
     bad.write_text(json.dumps(meta))
     with pytest.raises(InputError, match="transform_matrix"):
         read_scene(bad)
+
+
+def test_nan_loss_is_a_one_line_stage_error(tmp_path, scene, offline):
+    """A training step whose loss is not finite stops the stage with one line naming it,
+    and no output is left (the parameters are poisoned after the first step)."""
+    from innout.errors import StageError
+    from innout.pretrain import run_pretrain
+
+    out_dir = tmp_path / "out"
+    cfg = tiny_cfg("pretrain.iterations=5", "pretrain.steps_per_checkpoint=100")
+
+    def poison(step: int) -> None:
+        # the training callback sees only the step: find the live model to poison it
+        if step == 0:
+            import gc
+
+            for obj in gc.get_objects():
+                if type(obj).__name__ == "InnoutNerfactoModel":
+                    with torch.no_grad():
+                        for p in obj.field.mlp_head.parameters():
+                            p.fill_(float("nan"))
+
+    with pytest.raises(StageError) as exc:
+        run_pretrain(scene, out_dir, tmp_path / "work", cfg, on_step=poison)
+    message = str(exc.value)
+    assert "\n" not in message and "pretrain" in message and "nan" in message.lower(), message
+    assert not out_dir.exists()
