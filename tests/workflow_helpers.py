@@ -25,11 +25,14 @@ def workflow_copy(dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: float = 900, wrap_timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run Snakemake offline in ``workdir``. ``wrap_timeout``: run it under ``timeout -k``
+    (SIGTERM, then SIGKILL 30 s later), so Snakemake can cancel its cluster jobs first."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    return subprocess.run(
-        [str(SNAKEMAKE), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    command = [str(SNAKEMAKE), *args]
+    if wrap_timeout is not None:
+        command = ["timeout", "-k", "30", str(int(wrap_timeout)), *command]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def files_under(path: Path) -> list[Path]:
