@@ -11,6 +11,12 @@ include: "rules/common.smk"
 include: "rules/scene.smk"
 include: "rules/poses.smk"
 include: "rules/pretrain.smk"
+include: "rules/models.smk"
+include: "rules/base.smk"
+include: "rules/inpaint.smk"
+include: "rules/refine.smk"
+include: "rules/render.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

@@ -53,6 +53,9 @@ def method_config():
 
 
 METHOD = method_config()
+# The models rule's output; every rule that loads a model takes it as input and reads
+# only the cache folder it lies in.
+MODELS_MANIFEST = str(Path(METHOD.models.cache_dir) / "manifest.json")
 
 # Scene names come from the sheet, so a typo in a target fails early instead of matching.
 wildcard_constraints:
@@ -111,4 +114,9 @@ def get_final_output():
         if scene_uses_colmap(name):
             targets.append(f"results/{name}/poses/summary.json")
         targets.append(f"results/{name}/pretrain/summary.json")
+        targets.append(f"results/{name}/base/summary.json")
+        targets.append(f"results/{name}/inpaint/summary.json")
+        targets.append(f"results/{name}/eval/metrics.json")
+        targets.append(f"results/{name}/render/video.mp4")
+    targets.append("results/metrics.tsv")
     return targets

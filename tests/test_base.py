@@ -96,3 +96,221 @@ def test_what_is_hashed_is_the_fill_on_white():
     assert str(masked_phash(flipped, mask)) != expected
     with pytest.raises(ValueError):
         phash_vote({"a": img}, {})
+
+
+# ======================================================================================
+# the stage: run_base on the tiny NeRF of tests/test_pretrain.py (64x48, 40 train views)
+# ======================================================================================
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from test_pretrain import SCENE, offline, scene, trained  # noqa: E402,F401  (session fixtures)
+
+from innout.errors import InputError  # noqa: E402
+
+FIT_STEPS = 40
+INTERRUPT_AT = 20  # a checkpoint is written there (every 10 steps)
+TINY_BASE = [
+    "device=cpu",
+    "base.n_candidates=3",
+    f"base.prior_iterations={FIT_STEPS}",
+    "base.rays_per_batch=512",
+    "base.prior_rays_per_batch=128",
+    "base.learning_rate=5e-3",
+    "base.lr_final=1e-3",
+    "base.warmup_steps=5",
+    "base.steps_per_checkpoint=10",
+    "base.log_every_steps=10",
+    "inpaint.resolution=48",  # the 64x48 views at their own size: latents 6x8
+    "inpaint.steps=2",
+]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def base_cfg(*extra: str):
+    """What the rule's script gets: base_stage_params of the composed config."""
+    from innout.base import base_stage_params
+    from innout.config import config_from_params, load_method_config
+
+    return config_from_params(base_stage_params(load_method_config("smoke", [*TINY_BASE, *extra], "tiny")))
+
+
+@pytest.fixture(scope="module")
+def models_cache(tmp_path_factory, offline):  # noqa: F811
+    from innout.config import load_method_config
+    from innout.models import fetch_models
+
+    cache = tmp_path_factory.mktemp("models")
+    fetch_models(load_method_config("smoke", model="tiny").models, cache)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, trained, models_cache):  # noqa: F811
+    """The stage run twice: straight through, and killed after INTERRUPT_AT fit steps then rerun."""
+    from innout.base import run_base
+
+    root = tmp_path_factory.mktemp("base")
+    nerf = trained["out_dir"] / "innout-nerfacto" / "config.yml"
+    manifest = models_cache / "manifest.json"
+    cfg = base_cfg()
+    straight = run_base(trained["scene"], nerf, manifest, root / "a" / "out", root / "a" / "work", cfg, prompt="a wall")
+
+    def kill(step: int) -> None:
+        if step + 1 == INTERRUPT_AT:
+            raise Interrupted(step)
+
+    with pytest.raises(Interrupted):
+        run_base(trained["scene"], nerf, manifest, root / "b" / "out", root / "b" / "work", cfg, prompt="a wall", on_step=kill)
+    assert not (root / "b" / "out").exists(), "an interrupted run must leave no output"
+    resumed = run_base(trained["scene"], nerf, manifest, root / "b" / "out", root / "b" / "work", cfg, prompt="a wall")
+    return {"a": root / "a" / "out", "b": root / "b" / "out", "straight": straight, "resumed": resumed, "cfg": cfg,
+            "cache": models_cache, "scene": trained["scene"], "nerf": nerf}
+
+
+def _nerf_state(out_dir: Path) -> dict:
+    from innout.render import latest_checkpoint
+
+    ckpt = latest_checkpoint(out_dir / "nerf" / "innout-nerfacto" / "nerfstudio_models")
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["pipeline"]
+
+
+def test_outputs_and_summary(runs):
+    out, summary = runs["a"], runs["straight"]
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["random_weights"] is True and summary["warning"]
+    assert summary["prompt"] == "a wall" and summary["seed"] == 0
+    assert len(summary["candidates"]) == 3 and set(summary["votes"]) == set(summary["candidates"])
+    assert summary["resolution"] == [64, 48]
+    for name in summary["candidates"]:
+        assert np.asarray(Image.open(out / "candidates" / f"{name}.png")).shape == (48, 64, 3)
+    assert np.asarray(Image.open(out / "base.png")).shape == (48, 64, 3)
+    assert set(np.unique(np.asarray(Image.open(out / "mask.png")))) <= {0, 255}
+    prior = np.load(out / "depth_prior.npy")
+    assert prior.shape == (48, 64) and prior.dtype == np.float32 and (prior > 0).all()
+    assert summary["depth_alignment"]["n_points"] > 100
+    assert summary["prior_fit"]["iterations"] == FIT_STEPS and summary["prior_fit"]["steps_this_run"] == FIT_STEPS
+    # the exported NeRF opens with the renderer and is the fitted one (renders/after.png)
+    from innout.pretrain import read_scene
+    from innout.render import NerfRenderer
+
+    renderer = NerfRenderer.from_config(out / "nerf", device="cpu")
+    camera = next(f.camera for f in read_scene(runs["scene"])[2] if f.name == summary["winner"])
+    rgb = renderer.render_camera(camera, return_samples=False)["rgb"].numpy()
+    after = np.asarray(Image.open(out / "renders" / "after.png")).astype(np.float32) / 255
+    assert np.abs(rgb - after).max() <= 1.5 / 255
+    config_text = (out / "nerf" / "innout-nerfacto" / "config.yml").read_text()
+    assert ".tmp-" not in config_text, "nerfstudio's config names the temporary folder"
+
+
+def test_prior_fit_moves_the_masked_pixels_towards_the_prior(runs):
+    fit = runs["straight"]["prior_fit"]
+    assert fit["psnr_mask_after"] > fit["psnr_mask_before"] + 1.0
+    assert fit["depth_abs_rel_mask_after"] < fit["depth_abs_rel_mask_before"]
+    assert fit["last_loss"]["prior_colour"] < fit["first_loss"]["prior_colour"]
+
+
+def test_resume_after_an_interruption_gives_the_same_result(runs):
+    resumed = runs["resumed"]["prior_fit"]
+    assert resumed["resumed_from_step"] == INTERRUPT_AT and resumed["steps_this_run"] == FIT_STEPS - INTERRUPT_AT
+    assert runs["resumed"]["inpainting"]["candidates_from_cache"] == 3  # the rerun reused the cached candidates
+    a, b = _nerf_state(runs["a"]), _nerf_state(runs["b"])
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed fit differs from the uninterrupted one"
+    assert resumed["last_loss"] == runs["straight"]["prior_fit"]["last_loss"]
+    for name in ("base.png", "mask.png", "noise.pt", "depth_prior.npy", "overview.png"):
+        assert (runs["a"] / name).read_bytes() == (runs["b"] / name).read_bytes(), name
+
+
+def test_winner_has_the_smallest_summed_hamming_distance(runs):
+    out, summary = runs["a"], runs["straight"]
+    votes = summary["votes"]
+    assert summary["winner"] == min(votes, key=lambda n: (votes[n], n))
+    # the votes are those of the candidate images written to disk
+    from innout.pretrain import read_scene
+
+    frames = {f.name: f for f in read_scene(runs["scene"])[2]}
+    images = {n: np.asarray(Image.open(out / "candidates" / f"{n}.png").convert("RGB")) for n in summary["candidates"]}
+    masks = {n: np.asarray(Image.open(frames[n].object_mask)) > 0 for n in summary["candidates"]}
+    assert phash_vote(images, masks)["distances"] == votes
+    assert (np.asarray(Image.open(out / "mask.png")) > 0).tolist() == masks[summary["winner"]].tolist()
+
+
+def test_noise_reproduces_the_winners_inpainting(runs):
+    from innout.diffusion import inpaint_single, latent_size
+    from innout.models import load_inpainter
+    from innout.pretrain import read_scene
+
+    out, summary, cfg = runs["a"], runs["straight"], runs["cfg"]
+    noise = torch.load(out / "noise.pt")
+    assert tuple(noise.shape) == (4, *latent_size(64, 48, 48)) and noise.dtype == torch.float32
+    frame = next(f for f in read_scene(runs["scene"])[2] if f.name == summary["winner"])
+    image = np.asarray(Image.open(frame.image).convert("RGB"))
+    mask = np.asarray(Image.open(frame.object_mask)) > 0
+    pipe = load_inpainter("tiny", device="cpu", cache_dir=runs["cache"])
+    again = inpaint_single(pipe, image, mask, latents=noise, prompt=summary["prompt"], seed=summary["seed"],
+                           steps=cfg.inpaint.steps, guidance_scale=cfg.inpaint.guidance_scale,
+                           resolution=cfg.inpaint.resolution, scheduler=cfg.inpaint.scheduler)
+    assert np.array_equal(again, np.asarray(Image.open(out / "base.png")))
+    # and other noise gives another fill: the test can fail
+    other = inpaint_single(pipe, image, mask, latents=torch.randn_like(noise), prompt=summary["prompt"],
+                           steps=cfg.inpaint.steps, resolution=cfg.inpaint.resolution)
+    assert not np.array_equal(other, again)
+
+
+def test_fit_with_a_consistent_prior_keeps_the_rest_of_the_scene(trained):  # noqa: F811
+    """With the true object-free colour and distance as the prior (what a perfect
+    inpainter and depth model would give), the fit pulls the masked pixels towards it
+    and keeps the unmasked ones."""
+    from omegaconf import OmegaConf
+
+    from innout.base import base_view_errors, fit_prior, load_train_views
+    from innout.finetune import NerfTuner
+    from innout.procedural import ProceduralScene
+
+    views = load_train_views(trained["scene"])
+    base = max(views, key=lambda v: v.mask.sum())
+    truth = ProceduralScene(SCENE["variant"], SCENE["seed"]).render(base.camera, with_object=False, supersample=1)
+    colour = (truth["rgb"] * 255 + 0.5).astype(np.uint8)
+    distance = truth["distance"].astype(np.float32)
+    fit = OmegaConf.create({"prior_iterations": 100, "rays_per_batch": 512, "prior_rays_per_batch": 128, "prior_weight": 1.0,
+                            "depth_weight": 0.1, "depth_sigma": 0.05, "steps_per_checkpoint": 1000, "log_every_steps": 20})
+    tuner = NerfTuner(trained["out_dir"], device="cpu", learning_rate=5e-3, lr_final=1e-3, decay_steps=100, warmup_steps=5)
+    before = base_view_errors(tuner.renderer.render_camera(base.camera, return_samples=False), base, colour, distance)
+    fit_prior(tuner, views, base, colour, distance, fit, trained["out_dir"].parent / "consistent-fit", "x", 0)
+    after = base_view_errors(tuner.renderer.render_camera(base.camera, return_samples=False), base, colour, distance)
+    print(f"\nconsistent prior: masked PSNR {before['psnr_mask']:.2f} -> {after['psnr_mask']:.2f} dB, depth error "
+          f"{before['depth_abs_rel_mask']:.3f} -> {after['depth_abs_rel_mask']:.3f}, unmasked PSNR "
+          f"{before['psnr_unmasked']:.2f} -> {after['psnr_unmasked']:.2f} dB")
+    assert after["psnr_mask"] > before["psnr_mask"] + 1.0
+    assert after["depth_abs_rel_mask"] < before["depth_abs_rel_mask"]
+    assert after["psnr_unmasked"] > before["psnr_unmasked"] - 1.0
+
+
+def test_missing_nerf_fails_in_one_line_and_leaves_nothing(runs, tmp_path):
+    from innout.base import run_base
+
+    with pytest.raises(InputError) as err:
+        run_base(runs["scene"], tmp_path / "no-nerf", runs["cache"] / "manifest.json", tmp_path / "out", tmp_path / "work", runs["cfg"])
+    assert "no-nerf" in str(err.value) and "pretrain" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_manifest_of_another_model_set_fails_in_one_line(runs, tmp_path):
+    from innout.base import run_base
+    from innout.config import load_method_config
+    from innout.models import fetch_models
+
+    other = fetch_models(load_method_config("smoke", model="sd2-random").models, tmp_path / "models")
+    assert other["model_set"] == "sd2-random"
+    with pytest.raises(InputError) as err:
+        run_base(runs["scene"], runs["nerf"], tmp_path / "models" / "manifest.json", tmp_path / "out", tmp_path / "work", runs["cfg"])
+    message = str(err.value)
+    assert "manifest.json" in message and "sd2-random" in message and "models" in message and "\n" not in message
+    assert not (tmp_path / "out").exists()

@@ -235,3 +235,137 @@ def test_config_section(tmp_path):
     models = {"lpips_backbone": "random", "random_weights": True, "cache_dir": str(tmp_path)}
     lpips, fid = ev.metrics_from_config(models, {"fid": False, "lpips_min_side": 40})
     assert lpips.random_weights and lpips.min_side == 40 and fid is None
+
+
+# ----------------------------------------------------------------------- by hand, small
+
+def test_ssim_by_hand_on_a_small_image():
+    """SSIM of a 13 x 12 image pair from its definition, with explicit loops: the 11 x 11
+    Gaussian window (sigma 1.5) at each of the 3 x 2 positions where it fits, weighted
+    means, population variances and covariance, the SSIM formula, then the mean over
+    positions and channels."""
+    rng = np.random.default_rng(7)
+    x = rng.random((13, 12, 3))
+    y = np.clip(0.6 * x + 0.3 * rng.random((13, 12, 3)), 0, 1)
+    g = np.exp(-0.5 * ((np.arange(11) - 5) / 1.5) ** 2)
+    window = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    values = []
+    for c in range(3):
+        for top in range(13 - 11 + 1):
+            for left in range(12 - 11 + 1):
+                a, b = x[top:top + 11, left:left + 11, c], y[top:top + 11, left:left + 11, c]
+                ma, mb = (window * a).sum(), (window * b).sum()
+                va, vb = (window * (a - ma) ** 2).sum(), (window * (b - mb) ** 2).sum()
+                cov = (window * (a - ma) * (b - mb)).sum()
+                values.append(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+    assert len(values) == 3 * 3 * 2
+    assert ev.ssim(x, y) == pytest.approx(float(np.mean(values)), abs=1e-12)
+
+
+def test_scene_psnr_and_box_by_hand(offline):
+    """One view: the render is off by 0.1 inside the mask's box and by 0.5 outside; the
+    scene's PSNR is that of the box alone, 10 log10(1 / 0.01) = 20 dB."""
+    gt = np.full((30, 40, 3), 0.2)
+    mask = np.zeros((30, 40), bool)
+    mask[8, 11] = mask[19, 30] = mask[12, 20] = True  # box rows 8..19, cols 11..30
+    render = gt + 0.5
+    render[8:20, 11:31] = gt[8:20, 11:31] + 0.1
+    result = ev.evaluate_views({"v": render}, {"v": gt}, {"v": mask}, None, None)
+    assert result["views"]["v"]["bbox"] == [8, 20, 11, 31]
+    assert result["psnr"] == pytest.approx(20.0, abs=1e-9)
+    # constant crops: SSIM = (2ab + C1) / (a^2 + b^2 + C1) with a = 0.3, b = 0.2
+    assert result["ssim"] == pytest.approx((2 * 0.3 * 0.2 + 1e-4) / (0.09 + 0.04 + 1e-4), rel=1e-9)
+
+
+# ----------------------------------------------------------------------- the stage
+
+def _write_scene(root: Path, n_test: int, rng) -> Path:
+    """A scene folder of the canonical layout (transforms.json, images/, masks/) with two
+    train views and ``n_test`` ground-truth test views of 32 x 24 px."""
+    import json
+
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    frames = []
+    names = [f"t{i}" for i in range(n_test)] + ["a", "b"]
+    for i, name in enumerate(names):
+        split = "test" if i < n_test else "train"
+        Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8)).save(root / "images" / f"{name}.png")
+        mask = np.zeros((24, 32), np.uint8)
+        mask[5 + i % 3:15, 6:20 + i % 4] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+        c2w = np.eye(4)
+        c2w[0, 3] = 0.1 * i
+        frames.append({"file_path": f"images/{name}.png", "innout_object_mask": f"masks/{name}.png",
+                       "innout_split": split, "transform_matrix": c2w.tolist()})
+    meta = {"fl_x": 30.0, "fl_y": 30.0, "cx": 16.0, "cy": 12.0, "w": 32, "h": 24, "frames": frames}
+    (root / "transforms.json").write_text(json.dumps(meta))
+    return root / "transforms.json"
+
+
+def _stage_cfg(tmp_path):
+    from innout.config import load_method_config
+
+    return load_method_config("smoke", ["device=cpu", f"models.cache_dir={tmp_path / 'models'}"], model="tiny")
+
+
+def test_run_evaluate_writes_the_protocol(tmp_path, offline):
+    """Perfect final renders (PSNR inf, LPIPS 0 in every box), noisy "before" renders;
+    metrics.json carries both, per view, with random_weights; the TSV row and the
+    comparison picture follow."""
+    import json
+
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    transforms = _write_scene(tmp_path / "scene", 3, rng)
+    after, before = tmp_path / "after", tmp_path / "before"
+    after.mkdir(), before.mkdir()
+    for i in range(3):
+        gt = np.asarray(Image.open(tmp_path / "scene" / "images" / f"t{i}.png"))
+        Image.fromarray(gt).save(after / f"t{i}.png")
+        noisy = np.clip(gt.astype(int) + rng.integers(-40, 41, gt.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(before / f"t{i}.png")
+    out = tmp_path / "eval" / "metrics.json"
+    metrics = ev.run_evaluate(transforms, after, before, out, _stage_cfg(tmp_path), comparison_png=tmp_path / "eval" / "cmp.png")
+    stored = json.loads(out.read_text())
+    assert stored == json.loads(json.dumps(metrics))
+    assert stored["psnr"] == math.inf and stored["lpips"] == 0.0 and stored["ssim"] == pytest.approx(1.0)
+    assert stored["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert set(stored["per_view"]) == {"t0", "t1", "t2"} and stored["per_view"]["t1"]["bbox"] == [6, 15, 6, 21]
+    assert stored["random_weights"] is True and stored["warning"] and stored["reason"] is None
+    b = stored["before"]
+    assert 0 < b["lpips"] and b["psnr"] < 25 and b["ssim"] < 0.99 and b["fid"] > 0 and set(b["per_view"]) == {"t0", "t1", "t2"}
+    assert Image.open(tmp_path / "eval" / "cmp.png").size[0] == 3 * 240
+    rows = ev.write_metrics_table({"s": out}, tmp_path / "metrics.tsv", tmp_path / "metrics.html")
+    assert rows[0]["psnr"] == math.inf and rows[0]["psnr_before"] == b["psnr"]
+    line = (tmp_path / "metrics.tsv").read_text().splitlines()[1].split("\t")
+    assert line[0] == "s" and line[1] == "0" and line[3] == "inf" and line[-1] == "true"
+    assert "RANDOM" in (tmp_path / "metrics.html").read_text()
+
+
+def test_run_evaluate_without_ground_truth(tmp_path, offline):
+    import json
+
+    transforms = _write_scene(tmp_path / "scene", 0, np.random.default_rng(0))
+    out = tmp_path / "metrics.json"
+    ev.run_evaluate(transforms, tmp_path / "none", tmp_path / "none", out, _stage_cfg(tmp_path), comparison_png=tmp_path / "c.png")
+    stored = json.loads(out.read_text())
+    assert all(stored[k] is None for k in ("lpips", "psnr", "ssim", "fid"))
+    assert "no ground-truth test views" in stored["reason"] and stored["before"]["psnr"] is None
+    assert (tmp_path / "c.png").is_file()
+    line = ev.metrics_table([ev.scene_row("x", stored, stored["before"])]).splitlines()[1].split("\t")
+    assert line[1:9] == ["NA"] * 8
+
+
+def test_run_evaluate_missing_render_is_one_line(tmp_path, offline):
+    from innout.errors import InputError
+
+    transforms = _write_scene(tmp_path / "scene", 2, np.random.default_rng(0))
+    (tmp_path / "r").mkdir()
+    with pytest.raises(InputError, match=r"t0\.png: render not found"):
+        ev.run_evaluate(transforms, tmp_path / "r", tmp_path / "r", tmp_path / "m.json", _stage_cfg(tmp_path))
+    assert not (tmp_path / "m.json").exists()

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from innout.errors import StageError
+from innout.errors import InputError, StageError
 from innout.models import (
     RANDOM_WEIGHTS_WARNING,
+    check_manifest,
+    lpips_heads_path,
+    manifest_item,
     SD2_TEXT,
     SD2_UNET,
     SD2_VAE,
@@ -89,7 +92,9 @@ def test_fetch_models_offline_preset_writes_manifest_and_caches_tiny(tmp_path):
     manifest = fetch_models(cfg, tmp_path)
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk == manifest and manifest["random_weights"] and manifest["warning"] == RANDOM_WEIGHTS_WARNING
-    assert {item["what"] for item in manifest["items"]} == {"inpainter", "depth", "lpips"}
+    assert {item["what"] for item in manifest["items"]} == {"inpainter", "depth", "lpips", "fid-inception"}
+    assert all(item["random_weights"] for item in manifest["items"])
+    assert manifest["model_set"] == "tiny" and manifest["specs"]["inpainter"] == "tiny"
     assert (preset_dir(tmp_path, "inpainter", "tiny") / "model_index.json").is_file()
     pipe = load_inpainter("tiny", device="cpu", cache_dir=tmp_path)
     assert _same_weights(pipe.unet, build_tiny_inpainter().unet)
@@ -110,7 +115,7 @@ def test_download_plan_and_file_selection(tmp_path):
     cfg = load_method_config("paper", model="sd2").models
     assert not is_random(cfg) and cfg.inpainter == "stabilityai/stable-diffusion-2-inpainting"
     plan = download_plan(cfg, tmp_path)
-    assert [p["what"] for p in plan] == ["inpainter", "depth", "lpips-vgg16", "fid-inception"]
+    assert [p["what"] for p in plan] == ["inpainter", "depth", "lpips-vgg", "fid-inception"]
     assert plan[2]["dest"].endswith("torch/hub/checkpoints/vgg16-397923af.pth")
     listing = [
         "512-inpainting-ema.ckpt", "512-inpainting-ema.safetensors", "README.md", "model_index.json",
@@ -166,3 +171,65 @@ def test_sd2_random_builds_and_runs_a_step():
     mask[16:48, 16:48] = True
     out = inpaint_single(pipe, image, mask, steps=1, resolution=64, scheduler="ddim")
     assert out.shape == (64, 64, 3)
+
+
+def _fake_download(item: dict) -> str:
+    """Stands in for the network: a hub item becomes a snapshot-like folder, a URL a file."""
+    from pathlib import Path
+
+    if item["kind"] == "hub":
+        folder = Path(item["dest"]) / ("models--" + item["source"].replace("/", "--")) / "snapshots" / "0123abc"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text("{}")
+        return str(folder)
+    Path(item["dest"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(item["dest"]).write_bytes(b"weights")
+    return item["dest"]
+
+
+def test_real_set_manifest_lists_every_download_with_its_cache_path(tmp_path):
+    from innout.config import load_method_config
+
+    cfg = load_method_config("paper", model="sd2").models
+    manifest = fetch_models(cfg, tmp_path, download=_fake_download)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+    assert manifest["random_weights"] is False and manifest["warning"] is None and manifest["model_set"] == "sd2"
+    whats = [item["what"] for item in manifest["items"]]
+    assert whats == ["inpainter", "depth", "lpips-vgg", "fid-inception", "lpips-heads"]
+    assert not any(item["random_weights"] for item in manifest["items"])
+    inpainter = manifest_item(manifest, "inpainter")
+    assert inpainter["source"] == "stabilityai/stable-diffusion-2-inpainting"
+    assert inpainter["path"].startswith(str(tmp_path / "huggingface"))  # inside the cache
+    assert manifest_item(manifest, "lpips-vgg")["path"] == str(tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth")
+    assert manifest_item(manifest, "lpips-heads")["path"] == str(lpips_heads_path("vgg"))
+    assert check_manifest(tmp_path / "manifest.json", cfg) == manifest
+    # the same config gives the same file (no timestamp)
+    first = (tmp_path / "manifest.json").read_bytes()
+    fetch_models(cfg, tmp_path, download=_fake_download)
+    assert (tmp_path / "manifest.json").read_bytes() == first
+
+
+def test_manifest_is_checked_against_the_config(tmp_path):
+    from innout.config import load_method_config
+
+    tiny = load_method_config("smoke", model="tiny").models
+    fetch_models(tiny, tmp_path)
+    assert check_manifest(tmp_path / "manifest.json", tiny)["model_set"] == "tiny"
+    sd2 = load_method_config("smoke", model="sd2").models
+    with pytest.raises(InputError, match="made for model set 'tiny'.*'sd2'.*rerun the `models` rule") as err:
+        check_manifest(tmp_path / "manifest.json", sd2)
+    assert "\n" not in str(err.value)
+    other_depth = load_method_config("smoke", ["models.depth=some/other-depth"], model="tiny").models
+    with pytest.raises(InputError, match="depth="):
+        check_manifest(tmp_path / "manifest.json", other_depth)
+    with pytest.raises(InputError, match="not found"):
+        check_manifest(tmp_path / "nowhere.json", tiny)
+    # a cached component removed after the manifest was written
+    import shutil
+
+    shutil.rmtree(preset_dir(tmp_path, "inpainter", "tiny"))
+    with pytest.raises(InputError, match="missing"):
+        check_manifest(tmp_path / "manifest.json", tiny)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(InputError, match="not a models manifest"):
+        check_manifest(tmp_path / "manifest.json", tiny)

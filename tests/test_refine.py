@@ -1,4 +1,6 @@
-"""Refinement building blocks: view subset, patch and pixel samplers, patch/GAN losses."""
+"""Refinement: the building blocks (view subset, patch and pixel samplers, patch/GAN
+losses) and the stage (one step, its batches, a killed run that resumes), the latter on
+the tiny NeRF trained once per session by ``tests/test_pretrain.py``'s fixture."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_pretrain import offline, scene, trained  # noqa: F401  (session fixtures shared with the pretrain tests)
 
 from innout.cameras import Camera, Intrinsics, look_at
 from innout.refine import (
@@ -382,4 +385,169 @@ def test_refine_config_presets():
     assert smoke.patch_size < 64 and smoke.iterations <= 200
     d = make_discriminator(smoke)
     assert d.tile == smoke.disc_tile
-    assert make_discriminator_optimizer(d, smoke).param_groups[0]["lr"] == pytest.approx(smoke.disc_lr)
+    k = smoke.r1_every  # lazy R1: StyleGAN2's k / (k + 1) learning-rate correction
+    assert make_discriminator_optimizer(d, smoke).param_groups[0]["lr"] == pytest.approx(smoke.disc_lr * (k / (k + 1) if k > 1 else 1))
+
+
+# -------------------------------------------------------------------------- the stage
+#
+# The refine stage on the session's tiny trained NeRF (tests/test_pretrain.py) with
+# synthetic base/ and inpaint/ folders of the layouts those stages write: the base view's
+# "inpainting" and the other views' are the pre-trained NeRF's renders (object-free
+# enough for a loss to be computed), the depth prior is its rendered depth.
+
+STAGE_OVERRIDES = [
+    "refine.rays_per_batch=256", "refine.prior_rays_per_batch=64", "refine.patch_size=16",
+    "refine.disc_tile=8", "refine.disc_channels=4", "refine.disc_max_channels=8",
+    "refine.steps_per_checkpoint=3", "refine.log_every_steps=1", "models.lpips_backbone=random",
+    "models.random_weights=true",
+]
+
+
+def make_stage_inputs(root, trained) -> dict:
+    """``root/base`` and ``root/inpaint`` as the base and inpaint stages write them."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from innout.pretrain import read_scene
+
+    _, _, train, _ = read_scene(trained["scene"])
+    renders = trained["out_dir"] / "renders" / "train"
+    base = train[len(train) // 2]
+    base_dir, inpaint_dir = root / "base", root / "inpaint"
+    (base_dir / "nerf").mkdir(parents=True)
+    shutil.copytree(trained["out_dir"] / "innout-nerfacto", base_dir / "nerf" / "innout-nerfacto")
+    shutil.copy2(renders / "rgb" / f"{base.name}.png", base_dir / "base.png")
+    shutil.copy2(base.object_mask, base_dir / "mask.png")
+    np.save(base_dir / "depth_prior.npy", np.load(renders / "depth" / f"{base.name}.npy"))
+    (base_dir / "summary.json").write_text(json.dumps({"winner": base.name, "random_weights": True}))
+    (inpaint_dir / "images").mkdir(parents=True)
+    (inpaint_dir / "variants" / "independent").mkdir(parents=True)
+    for f in train:
+        img = Image.open(renders / "rgb" / f"{f.name}.png")
+        img.save(inpaint_dir / "images" / f"{f.name}.png")
+        img.transpose(Image.FLIP_LEFT_RIGHT).save(inpaint_dir / "variants" / "independent" / f"{f.name}.png")
+    (inpaint_dir / "summary.json").write_text(json.dumps({"random_weights": True, "base_view": base.name}))
+    return {"base_dir": base_dir, "inpaint_dir": inpaint_dir, "base": base.name, "transforms": trained["scene"]}
+
+
+_STAGE: dict = {}
+
+
+@pytest.fixture(scope="module")
+def stage_inputs(tmp_path_factory, trained):  # noqa: F811
+    if "inputs" not in _STAGE:
+        _STAGE["inputs"] = make_stage_inputs(tmp_path_factory.mktemp("refine_inputs"), trained)
+    return _STAGE["inputs"]
+
+
+def stage_cfg(*extra: str):
+    from innout.config import load_method_config
+
+    return load_method_config("smoke", ["device=cpu", *STAGE_OVERRIDES, *extra], model="tiny")
+
+
+def _refiner(stage_inputs, cfg):
+    from innout.finetune import NerfTuner
+    from innout.refine import Refiner, load_refine_inputs, make_lpips_module
+
+    inputs = load_refine_inputs(stage_inputs["transforms"], stage_inputs["base_dir"], stage_inputs["inpaint_dir"])
+    tuner = NerfTuner(stage_inputs["base_dir"] / "nerf", device="cpu", learning_rate=1e-3, lr_final=1e-4, decay_steps=10, stage="refine")
+    lp, _, random_backbone = make_lpips_module(cfg.models, "cpu")
+    assert random_backbone
+    return Refiner(tuner, inputs, cfg, lp), inputs
+
+
+def test_one_refine_step_is_finite_and_trains_both_players(stage_inputs, offline):  # noqa: F811
+    refiner, _ = _refiner(stage_inputs, stage_cfg())
+    nerf_before = [p.detach().clone() for p in refiner.tuner.parameters()]
+    d_before = [p.detach().clone() for p in refiner.discriminator.parameters()]
+    losses = refiner.step()
+    assert set(losses) >= {"loss", "rec", "prior_rgb", "prior_depth", "l1", "lpips", "adv", "d_real", "d_fake"}
+    for key, value in losses.items():
+        assert math.isfinite(value), (key, losses)
+    # every term was computed (none of them silently zero)
+    for key in ("rec", "prior_rgb", "prior_depth", "l1", "lpips", "adv", "d_real", "d_fake"):
+        assert losses[key] > 0, (key, losses)
+    assert any(not torch.equal(a, b) for a, b in zip(nerf_before, refiner.tuner.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, refiner.discriminator.parameters()))
+
+
+def test_refine_batches_respect_masks_and_image(stage_inputs, offline):  # noqa: F811
+    """Over many steps' batches: L_rec pixels never lie inside an object mask, L_prior
+    pixels always inside the base view's mask, patches inside the image and the patch
+    view's mask box; the vectorised rays are pixel_rays'."""
+    from innout.refine import CameraRays
+
+    refiner, inputs = _refiner(stage_inputs, stage_cfg("refine.patches_per_step=3"))
+    h, w = inputs.images.shape[1:3]
+    masks = np.stack([inputs.object_masks[n] for n in inputs.names])
+    base_i = inputs.names.index(inputs.base)
+    assert inputs.base not in refiner.patch_targets  # supervised by L_prior already
+    seen_views = set()
+    for _ in range(60):
+        b = refiner._batch()
+        rec = b["rec"].numpy()
+        assert ((rec[:, 1] >= 0) & (rec[:, 1] < h) & (rec[:, 2] >= 0) & (rec[:, 2] < w)).all()
+        assert not masks[rec[:, 0], rec[:, 1], rec[:, 2]].any()
+        seen_views.update(rec[:, 0].tolist())
+        prior = b["prior"].numpy()
+        assert (prior[:, 0] == base_i).all() and inputs.base_mask[prior[:, 1], prior[:, 2]].all()
+        for p, idx in zip(b["patches"], b["patch_idx"]):
+            assert p.name in refiner.patch_targets
+            assert 0 <= p.y0 and p.y0 + p.size <= h and 0 <= p.x0 and p.x0 + p.size <= w
+            ys, xs = np.nonzero(inputs.object_masks[p.name])
+            assert p.y0 <= ys.max() and p.y0 + p.size > ys.min() and p.x0 <= xs.max() and p.x0 + p.size > xs.min()
+            assert idx[:, 0].eq(inputs.names.index(p.name)).all()
+        torch.testing.assert_close(b["rec_rgb"], torch.from_numpy(inputs.images[rec[:, 0], rec[:, 1], rec[:, 2]]))
+    assert len(seen_views) > len(inputs.names) // 2
+    rays = CameraRays([inputs.cameras[n] for n in inputs.names])
+    o, d = rays(b["rec"])
+    for k in range(0, len(rec), 37):
+        po, pd = pixel_rays(inputs.cameras[inputs.names[rec[k, 0]]], [rec[k, 1]], [rec[k, 2]])
+        np.testing.assert_allclose(o[k].numpy(), po[0], atol=1e-12)
+        np.testing.assert_allclose(d[k].numpy(), pd[0], atol=1e-12)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_run_refine_resumes_after_a_kill_to_the_same_result(stage_inputs, tmp_path, offline):  # noqa: F811
+    """A run killed after its step-3 checkpoint and rerun ends exactly where an
+    uninterrupted run ends; the output is a NeRF folder the renderer loads."""
+    import json
+
+    from innout.pretrain import read_scene
+    from innout.refine import run_refine
+    from innout.render import NerfRenderer
+
+    cfg = stage_cfg("refine.iterations=6")
+    args = (stage_inputs["transforms"], stage_inputs["base_dir"], stage_inputs["inpaint_dir"])
+
+    def kill(step):
+        if step == 3:  # step 4 done, the checkpoint after step 3 is there
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_refine(*args, tmp_path / "a" / "refine", tmp_path / "a" / "work", cfg, on_step=kill)
+    assert not (tmp_path / "a" / "refine").exists()
+    resumed = run_refine(*args, tmp_path / "a" / "refine", tmp_path / "a" / "work", cfg)
+    straight = run_refine(*args, tmp_path / "b" / "refine", tmp_path / "b" / "work", cfg)
+    assert resumed["resumed_from_step"] == 3 and resumed["steps_this_run"] == 3
+    assert straight["resumed_from_step"] is None and straight["steps_this_run"] == 6
+    assert resumed["losses"]["loss"]["values"] == straight["losses"]["loss"]["values"]
+    ckpt = lambda root: torch.load(next((root / "refine/nerf/innout-nerfacto/nerfstudio_models").glob("*.ckpt")), weights_only=False)  # noqa: E731
+    a, b = ckpt(tmp_path / "a"), ckpt(tmp_path / "b")
+    assert a["step"] == b["step"]
+    for key in a["pipeline"]:
+        assert torch.equal(a["pipeline"][key], b["pipeline"][key]), key
+    summary = json.loads((tmp_path / "a" / "refine" / "summary.json").read_text())
+    assert summary["random_weights"] is True and summary["lpips_random_backbone"] is True
+    assert summary["iterations"] == 6 and summary["patch_views"] and summary["base_view"] == stage_inputs["base"]
+    renderer = NerfRenderer.from_config(tmp_path / "a" / "refine" / "nerf", device="cpu")
+    _, _, train, _ = read_scene(stage_inputs["transforms"])
+    out = renderer.render_camera(train[0].camera, return_samples=False)
+    assert torch.isfinite(out["rgb"]).all()

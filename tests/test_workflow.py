@@ -18,7 +18,10 @@ def test_default_target_chains_every_stage_of_the_demo(tmp_path):
     work = workflow_copy(tmp_path / "wf")
     result = snakemake(work, "-n", "--quiet", "rules")
     assert result.returncode == 0, result.stderr
-    assert planned_rules(result) == {"generate": 1, "scene": 1, "poses": 1, "pretrain": 1, "all": 1}
+    assert planned_rules(result) == {
+        "generate": 1, "scene": 1, "poses": 1, "pretrain": 1, "models": 1, "base": 1, "inpaint_shard": 2,
+        "inpaint": 1, "refine": 1, "render": 1, "evaluate": 1, "metrics": 1, "all": 1,
+    }
 
 
 def _write_sheet(work, rows):

@@ -100,6 +100,29 @@ class BaseViewConfig:
     depth_fit: str = "ransac"  # robust scale/offset fit: ransac (LMedS) | irls (Tukey from repeated median)
     depth_fit_iterations: int = 500  # random 2-point models (ransac)
     depth_inlier_sigmas: float = 2.5  # inliers: |residual| <= this x robust sigma
+    # The prior fit: the pre-trained NeRF is fine-tuned with L_rec (random rays through
+    # unmasked pixels of all train views: keeps the rest of the scene) + prior_weight *
+    # L_prior (the base view's masked pixels: colour MSE against its inpainting +
+    # depth_weight * DS-NeRF depth loss against the aligned monocular depth). The paper
+    # gives no numbers for this fit; these mirror the refinement's batch sizes (4096 +
+    # 1024 rays), fine-tune at a tenth of nerfacto's learning rate and weigh the depth
+    # term as DS-NeRF does (lambda_D = 0.1).
+    prior_iterations: int = 1000
+    rays_per_batch: int = 4096  # L_rec rays per step
+    prior_rays_per_batch: int = 1024  # L_prior rays per step
+    prior_weight: float = 1.0
+    depth_weight: float = 0.1  # DS-NeRF depth loss inside L_prior
+    # DS-NeRF's sigma (std of the ray-termination target) as a FRACTION of the median
+    # aligned prior depth inside the mask, so it does not depend on the scene's units
+    depth_sigma: float = 0.05
+    learning_rate: float = 1e-3  # Adam (nerfacto's two groups), decaying exponentially ...
+    lr_final: float = 1e-4  # ... to this at the last iteration
+    # linear learning-rate warm-up: a fresh Adam moves every parameter with a gradient by
+    # ~lr on its first steps whatever the gradient's size; measured on the demo, one
+    # un-warmed step at 5e-3 costs the unmasked pixels 3 dB
+    warmup_steps: int = 100
+    steps_per_checkpoint: int = 200  # resumable checkpoints in the stage's work dir
+    log_every_steps: int = 50
 
 
 @dataclass
@@ -118,6 +141,9 @@ class InpaintConfig:
     ela_region: str = "all"  # all (paper: the whole latent) | mask (aligned only inside the dilated mask)
     ela_mask_dilation: int = 1  # latent pixels the latent-resolution mask is dilated by
     scheduler: str = "pipeline"  # pipeline (what the model ships: PNDM for SD2-inpainting) | ddim | pndm
+    # the consistency score renders the NeRF's depth of the masked pixels of every view on
+    # a grid of every n-th row and column (1: all; a regular subsample keeps the mean unbiased)
+    consistency_stride: int = 1
 
 
 @dataclass
@@ -130,6 +156,14 @@ class RefineConfig:
     rays_per_batch: int = 4096  # L_rec: random rays from unmasked pixels of all train views
     prior_weight: float = 1.0  # multiplies L_prior (base view's masked pixels: colour MSE + depth)
     prior_rays_per_batch: int = 1024  # rays per step for L_prior
+    prior_depth_weight: float = 0.1  # weight of the DS-NeRF depth term inside L_prior (colour MSE has 1)
+    # DS-NeRF's sigma, relative to the median of the base view's depth prior inside the mask
+    # (scene units differ between scenes; a relative width transfers)
+    prior_depth_sigma: float = 0.02
+    learning_rate: float = 1e-3  # Adam (nerfacto's optimisers) starting from the base NeRF ...
+    lr_final: float = 1e-4  # ... decaying exponentially to this over the iterations
+    steps_per_checkpoint: int = 500  # resumable state in results/{scene}/.work/refine
+    log_every_steps: int = 100
     keep_fraction: float = 0.5  # patch views: share of each of the 12 groups kept (most similar to the base)
     include_base_in_patches: bool = False  # the base view is supervised by L_prior already
     patch_size: int = 256  # square patches inside the mask's bounding box (clipped to the image)
@@ -163,6 +197,20 @@ class EvaluateConfig:
 
 
 @dataclass
+class RenderConfig:
+    """Renders of the final NeRF: every test and train camera, depth maps and a video along
+    a smooth closed camera path through some train cameras (``innout.render.run_render``)."""
+
+    train_scale: float = 1.0  # resolution of the train-camera renders relative to the working one
+    video_keyframes: int = 8  # train cameras the path passes through (ordered around their centre)
+    video_frames: int = 120
+    video_fps: int = 30
+    video_scale: float = 1.0  # video resolution relative to the working one (rounded to even pixels)
+    video_crf: int = 18  # x264 constant rate factor (lower: better quality, larger file)
+    chunk: int = 0  # rays per forward pass; 0: the NeRF's own eval chunk
+
+
+@dataclass
 class MethodConfig:
     preset: str = "paper"
     seed: int = 0
@@ -174,6 +222,7 @@ class MethodConfig:
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
 
 
 ConfigStore.instance().store(name="base_method", node=MethodConfig)

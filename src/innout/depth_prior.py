@@ -242,3 +242,22 @@ def align_depth(
         "max_depth": far,
     }
     return aligned.astype(np.float32), stats
+
+
+def monocular_depth(model: Any, processor: Any, image: np.ndarray) -> np.ndarray:
+    """The raw output of a transformers depth-estimation model for one RGB image
+    ``(H, W, 3) uint8``, resized (bicubic, as transformers' own post-processing) to
+    ``(H, W)`` float64: relative disparity for Depth Anything, relative depth for
+    MiDaS-style models (``base.depth_kind`` says which), to be aligned with
+    :func:`align_depth`."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    inputs = processor(images=Image.fromarray(np.asarray(image, np.uint8)), return_tensors="pt")
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        pred = model(pixel_values=inputs["pixel_values"].to(device)).predicted_depth
+    pred = pred.reshape(1, 1, *pred.shape[-2:]).float()
+    return F.interpolate(pred, size=(h, w), mode="bicubic", align_corners=False)[0, 0].cpu().double().numpy()

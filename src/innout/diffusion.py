@@ -315,8 +315,18 @@ def inpaint_views(pipe, images: Sequence[Any], masks: Sequence[Any], init_latent
     for :func:`initial_noise` from ``seed``. With ``base_index`` and ``ila_lambda`` set,
     ILA aligns every other view to the base (whose own output is its plain inpainting);
     ``ila_lambda=None`` or ``base_index=None`` inpaints every view independently.
+    VAE encoding and decoding run in the groups of :func:`denoising_groups`, so a view's
+    output depends only on its own batch (what makes sharded runs byte-identical).
     """
-    views = prepare_views(pipe, images, masks, resolution, batch_size)
+    if len(images) != len(masks):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    if not images:
+        raise ValueError("no views to inpaint")
+    if base_index is not None and not 0 <= base_index < len(images):
+        raise ValueError(f"base_index {base_index} is not one of the {len(images)} views")
+    use_ila = ila_lambda is not None and base_index is not None
+    groups = denoising_groups(len(images), base_index if use_ila else None, batch_size)
+    views = _prepare_in_groups(pipe, images, masks, resolution, groups)
     h, w = views["masked_latents"].shape[2:]
     if init_latents is None:
         init_latents = initial_noise(len(images), (h, w), seed, pipe.vae.config.latent_channels)
@@ -328,8 +338,47 @@ def inpaint_views(pipe, images: Sequence[Any], masks: Sequence[Any], init_latent
                       negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale, ila_lambda=ila_lambda,
                       base_index=base_index, batch_size=batch_size, scheduler=scheduler, seed=seed, progress=progress,
                       controller=controller)
-    decoded = decode(pipe, latents, batch_size)
+    decoded = [None] * len(images)
+    for group in groups:  # decode the same groups as were denoised together
+        for i, image in zip(group, decode(pipe, latents[group], batch_size)):
+            decoded[i] = image
     return [composite(out, img, m) for out, img, m in zip(decoded, views["images"], views["masks"])]
+
+
+def denoising_groups(n: int, base_index: int | None, batch_size: int) -> list[list[int]]:
+    """The batches :func:`denoise` advances together: the base alone (when ILA is on),
+    then the other views in input order, ``batch_size`` at a time.
+
+    :func:`inpaint_views` also VAE-encodes and decodes in exactly these groups, so a
+    view's pixels depend only on its own group's tensors: inpainting a list whose
+    targets are a run of whole batches of a longer list (a shard) gives the same bytes
+    for them as inpainting the longer list (CPU kernels may pick other code paths for
+    other batch shapes, which changes the last bits)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    others = [i for i in range(n) if i != base_index]
+    groups = [[base_index]] if base_index is not None else []
+    return groups + [others[s:s + batch_size] for s in range(0, len(others), batch_size)]
+
+
+def _prepare_in_groups(pipe, images: Sequence[Any], masks: Sequence[Any], resolution: int, groups: list[list[int]]) -> dict:
+    """:func:`prepare_views` of every group on its own, reassembled in input order."""
+    parts = [(group, prepare_views(pipe, [images[i] for i in group], [masks[i] for i in group], resolution, len(group)))
+             for group in groups]
+    first = parts[0][1]
+    n = len(images)
+    views = {"size": first["size"], "processing_size": first["processing_size"], "images": [None] * n, "masks": [None] * n}
+    for key in ("mask", "masked_latents"):
+        views[key] = torch.empty((n, *first[key].shape[1:]), dtype=first[key].dtype, device=first[key].device)
+    for group, part in parts:
+        if part["size"] != first["size"]:
+            raise ValueError(f"views are {part['size']} and {first['size']}: views must share one size")
+        for j, i in enumerate(group):
+            views["mask"][i] = part["mask"][j]
+            views["masked_latents"][i] = part["masked_latents"][j]
+            views["images"][i] = part["images"][j]
+            views["masks"][i] = part["masks"][j]
+    return views
 
 
 def inpaint_single(pipe, image: Any, mask: Any, latents: torch.Tensor | None = None, prompt: str = "", *,

@@ -601,3 +601,197 @@ def metrics_table(rows: Iterable[Mapping[str, Any]]) -> str:
     lines = ["\t".join(columns)]
     lines += ["\t".join(_cell(row.get(c)) for c in columns) for row in rows]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the stage
+
+METRIC_KEYS = ("lpips", "psnr", "ssim", "fid")
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    from innout.errors import InputError
+
+    if not Path(path).is_file():
+        raise InputError(path, "render not found")
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _read_mask(path: Path | None, frame_name: str, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    from innout.errors import InputError
+
+    if path is None or not Path(path).is_file():
+        raise InputError(path or frame_name, f"test view {frame_name} has no object mask: the protocol's box comes from it")
+    m = np.asarray(Image.open(path))
+    m = (m[..., 0] if m.ndim == 3 else m) > 0
+    if m.shape != shape:
+        raise InputError(path, f"mask is {m.shape[1]}x{m.shape[0]}, its image {shape[1]}x{shape[0]}")
+    return m
+
+
+def _scene_metrics(result: Mapping[str, Any]) -> dict:
+    return {"lpips": result["lpips"], "psnr": result["psnr"], "ssim": result["ssim"], "fid": result["fid"],
+            "per_view": result["views"], "n_views": result["n_views"]}
+
+
+def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json: Path, cfg: Any, log: Any = None,
+                 comparison_png: Path | None = None, upstream_summary: Path | None = None) -> dict:
+    """The SPIn-NeRF metrics of a scene (module docstring) into ``out_json``.
+
+    ``renders_dir``: the final NeRF's renders of the ground-truth test cameras
+    (``<name>.png``, the render stage's ``test/rgb``); ``before_dir``: the same for the
+    comparison run, the pre-trained NeRF (pretrain's ``renders/test/rgb``). Ground truth:
+    the test views' photos, the box: each test view's object mask. Views with an empty
+    mask have no box and are left out (listed in ``skipped_views``). A scene without
+    ground-truth test views gets every metric None and a ``reason``.
+
+    ``comparison_png``: also draw ground truth | before | after of a few test views with
+    the box outlined (the report's picture). ``upstream_summary``: a summary.json whose
+    ``random_weights`` carries over (the render stage's)."""
+    import json
+    import logging
+    import os
+
+    from innout.models import is_random
+    from innout.pretrain import read_scene
+
+    log = log or logging.getLogger("innout.evaluate")
+    _, _, _, test = read_scene(Path(transforms))
+    upstream = json.loads(Path(upstream_summary).read_text()) if upstream_summary and Path(upstream_summary).is_file() else {}
+    random_upstream = bool(is_random(cfg.models)) or bool(upstream.get("random_weights"))
+    gts, masks, after, before, skipped = {}, {}, {}, {}, []
+    for f in test:
+        gt = _read_rgb(f.image)
+        mask = _read_mask(f.object_mask, f.name, gt.shape[:2])
+        if not mask.any():
+            log.warning("test view %s: empty mask, no box to evaluate in; left out", f.name)
+            skipped.append(f.name)
+            continue
+        gts[f.name], masks[f.name] = gt, mask
+        after[f.name] = _read_rgb(Path(renders_dir) / f"{f.name}.png")
+        before[f.name] = _read_rgb(Path(before_dir) / f"{f.name}.png")
+    if not gts:
+        reason = "the scene has no ground-truth test views" if not test else "every test view's mask is empty"
+        log.info("evaluate: %s; metrics are null", reason)
+        metrics = {**{k: None for k in METRIC_KEYS}, "per_view": {}, "n_views": 0, "reason": reason,
+                   "random_weights": random_upstream, "warning": RANDOM_WEIGHTS_WARNING if random_upstream else None,
+                   "before": {**{k: None for k in METRIC_KEYS}, "per_view": {}, "n_views": 0}, "skipped_views": skipped}
+    else:
+        lpips, fid = metrics_from_config(cfg.models, cfg.evaluate, cfg.device)
+        if fid is not None and len(gts) < 2:
+            log.warning("FID needs at least 2 test views, the scene has %d: FID is null", len(gts))
+            fid = None
+        log.info("evaluate: %d test views; %s", len(gts), lpips.description)
+        result_after = evaluate_views(after, gts, masks, lpips, fid)
+        result_before = evaluate_views(before, gts, masks, lpips, fid)
+        random_weights = bool(result_after["random_weights"]) or random_upstream
+        metrics = {
+            **_scene_metrics(result_after),
+            "reason": None,
+            "random_weights": random_weights,
+            "warning": RANDOM_WEIGHTS_WARNING if random_weights else None,
+            "protocol": "SPIn-NeRF: renders of the ground-truth test cameras against the photos, inside the bounding box "
+                        "of each test view's mask; LPIPS/PSNR/SSIM per view and their mean, FID over the scene's crops",
+            "metrics": result_after["metrics"],
+            "before": {**_scene_metrics(result_before), "what": "the pre-trained NeRF (geometry stage, object still in it)"},
+            "skipped_views": skipped,
+        }
+        log.info("after: LPIPS %s PSNR %s SSIM %s FID %s | before: LPIPS %s PSNR %s SSIM %s FID %s",
+                 *(_fmt(metrics[k]) for k in METRIC_KEYS), *(_fmt(metrics["before"][k]) for k in METRIC_KEYS))
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_json.with_name(f".{out_json.name}.tmp")
+    tmp.write_text(json.dumps(metrics, indent=1) + "\n")  # PSNR inf is written as Infinity
+    os.replace(tmp, out_json)
+    if comparison_png is not None:
+        comparison_sheet(gts, masks, before, after, metrics, Path(comparison_png))
+    return metrics
+
+
+def _fmt(value: Any) -> str:
+    return "NA" if value is None else f"{value:.4g}"
+
+
+def comparison_sheet(gts: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], before: Mapping[str, np.ndarray],
+                     after: Mapping[str, np.ndarray], metrics: Mapping[str, Any], out_png: Path, n_views: int = 6) -> None:
+    """ground truth | pre-trained NeRF | final NeRF for up to ``n_views`` test views, the
+    evaluation box drawn in red on each, per-view PSNR/LPIPS in the captions; a red
+    banner when the metrics were made with random weights. A placeholder picture saying
+    so when there is nothing to compare."""
+    from PIL import Image, ImageDraw
+
+    from innout.viz import contact_sheet
+
+    names = sorted(gts)
+    if len(names) > n_views:
+        names = [names[i] for i in np.linspace(0, len(names) - 1, n_views).round().astype(int)]
+    tiles = []
+    for name in names:
+        y0, y1, x0, x1 = mask_bbox(masks[name])
+        per_view = metrics["per_view"][name]
+        per_before = metrics["before"]["per_view"][name]
+        for img, label, m in ((gts[name], f"{name}: ground truth", None), (before[name], "before", per_before),
+                              (after[name], "after", per_view)):
+            shown = Image.fromarray(np.asarray(img, dtype=np.uint8))
+            ImageDraw.Draw(shown).rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 40, 40))
+            text = label if m is None else f"{label}: {m['psnr']:.1f} dB, LPIPS {_fmt(m['lpips'])}"
+            tiles.append((np.asarray(shown), text))
+    sheet = contact_sheet(tiles, columns=3, tile_width=240) if tiles else Image.new("RGB", (480, 60), "white")
+    if not tiles:
+        ImageDraw.Draw(sheet).text((8, 24), f"no comparison: {metrics.get('reason')}", fill="black")
+    if metrics.get("random_weights"):
+        sheet = with_banner(sheet, f"WARNING: {RANDOM_WEIGHTS_WARNING}")
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out_png)
+
+
+def with_banner(image: Any, text: str) -> Any:
+    """The image with a red strip carrying ``text`` on top (random-weight results)."""
+    from PIL import Image, ImageDraw
+
+    strip = 22
+    out = Image.new("RGB", (image.width, image.height + strip), (176, 0, 32))
+    out.paste(image, (0, strip))
+    ImageDraw.Draw(out).text((6, 5), text, fill="white")
+    return out
+
+
+def metrics_html(rows: Sequence[Mapping[str, Any]], warning: str | None = None) -> str:
+    """The metrics table (:data:`METRICS_COLUMNS`) as a small HTML page for the report."""
+    import html
+
+    columns = list(METRICS_COLUMNS)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows)
+    banner = (f'<p style="background:#b00020;color:#fff;padding:6px 10px;font-weight:bold">WARNING: {html.escape(warning)}</p>'
+              if warning else "")
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>metrics</title>"
+            "<style>body{font-family:sans-serif}td,th{border:1px solid #999;padding:3px 8px;text-align:right}"
+            "table{border-collapse:collapse}</style></head>\n<body>\n" + banner +
+            "<p>SPIn-NeRF protocol: test renders against ground truth inside each test view's mask box. "
+            "LPIPS and FID: lower is better; PSNR (dB) and SSIM: higher is better. <i>_before</i>: the pre-trained "
+            "NeRF with the object still in it.</p>\n"
+            f"<table id=\"metrics\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n</body></html>\n")
+
+
+def write_metrics_table(metrics_files: Mapping[str, Path], out_tsv: Path, out_html: Path | None = None) -> list[dict]:
+    """``results/metrics.tsv`` (and its HTML page) from each scene's metrics.json."""
+    import json
+    import os
+
+    rows = []
+    for scene, path in metrics_files.items():
+        m = json.loads(Path(path).read_text())
+        rows.append(scene_row(scene, m, m.get("before")))
+    out_tsv = Path(out_tsv)
+    out_tsv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_tsv.with_name(f".{out_tsv.name}.tmp")
+    tmp.write_text(metrics_table(rows))
+    os.replace(tmp, out_tsv)
+    if out_html is not None:
+        warning = RANDOM_WEIGHTS_WARNING if any(r["random_weights"] for r in rows) else None
+        Path(out_html).write_text(metrics_html(rows, warning))
+    return rows

@@ -46,7 +46,6 @@ SD 2 inpainting and its diffusers configs; no file was downloaded to check them)
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
@@ -55,7 +54,7 @@ from typing import Any, Iterable
 
 import torch
 
-from innout.errors import StageError
+from innout.errors import InputError, StageError
 
 log = logging.getLogger("innout")
 
@@ -69,6 +68,9 @@ MANIFEST = "manifest.json"
 # URLs of the two torch.hub checkpoints the metrics need (torchvision / torch-fidelity).
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+LPIPS_BACKBONE_URLS = {"vgg": VGG16_URL, "alex": ALEXNET_URL}  # torchvision's ImageNet trunks
+MANIFEST_SPECS = ("inpainter", "depth", "lpips_backbone")  # what a manifest must agree on with the config
 
 # --------------------------------------------------------------------------- configs
 
@@ -470,10 +472,20 @@ def download_plan(models_cfg: Any, cache_dir: str | Path) -> list[dict]:
             continue  # built in code / a local folder: nothing to download
         plan.append({"what": what, "kind": "hub", "source": source, "dest": str(hf_cache_dir(cache_dir))})
     checkpoints = torch_home(cache_dir) / "hub" / "checkpoints"
-    if str(_get(models_cfg, "lpips_backbone", "vgg")) == "vgg":
-        plan.append({"what": "lpips-vgg16", "kind": "url", "source": VGG16_URL, "dest": str(checkpoints / VGG16_URL.rsplit("/", 1)[1])})
+    backbone = str(_get(models_cfg, "lpips_backbone", "vgg"))
+    if backbone in LPIPS_BACKBONE_URLS:
+        url = LPIPS_BACKBONE_URLS[backbone]
+        plan.append({"what": f"lpips-{backbone}", "kind": "url", "source": url, "dest": str(checkpoints / url.rsplit("/", 1)[1])})
     plan.append({"what": "fid-inception", "kind": "url", "source": INCEPTION_URL, "dest": str(checkpoints / INCEPTION_URL.rsplit("/", 1)[1])})
     return plan
+
+
+def lpips_heads_path(backbone: str) -> Path:
+    """The calibrated LPIPS v0.1 linear heads of ``backbone``: they ship inside the lpips
+    package (``lpips/weights/v0.1/<net>.pth``), so nothing is downloaded for them."""
+    import lpips
+
+    return Path(lpips.__file__).parent / "weights" / "v0.1" / f"{backbone}.pth"
 
 
 def _download(item: dict) -> str:
@@ -490,39 +502,83 @@ def _download(item: dict) -> str:
     return str(dest)
 
 
-def fetch_models(models_cfg: Any, cache_dir: str | Path) -> dict:
+def _component(what: str, source: str, path: str | Path | None, random_weights: bool, note: str | None = None) -> dict:
+    """One manifest entry: a component, where it came from, where it lies in the cache
+    (None: built from its configs at load time, nothing stored) and whether its weights
+    are random."""
+    item = {"what": what, "source": source, "path": None if path is None else str(path), "random_weights": bool(random_weights)}
+    if note:
+        item["note"] = note
+    return item
+
+
+def _random_components(models_cfg: Any, cache_dir: Path) -> list[dict]:
+    """The offline presets: built from configs, nothing downloaded. ``tiny`` models are
+    saved into the cache (``presets/``) so later stages load them from there like real
+    ones; ``sd2-random`` is rebuilt from its seed at load time (5 GB of random numbers
+    are not worth writing to disk; building takes seconds on a GPU)."""
+    random_source = f"random, seed {TINY_SEED}"
+    inpainter, depth = str(_get(models_cfg, "inpainter")), str(_get(models_cfg, "depth"))
+    items = []
+    if inpainter == "tiny":
+        log.info("saving the tiny random inpainter into %s", preset_dir(cache_dir, "inpainter", "tiny"))
+        items.append(_component("inpainter", f"tiny ({random_source})", save_tiny_inpainter(preset_dir(cache_dir, "inpainter", "tiny")), True))
+    elif inpainter == "sd2-random":
+        items.append(_component("inpainter", f"sd2-random ({random_source})", None, True, "SD2-inpainting architecture built from its configs at load time"))
+    else:
+        raise StageError("models", f"model set {_get(models_cfg, 'name')!r} is marked random but its inpainter is {inpainter!r} "
+                                   f"(random inpainters: {', '.join(RANDOM_PRESETS)})")
+    if depth == "tiny":
+        log.info("saving the tiny random depth model into %s", preset_dir(cache_dir, "depth", "tiny"))
+        items.append(_component("depth", f"tiny ({random_source})", save_tiny_depth(preset_dir(cache_dir, "depth", "tiny")), True))
+    else:
+        raise StageError("models", f"random model sets use the tiny depth model, got depth={depth!r}")
+    items.append(_component("lpips", str(_get(models_cfg, "lpips_backbone")), None, True, "random backbone built at load time"))
+    items.append(_component("fid-inception", "inception-v3-compat", None, True, "random Inception built at load time"))
+    return items
+
+
+def _real_components(models_cfg: Any, cache_dir: Path, download=None) -> list[dict]:
+    """The real set: every plan entry downloaded into the cache (``download`` is
+    :func:`_download`; tests pass a stand-in), plus the LPIPS heads of the lpips package."""
+    download = download or _download
+    items = []
+    for what, source in (("inpainter", str(_get(models_cfg, "inpainter"))), ("depth", str(_get(models_cfg, "depth")))):
+        local = Path(source).expanduser()
+        if local.is_dir():  # a user's own folder: used in place
+            items.append(_component(what, source, local.resolve(), False, "local folder, used in place"))
+    for item in download_plan(models_cfg, cache_dir):
+        log.info("downloading %s (%s)", item["what"], item["source"])
+        items.append(_component(item["what"], item["source"], download(item), False))
+    backbone = str(_get(models_cfg, "lpips_backbone", "vgg"))
+    if backbone in LPIPS_BACKBONE_URLS:
+        heads = lpips_heads_path(backbone)
+        if not heads.is_file():
+            raise StageError("models", f"LPIPS linear heads missing: {heads} (reinstall the lpips package)")
+        items.append(_component("lpips-heads", f"lpips package, v0.1 {backbone}", heads, False))
+    return items
+
+
+def fetch_models(models_cfg: Any, cache_dir: str | Path, download=None) -> dict:
     """Put every weight the workflow needs into ``cache_dir`` and write
-    ``cache_dir/manifest.json`` (what, where from, where to, when). Returns the manifest.
+    ``cache_dir/manifest.json``. Returns the manifest.
 
     Real sets download (run on a machine with internet: the ``models`` rule); random sets
     download nothing and save the tiny models into the cache (``presets/``), so later
-    stages load them like real ones. ``sd2-random`` is rebuilt from its seed at load
-    time rather than cached (5 GB of random numbers)."""
+    stages load them like real ones. The manifest names the model set and its specs
+    (:func:`check_manifest` compares them with the config a later stage runs with) and,
+    per component, ``what``, ``source``, ``path`` (in the cache; None when a random
+    component is built from its configs at load time) and ``random_weights``. It holds
+    no timestamp: the same config gives the same file."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    items: list[dict] = []
-    if is_random(models_cfg):
-        inpainter, depth = str(_get(models_cfg, "inpainter")), str(_get(models_cfg, "depth"))
-        if inpainter == "tiny":
-            path = save_tiny_inpainter(preset_dir(cache_dir, "inpainter", "tiny"))
-            items.append({"what": "inpainter", "source": "tiny (random, seed %d)" % TINY_SEED, "path": str(path)})
-        else:
-            items.append({"what": "inpainter", "source": f"{inpainter} (random, seed {TINY_SEED})", "path": None,
-                          "note": "built from its configs at load time"})
-        if depth == "tiny":
-            path = save_tiny_depth(preset_dir(cache_dir, "depth", "tiny"))
-            items.append({"what": "depth", "source": "tiny (random, seed %d)" % TINY_SEED, "path": str(path)})
-        items.append({"what": "lpips", "source": str(_get(models_cfg, "lpips_backbone")), "path": None,
-                      "note": "random backbone: nothing to download"})
-    else:
-        for item in download_plan(models_cfg, cache_dir):
-            log.info("downloading %s (%s)", item["what"], item["source"])
-            items.append({"what": item["what"], "source": item["source"], "path": _download(item)})
+    random_set = is_random(models_cfg)
+    items = _random_components(models_cfg, cache_dir) if random_set else _real_components(models_cfg, cache_dir, download)
     manifest = {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model_set": str(_get(models_cfg, "name", "")),
-        "random_weights": is_random(models_cfg),
-        "warning": RANDOM_WEIGHTS_WARNING if is_random(models_cfg) else None,
+        "specs": {key: str(_get(models_cfg, key, "")) for key in MANIFEST_SPECS},
+        "random_weights": random_set,
+        "warning": RANDOM_WEIGHTS_WARNING if random_set else None,
         "cache_dir": str(cache_dir),
         "env": {"TORCH_HOME": str(torch_home(cache_dir)), "HF_HUB_CACHE": str(hf_cache_dir(cache_dir))},
         "items": items,
@@ -531,3 +587,54 @@ def fetch_models(models_cfg: Any, cache_dir: str | Path) -> dict:
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, cache_dir / MANIFEST)
     return manifest
+
+
+def check_manifest(path: str | Path, models_cfg: Any) -> dict:
+    """The manifest at ``path`` if it was made for ``models_cfg`` and everything it lists
+    is still in the cache; else an :class:`InputError` in one line (which says to rerun
+    the ``models`` rule)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "models manifest not found (run the `models` rule)")
+    try:
+        manifest = json.loads(path.read_text())
+        items = manifest["items"]
+        specs = manifest["specs"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(path, f"not a models manifest ({err.__class__.__name__}: {err}); rerun the `models` rule") from None
+    wanted = str(_get(models_cfg, "name", ""))
+    if manifest.get("model_set") != wanted:
+        raise InputError(path, f"made for model set {manifest.get('model_set')!r}, but the config uses {wanted!r}; rerun the `models` rule")
+    for key in MANIFEST_SPECS:
+        if str(specs.get(key)) != str(_get(models_cfg, key, "")):
+            raise InputError(path, f"made with {key}={specs.get(key)!r}, but the config has {_get(models_cfg, key)!r}; rerun the `models` rule")
+    if bool(manifest.get("random_weights")) != is_random(models_cfg):
+        raise InputError(path, "its random_weights flag differs from the config's model set; rerun the `models` rule")
+    for item in items:
+        if item.get("path") and not Path(item["path"]).exists():
+            raise InputError(path, f"lists {item['path']} for {item.get('what')}, which is missing; rerun the `models` rule")
+    return manifest
+
+
+def manifest_item(manifest: dict, what: str) -> dict | None:
+    """The manifest's entry for component ``what`` (None when it has none)."""
+    for item in manifest.get("items", []):
+        if item.get("what") == what:
+            return item
+    return None
+
+
+def load_depth_model(spec: str, cache_dir: str | Path, device: str | torch.device = "cpu"):
+    """``(model, processor)``: the transformers depth-estimation model ``models.depth``
+    (``AutoModelForDepthEstimation`` + ``AutoImageProcessor``) from the cache, offline,
+    fp32, in eval mode on ``device``."""
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    folder = depth_model_path(spec, cache_dir)
+    try:
+        model = AutoModelForDepthEstimation.from_pretrained(folder, local_files_only=True)
+        processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise StageError("models", f"cannot load the depth model {spec} from {folder} ({err.__class__.__name__}); "
+                                   "rerun the `models` rule") from err
+    return model.to(resolve_device(device)).eval(), processor

@@ -357,6 +357,16 @@ class InnoutNerfactoModel(NerfactoModel):
         self.step = 0
         self.keep_samples = False
 
+    def update_to_step(self, step: int) -> None:
+        """Restore what nerfacto's training callbacks had set at ``step`` (the proposal
+        weights' anneal exponent), so a model loaded from a checkpoint renders exactly as
+        the trained one did; nerfstudio's base ``update_to_step`` does nothing."""
+        self.step = step
+        if self.config.use_proposal_weight_anneal:
+            frac = float(np.clip(step / max(1, self.config.proposal_weights_anneal_max_num_iters), 0.0, 1.0))
+            slope = self.config.proposal_weights_anneal_slope
+            self.proposal_sampler.set_anneal(slope * frac / ((slope - 1.0) * frac + 1.0))
+
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Any]:
         cfg = self.config
         if self.training:

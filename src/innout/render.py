@@ -290,3 +290,224 @@ def _infer_num_train(model_state: Dict[str, torch.Tensor]) -> int:
 
 def to_numpy(outputs: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in outputs.items()}
+
+
+# --------------------------------------------------------------------------------------
+# the render stage: every camera, depth maps and a camera-path video
+# --------------------------------------------------------------------------------------
+
+
+def path_keyframes(cameras: "list[Camera]", count: int) -> list[int]:
+    """Indices of up to ``count`` cameras that a closed path visits in order around the
+    capture: the camera centres are projected on their two main axes (PCA), and for
+    ``count`` directions evenly spread over the circle the camera furthest along that
+    direction is taken (the extreme points of the capture, in angular order), repeats
+    dropped. A ring of cameras (360 capture) gives points on the ring, a forward-facing
+    grid the points of its outline."""
+    centres = np.stack([np.asarray(c.c2w, float)[:3, 3] for c in cameras])
+    if len(cameras) <= 2:
+        return list(range(len(cameras)))
+    offsets = centres - centres.mean(axis=0)
+    _, _, axes = np.linalg.svd(offsets, full_matrices=False)
+    uv = offsets @ axes[:2].T
+    uv /= np.maximum(np.abs(uv).max(axis=0), 1e-12)  # equal weight to both axes
+    picked: list[int] = []
+    for k in range(max(2, int(count))):
+        angle = 2.0 * np.pi * k / max(2, int(count))
+        best = int(np.argmax(uv @ np.array([np.cos(angle), np.sin(angle)])))
+        if best not in picked:
+            picked.append(best)
+    return picked
+
+
+def camera_path(keyframes: "list[Camera]", n_frames: int, intrinsics: Any = None) -> "list[Camera]":
+    """A smooth closed path through the keyframe cameras: centres on a periodic cubic
+    spline (parameterised by chord length), orientations on a rotation spline (scipy's
+    ``RotationSpline``: continuous angular velocity) through the keyframes' rotations,
+    ``n_frames`` cameras evenly spaced in the parameter. ``intrinsics``: of every frame
+    (default: the first keyframe's)."""
+    from scipy.interpolate import CubicSpline
+    from scipy.spatial.transform import Rotation, RotationSpline
+
+    if not keyframes:
+        raise ValueError("a camera path needs at least one keyframe")
+    intr = intrinsics or keyframes[0].intrinsics
+    c2ws = [np.asarray(c.c2w, float) for c in keyframes]
+    if len(c2ws) == 1:
+        return [Camera(c2ws[0].copy(), intr) for _ in range(n_frames)]
+    closed = c2ws + [c2ws[0]]
+    centres = np.stack([m[:3, 3] for m in closed])
+    chord = np.linalg.norm(np.diff(centres, axis=0), axis=1)
+    chord = np.where(chord > 1e-9, chord, 1e-9)  # two keyframes at one place still get distinct times
+    times = np.concatenate([[0.0], np.cumsum(chord)])
+    position = CubicSpline(times, centres, bc_type="periodic")
+    rotations = Rotation.from_matrix(np.stack([m[:3, :3] for m in closed]))
+    orientation = RotationSpline(times, rotations)
+    ts = np.linspace(0.0, times[-1], int(n_frames), endpoint=False)
+    out = []
+    for t, p, r in zip(ts, position(ts), orientation(ts).as_matrix()):
+        m = np.eye(4)
+        m[:3, :3], m[:3, 3] = r, p
+        out.append(Camera(m, intr))
+    return out
+
+
+def encode_mp4(frames: Any, path: Path, fps: int = 30, crf: int = 18) -> dict:
+    """H.264 (libx264, yuv420p, constant rate factor ``crf``) MP4 of uint8 RGB frames
+    (N, H, W, 3) with even H and W, through PyAV. The same frames give the same bytes
+    (no timestamps or encoder randomness are written)."""
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
+    n, h, w = frames.shape[:3]
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 in yuv420p needs even sizes, got {w}x{h}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        # one thread: x264's output does not depend on it, but its lookahead timing does
+        # not either; deterministic and small anyway at these sizes
+        stream.options = {"crf": str(int(crf)), "preset": "medium", "threads": "1"}
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return {"frames": int(n), "fps": int(fps), "width": int(w), "height": int(h), "codec": "h264 (libx264)", "crf": int(crf)}
+
+
+def video_page(video: Path, title: str, caption: str, warning: Optional[str] = None) -> str:
+    """A self-contained HTML page showing an MP4 (embedded as a data URI) for the report,
+    which shows HTML results inline but offers other files only as downloads."""
+    import base64
+    import html
+
+    data = base64.b64encode(Path(video).read_bytes()).decode("ascii")
+    banner = (f'<p style="background:#b00020;color:#fff;padding:6px 10px;font-weight:bold">WARNING: {html.escape(warning)}</p>'
+              if warning else "")
+    return (
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" + html.escape(title) + "</title></head>\n"
+        "<body style=\"font-family:sans-serif\">\n" + banner + "<h3>" + html.escape(title) + "</h3>\n"
+        "<video id=\"video\" controls autoplay loop muted playsinline style=\"max-width:100%\" "
+        "src=\"data:video/mp4;base64," + data + "\"></video>\n"
+        "<p>" + html.escape(caption) + "</p>\n</body></html>\n"
+    )
+
+
+def _scaled_intrinsics(intr: Any, scale: float, even: bool = False) -> Any:
+    w = max(2, int(round(intr.width * scale)))
+    h = max(2, int(round(intr.height * scale)))
+    if even:
+        w, h = w - w % 2, h - h % 2
+    return intr if (w, h) == (intr.width, intr.height) else intr.scaled_to(w, h)
+
+
+def _render_views(renderer: "NerfRenderer", frames: list, folder: Path, scale: float, log: Any) -> int:
+    """rgb/<name>.png, depth/<name>.npy (float32 distance along the ray, scene units) and
+    depth/<name>.png (colourised) of each frame's camera; returns the rays rendered."""
+    from innout.pretrain import _save_png, colourise_depth
+
+    rays = 0
+    (folder / "depth").mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        cam = f.camera.with_intrinsics(_scaled_intrinsics(f.camera.intrinsics, scale)) if scale != 1.0 else f.camera
+        out = renderer.render_camera(cam, return_samples=False)
+        rgb, depth, acc = (out[k].cpu().numpy() for k in ("rgb", "depth", "accumulation"))
+        _save_png(folder / "rgb" / f"{f.name}.png", rgb)
+        np.save(folder / "depth" / f"{f.name}.npy", depth.astype(np.float32))
+        _save_png(folder / "depth" / f"{f.name}.png", colourise_depth(depth, acc))
+        rays += depth.size
+        if (i + 1) % 10 == 0 or i + 1 == len(frames):
+            log.info("rendered %d/%d views into %s", i + 1, len(frames), folder)
+    return rays
+
+
+def run_render(transforms: Path, nerf_path: Path, out_dir: Path, cfg: Any, log: Any = None,
+               upstream_summary: Optional[Path] = None) -> dict:
+    """Render the final NeRF and write ``out_dir``::
+
+        test/rgb/<name>.png, test/depth/<name>.{npy,png}    ground-truth test cameras (if any)
+        train/rgb/<name>.png, train/depth/<name>.{npy,png}  every train camera (render.train_scale)
+        video.mp4       a closed smooth path through render.video_keyframes train cameras
+        video.html      the same video in a page (the report shows it inline)
+        path.json       the keyframes and every frame's c2w and intrinsics
+        summary.json    counts, seconds, rays/s, random_weights (from ``upstream_summary``)
+
+    ``cfg``: the method config (``render``, ``seed``, ``device``, ``models``)."""
+    import json
+    import logging
+    import time
+
+    from innout.errors import InputError
+    from innout.models import RANDOM_WEIGHTS_WARNING, is_random
+    from innout.pretrain import read_scene
+    from innout.stage import atomic_dir
+
+    log = log or logging.getLogger("innout.render")
+    rc = cfg.render
+    t0 = time.perf_counter()
+    _, _, train, test = read_scene(Path(transforms))
+    try:
+        renderer = NerfRenderer.from_config(nerf_path, device=cfg.device, chunk=int(rc.chunk) or None)
+    except FileNotFoundError as err:
+        raise InputError(nerf_path, str(err)) from None
+    upstream = json.loads(Path(upstream_summary).read_text()) if upstream_summary and Path(upstream_summary).is_file() else {}
+    random_weights = bool(is_random(cfg.models)) or bool(upstream.get("random_weights"))
+    if int(rc.video_frames) < 2 or int(rc.video_fps) < 1:
+        raise InputError("render.video_frames", "the video needs at least 2 frames and 1 frame per second")
+    log.info("render: %d test + %d train cameras, a %d-frame video, on %s", len(test), len(train), int(rc.video_frames), renderer.device)
+    with atomic_dir(out_dir) as tmp:
+        rays = 0
+        t_views = time.perf_counter()
+        if test:
+            rays += _render_views(renderer, test, tmp / "test", 1.0, log)
+        rays += _render_views(renderer, train, tmp / "train", float(rc.train_scale), log)
+        view_seconds = time.perf_counter() - t_views
+
+        cams = [f.camera for f in train]
+        keys = path_keyframes(cams, int(rc.video_keyframes))
+        intr = _scaled_intrinsics(cams[keys[0]].intrinsics, float(rc.video_scale), even=True)
+        path = camera_path([cams[k] for k in keys], int(rc.video_frames), intr)
+        t_video = time.perf_counter()
+        frames = []
+        for i, cam in enumerate(path):
+            rgb = renderer.render_camera(cam, return_samples=False)["rgb"].cpu().numpy()
+            frames.append((np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+            if (i + 1) % 20 == 0 or i + 1 == len(path):
+                log.info("video frame %d/%d", i + 1, len(path))
+        rays += len(path) * intr.width * intr.height
+        video = encode_mp4(np.stack(frames), tmp / "video.mp4", int(rc.video_fps), int(rc.video_crf))
+        video_seconds = time.perf_counter() - t_video
+        (tmp / "video.html").write_text(video_page(
+            tmp / "video.mp4", "Camera path through the final NeRF",
+            f"{video['frames']} frames at {video['fps']} fps, {video['width']}x{video['height']}, a closed path through "
+            f"{len(keys)} train cameras ({', '.join(train[k].name for k in keys)}).",
+            RANDOM_WEIGHTS_WARNING if random_weights else None))
+        (tmp / "path.json").write_text(json.dumps({
+            "keyframes": [train[k].name for k in keys],
+            "intrinsics": {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy, "width": intr.width, "height": intr.height},
+            "c2w": [np.round(c.c2w, 9).tolist() for c in path],
+        }, indent=1))
+        seconds = time.perf_counter() - t0
+        summary = {
+            "n_test_views": len(test),
+            "n_train_views": len(train),
+            "train_scale": float(rc.train_scale),
+            "video": {**video, "keyframes": [train[k].name for k in keys]},
+            "seconds": round(seconds, 3),
+            "view_seconds": round(view_seconds, 3),
+            "video_seconds": round(video_seconds, 3),
+            "rays_per_second": round(rays / max(seconds, 1e-9), 1),
+            "depth_definition": "expected distance along the unit ray, scene units (float32 .npy); .png: turbo, 1st-99th percentile",
+            "random_weights": random_weights,
+            "warning": RANDOM_WEIGHTS_WARNING if random_weights else None,
+            "device": str(renderer.device),
+            "seed": int(cfg.seed),
+        }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("render done in %.1f s (%d rays, %.0f rays/s)", seconds, rays, rays / max(seconds, 1e-9))
+    return summary

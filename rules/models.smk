@@ -1,0 +1,32 @@
+# Every model weight the workflow needs, in one local cache folder (models.cache_dir,
+# default resources/models) that later rules read offline: they take the manifest as
+# input and never download. The real set (`model: sd2`) downloads the inpainter, the
+# depth model, the LPIPS VGG trunk and the FID Inception here; the offline sets
+# (`tiny`, `sd2-random`) download nothing and build their random-weight models locally.
+#
+# localrule: on a cluster this job runs on the submitting node, not on a compute node:
+# compute nodes usually have no internet, the submit node has (and the download is
+# network-bound, not compute-bound). Run it once on a machine with internet before
+# going offline: `snakemake --cores 1 resources/models/manifest.json`.
+rule models:
+    output:
+        manifest=report(
+            MODELS_MANIFEST,
+            caption="../workflow/report/models.rst",
+            category="models",
+        ),
+    params:
+        method=stage_params(METHOD, "models"),
+    log:
+        "logs/models.log",
+    benchmark:
+        "benchmarks/models.tsv"
+    conda:
+        "../envs/innout.yaml"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    script:
+        "../workflow/scripts/models.py"

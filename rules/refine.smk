@@ -1,0 +1,37 @@
+# Stage 5: refinement of the base stage's NeRF with L_rec + L_prior + lambda_patch L_patch
+# (innout.refine.run_refine). Checkpoints live in results/{scene}/.work/refine.
+
+
+rule refine:
+    input:
+        transforms=get_posed_transforms,
+        base="results/{scene}/base/summary.json",
+        inpaint="results/{scene}/inpaint/summary.json",
+        # LPIPS' backbone comes from the models cache (nothing is downloaded here)
+        models=MODELS_MANIFEST,
+    output:
+        summary=report(
+            "results/{scene}/refine/summary.json",
+            caption="../workflow/report/refine.rst",
+            category="{scene}",
+            subcategory="6. refinement",
+        ),
+        nerf_config="results/{scene}/refine/nerf/innout-nerfacto/config.yml",
+    params:
+        method=stage_params(METHOD, "refine", "models"),
+        # checkpoints outside the output: Snakemake deletes incomplete outputs before a
+        # rerun, and a killed job must resume from its last checkpoint
+        work_dir=lambda wildcards: f"results/{wildcards.scene}/.work/refine",
+    log:
+        "logs/{scene}/refine.log",
+    benchmark:
+        "benchmarks/{scene}/refine.tsv"
+    conda:
+        "../envs/innout.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
+        gpu=1 if METHOD.device != "cpu" else 0,
+    script:
+        "../workflow/scripts/refine.py"

@@ -1,0 +1,21 @@
+"""Rule evaluate: SPIn-NeRF metrics of the final and the pre-trained NeRF (innout.evaluate)."""
+from pathlib import Path
+
+from innout.config import config_from_params
+from innout.evaluate import run_evaluate
+from innout.stage import limit_threads, stage
+
+if __name__ == "__main__":
+    outputs = [Path(snakemake.output.metrics), Path(snakemake.output.comparison)]
+    with stage("evaluate", snakemake.log[0], outputs=outputs) as log:
+        limit_threads(snakemake.threads)
+        run_evaluate(
+            Path(snakemake.input.transforms),
+            Path(snakemake.input.render).parent / "test" / "rgb",
+            Path(snakemake.input.pretrain).parent / "renders" / "test" / "rgb",
+            outputs[0],
+            config_from_params(snakemake.params.method),
+            log=log,
+            comparison_png=outputs[1],
+            upstream_summary=Path(snakemake.input.render),
+        )

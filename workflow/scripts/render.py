@@ -1,0 +1,19 @@
+"""Rule render: every camera, depth maps and a camera-path video of the final NeRF."""
+from pathlib import Path
+
+from innout.config import config_from_params
+from innout.render import run_render
+from innout.stage import limit_threads, stage
+
+if __name__ == "__main__":
+    out_dir = Path(snakemake.output.summary).parent
+    with stage("render", snakemake.log[0], outputs=[out_dir]) as log:
+        limit_threads(snakemake.threads)
+        run_render(
+            Path(snakemake.input.transforms),
+            Path(snakemake.input.nerf_config),
+            out_dir,
+            config_from_params(snakemake.params.method),
+            log=log,
+            upstream_summary=Path(snakemake.input.refine),
+        )
