@@ -938,14 +938,13 @@ def _write_scene(plan: _Plan, source: Path, tmp: Path, size: tuple[int, int],
             obj = np.zeros((h, w), np.uint8)
         # Train masks are dilated (as SPIn-NeRF's loader does) so the object's fringe is
         # inpainted too. Test masks are NOT dilated: they are the evaluation region.
+        if v.split == "train" and v.mask is not None and obj.all():
+            # the geometry stage trains on unmasked pixels only: this view would give none
+            raise InputError(v.mask, "the object mask covers the whole image: no pixel of this train view shows the scene")
         if v.split == "train" and iterations > 0 and kernel > 1:
             obj = cv2.dilate(obj, kernel_ones, iterations=iterations)
         if v.split == "train" and plan.has_masks and not obj.any():
             empty_train.append(v.name)
-        if v.split == "train" and obj.all():
-            # the geometry stage trains on unmasked pixels only: this view would give none
-            raise InputError(v.mask or v.working, "the object mask covers the whole image (after dilation): "
-                                                  "no pixel of this train view shows the scene")
         _write_png(tmp / "masks" / f"{v.name}.png", obj)
         _write_png(tmp / "nerf_masks" / f"{v.name}.png", 255 - obj)
         fractions[v.name] = float(np.count_nonzero(obj)) / obj.size
