@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 # Real data shared beside the repository (never copied into it; licences vary).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -17,3 +18,14 @@ def fox_dir() -> Path:
     if not (path / "transforms.json").is_file():
         pytest.skip(f"{path} is absent")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors on shared cores: one torch thread avoids OpenMP oversubscription
+    stalls (two contending threads were 10-30x slower here). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,13 +27,7 @@ OVERRIDES = [f"inpaint.steps={STEPS}", f"inpaint.batch_size={BATCH}", f"inpaint.
              "inpaint.consistency_stride=1", "device=cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors on shared cores: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one torch thread
 
 
 @pytest.fixture(scope="module")

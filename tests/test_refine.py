@@ -44,13 +44,7 @@ def lpips_vgg():
     return lpips.LPIPS(net="vgg", pnet_rand=True, pretrained=True, verbose=False).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These tensors are tiny: on shared cores one thread beats two contending ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one torch thread
 
 
 def _tiny_cfg(**kw):
