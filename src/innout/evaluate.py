@@ -72,6 +72,7 @@ from scipy import ndimage
 
 from innout.errors import StageError
 from innout.models import INCEPTION_URL, RANDOM_WEIGHTS_WARNING, VGG16_URL, resolve_device, torch_home
+from innout.stage import write_text_atomic
 
 # --------------------------------------------------------------------------- constants
 
@@ -653,7 +654,6 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
     ``random_weights`` carries over (the render stage's)."""
     import json
     import logging
-    import os
 
     from innout.models import is_random
     from innout.pretrain import read_scene
@@ -701,11 +701,7 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
         }
         log.info("after: LPIPS %s PSNR %s SSIM %s FID %s | before: LPIPS %s PSNR %s SSIM %s FID %s",
                  *(_fmt(metrics[k]) for k in METRIC_KEYS), *(_fmt(metrics["before"][k]) for k in METRIC_KEYS))
-    out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_json.with_name(f".{out_json.name}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=1) + "\n")  # PSNR inf is written as Infinity
-    os.replace(tmp, out_json)
+    write_text_atomic(out_json, json.dumps(metrics, indent=1) + "\n")  # PSNR inf is written as Infinity
     if comparison_png is not None:
         comparison_sheet(gts, masks, before, after, metrics, Path(comparison_png))
     return metrics
@@ -780,17 +776,12 @@ def metrics_html(rows: Sequence[Mapping[str, Any]], warning: str | None = None) 
 def write_metrics_table(metrics_files: Mapping[str, Path], out_tsv: Path, out_html: Path | None = None) -> list[dict]:
     """``results/metrics.tsv`` (and its HTML page) from each scene's metrics.json."""
     import json
-    import os
 
     rows = []
     for scene, path in metrics_files.items():
         m = json.loads(Path(path).read_text())
         rows.append(scene_row(scene, m, m.get("before")))
-    out_tsv = Path(out_tsv)
-    out_tsv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_tsv.with_name(f".{out_tsv.name}.tmp")
-    tmp.write_text(metrics_table(rows))
-    os.replace(tmp, out_tsv)
+    write_text_atomic(out_tsv, metrics_table(rows))
     if out_html is not None:
         warning = RANDOM_WEIGHTS_WARNING if any(r["random_weights"] for r in rows) else None
         Path(out_html).write_text(metrics_html(rows, warning))

@@ -48,13 +48,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
 from innout.errors import InputError, StageError
+from innout.stage import write_text_atomic
 
 log = logging.getLogger("innout")
 
@@ -583,9 +583,7 @@ def fetch_models(models_cfg: Any, cache_dir: str | Path, download=None) -> dict:
         "env": {"TORCH_HOME": str(torch_home(cache_dir)), "HF_HUB_CACHE": str(hf_cache_dir(cache_dir))},
         "items": items,
     }
-    tmp = cache_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, cache_dir / MANIFEST)
+    write_text_atomic(cache_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

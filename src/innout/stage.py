@@ -109,3 +109,13 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``path`` through a hidden sibling and a rename, so a reader (or a killed
+    job) never sees it half written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
