@@ -655,10 +655,12 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
     import json
     import logging
 
+    from innout.devices import stage_device
     from innout.models import is_random
     from innout.pretrain import read_scene
 
     log = log or logging.getLogger("innout.evaluate")
+    device, device_warning = stage_device(cfg, "evaluate")
     _, _, _, test = read_scene(Path(transforms))
     upstream = json.loads(Path(upstream_summary).read_text()) if upstream_summary and Path(upstream_summary).is_file() else {}
     random_upstream = bool(is_random(cfg.models)) or bool(upstream.get("random_weights"))
@@ -680,7 +682,7 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
                    "random_weights": random_upstream, "warning": RANDOM_WEIGHTS_WARNING if random_upstream else None,
                    "before": {**{k: None for k in METRIC_KEYS}, "per_view": {}, "n_views": 0}, "skipped_views": skipped}
     else:
-        lpips, fid = metrics_from_config(cfg.models, cfg.evaluate, cfg.device)
+        lpips, fid = metrics_from_config(cfg.models, cfg.evaluate, device)
         if fid is not None and len(gts) < 2:
             log.warning("FID needs at least 2 test views, the scene has %d: FID is null", len(gts))
             fid = None
@@ -701,6 +703,7 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
         }
         log.info("after: LPIPS %s PSNR %s SSIM %s FID %s | before: LPIPS %s PSNR %s SSIM %s FID %s",
                  *(_fmt(metrics[k]) for k in METRIC_KEYS), *(_fmt(metrics["before"][k]) for k in METRIC_KEYS))
+    metrics["device"], metrics["device_warning"] = str(device), device_warning
     write_text_atomic(out_json, json.dumps(metrics, indent=1) + "\n")  # PSNR inf is written as Infinity
     if comparison_png is not None:
         comparison_sheet(gts, masks, before, after, metrics, Path(comparison_png))

@@ -78,6 +78,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from innout.cameras import Camera
+from innout.devices import resolve_device, stage_device
 from innout.errors import InputError, StageError
 
 _log = logging.getLogger("innout.inpaint")
@@ -285,13 +286,8 @@ def _load_pipe(cfg: Any, manifest: Optional[Path], log: logging.Logger):
         check_manifest(manifest, cfg.models)
         cache_dir = str(Path(manifest).parent)
     log.info("inpaint: loading the inpainter %s (%s)", cfg.models.inpainter, "random weights" if cfg.models.random_weights else "weights")
-    return load_inpainter(str(cfg.models.inpainter), device=_device(cfg), dtype=str(cfg.models.dtype), cache_dir=cache_dir)
-
-
-def _device(cfg: Any) -> str:
-    from innout.models import resolve_device
-
-    return str(resolve_device(str(cfg.device)))
+    return load_inpainter(str(cfg.models.inpainter), device=resolve_device(cfg.device), dtype=str(cfg.models.dtype),
+                          cache_dir=cache_dir)
 
 
 def run_inpaint_shard(
@@ -338,7 +334,8 @@ def run_inpaint_shard(
              shard, n_shards, len(targets), " + the base view" if own_base else "", size[0], size[1],
              kwargs["resolution"], latent_hw[1], latent_hw[0], kwargs["steps"], base.name)
 
-    renderer = NerfRenderer.from_config(base.nerf_dir, device=_device(cfg))
+    device, device_warning = stage_device(cfg, "inpaint")
+    renderer = NerfRenderer.from_config(base.nerf_dir, device=device)
     pipe = pipe if pipe is not None else _load_pipe(cfg, manifest, log)
 
     # ---- initial latents: ELA (aligned) and fresh, per view ----------------------------
@@ -395,7 +392,7 @@ def run_inpaint_shard(
             "depth_seconds": depth_seconds, "seconds": time.perf_counter() - t_stage,
             "cpu_seconds": time.process_time() - cpu_stage, "threads": torch.get_num_threads(),
             "latent_size": list(latent_hw), "size": list(size), "seed": seed, "prompt": base.prompt,
-            "device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+            "device": str(device), "device_warning": device_warning, "dtype": str(pipe.unet.dtype).replace("torch.", ""),
         }
         (tmp / SHARD_MANIFEST).write_text(json.dumps(manifest_data, indent=2) + "\n")
     log.info("inpaint shard %d/%d done in %.1f s", shard, n_shards, time.perf_counter() - t_stage)
@@ -566,6 +563,7 @@ def _summary(cfg, shards, scores, base: BaseInputs, base_diff: float, random_cfg
         "size": first["size"],
         "latent_size": first["latent_size"],
         "settings": {**_plain(cfg.inpaint), "device": first["device"], "dtype": first["dtype"]},
+        "device_warning": first.get("device_warning"),
         "consistency": {v: _finite_or_none(scores[v]["mean"]) for v in VARIANTS},
         "consistency_pixel_mean": {v: _finite_or_none(scores[v]["pixel_mean"]) for v in VARIANTS},
         "consistency_unit": unit + "; mean over the target views of each view's mean over its masked pixels that "

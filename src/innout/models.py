@@ -53,6 +53,7 @@ from typing import Any, Iterable
 
 import torch
 
+from innout.devices import resolve_device
 from innout.errors import InputError, StageError
 from innout.stage import write_text_atomic
 
@@ -195,13 +196,6 @@ _TINY_MERGES = (("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("i", 
 def is_random(models_cfg: Any) -> bool:
     """Whether this model set has random weights (its outputs are not results)."""
     return bool(_get(models_cfg, "random_weights", False)) or str(_get(models_cfg, "inpainter", "")) in RANDOM_PRESETS
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:

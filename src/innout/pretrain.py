@@ -48,6 +48,7 @@ import torch
 from PIL import Image
 
 from innout.cameras import Camera, Intrinsics
+from innout.devices import stage_device
 from innout.errors import InputError, StageError
 
 _log = logging.getLogger("innout.pretrain")
@@ -369,15 +370,6 @@ class _Quiet:
         return False
 
 
-def _device(name: str) -> str:
-    name = str(name or "auto")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise StageError("pretrain", f"device {name!r} requested but CUDA is not available")
-    return name
-
-
 def run_pretrain(
     transforms: Path,
     out_dir: Path,
@@ -408,7 +400,8 @@ def run_pretrain(
     settings = NerfSettings.from_pretrain(cfg.pretrain)
     if settings.iterations < 1:
         raise InputError("pretrain.iterations", "must be at least 1")
-    device = _device(cfg.device)
+    device_t, device_warning = stage_device(cfg, "pretrain")
+    device = str(device_t)
     seed = int(cfg.seed)
     w, h = train[0].camera.intrinsics.width, train[0].camera.intrinsics.height
     log.info(
@@ -619,6 +612,7 @@ def run_pretrain(
             "n_test_views": len(test),
             "resolution": [w, h],
             "device": device,
+            "device_warning": device_warning,
             "seed": seed,
             "preset": _cfg_get(cfg, "preset", None),
             "resumed_from_step": resumed_from,

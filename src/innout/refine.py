@@ -1122,6 +1122,7 @@ def run_refine(
     import time
 
     from innout.config import write_resolved
+    from innout.devices import stage_device
     from innout.errors import InputError
     from innout.finetune import NerfTuner
     from innout.models import RANDOM_WEIGHTS_WARNING, is_random
@@ -1154,8 +1155,9 @@ def run_refine(
     work_dir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"fingerprint": fingerprint}, indent=1))
 
+    device, device_warning = stage_device(cfg, "refine")
     torch.manual_seed(int(cfg.seed))
-    tuner = NerfTuner(nerf_config, device=cfg.device, learning_rate=float(rc.learning_rate), lr_final=float(rc.lr_final),
+    tuner = NerfTuner(nerf_config, device=device, learning_rate=float(rc.learning_rate), lr_final=float(rc.lr_final),
                       decay_steps=iterations, stage="refine")
     lpips_module, lpips_description, lpips_random = None, None, False
     if float(rc.lpips_weight) != 0:
@@ -1227,6 +1229,7 @@ def run_refine(
             "n_train_views": len(inputs.names),
             "resolution": [int(w), int(h)],
             "device": str(tuner.device),
+            "device_warning": device_warning,
             "seed": int(cfg.seed),
             "preset": cfg.get("preset") if hasattr(cfg, "get") else None,
             "nerfstudio_config": "nerf/innout-nerfacto/config.yml",
