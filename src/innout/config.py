@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -84,10 +84,20 @@ class ModelsConfig:
     name: str = "sd2"  # sd2 | tiny | sd2-random (the Hydra `model` group)
     inpainter: str = "stabilityai/stable-diffusion-2-inpainting"  # hub id or local folder
     depth: str = "depth-anything/Depth-Anything-V2-Small-hf"  # transformers depth-estimation model
-    lpips_backbone: str = "vgg"
+    lpips_backbone: str = "vgg"  # the refine stage's patch loss (vgg | alex | random)
+    # the evaluate stage's LPIPS: AlexNet, as the published SPIn-NeRF / In-N-Out numbers
+    # (the released code scores with torchmetrics' default, alex); vgg values are not comparable
+    eval_lpips_backbone: str = "alex"
     random_weights: bool = False
-    cache_dir: str = "resources/models"  # filled once by the `models` rule; later rules read only this
-    dtype: str = "auto"  # auto = fp16 on GPU, fp32 on CPU
+    cache_dir: str = "resources/models"  # the manifest and torch.hub checkpoints; later rules read only what it lists
+    # Hugging Face hub cache for hub models: null = the user's own (HF_HUB_CACHE, else
+    # HF_HOME/hub, else ~/.cache/huggingface/hub), so a machine that holds SD2 reuses it
+    hub_cache: Optional[str] = None
+    dtype: str = "auto"  # auto = fp16 on GPU, fp32 on CPU; fp16 also fetches only the fp16 weight files
+    # diffusers memory switches for small GPUs (innout.models.apply_memory_options)
+    attention_slicing: str = "off"  # off | auto | max | a slice size
+    vae_tiling: bool = False  # VAE encode/decode in tiles
+    cpu_offload: str = "off"  # off | model | sequential (GPU only; slower, far less GPU memory)
 
 
 @dataclass
