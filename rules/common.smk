@@ -12,6 +12,7 @@ min_version("8.20")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from innout.config import load_method_config, stage_params  # noqa: E402
+from innout.evaluate import MEAN_ROW  # noqa: E402
 
 
 ##### config and scene sheet #####
@@ -36,6 +37,8 @@ def load_scene_sheet(path):
     for name in sheet["scene"]:
         if not SAFE_NAME.match(name):
             raise WorkflowError(f"{path}: unsafe scene name {name!r}: use letters, digits, '-' and '_' only")
+        if name == MEAN_ROW:
+            raise WorkflowError(f"{path}: the scene name {name!r} is taken by the mean row of results/metrics.tsv")
     duplicated = sheet["scene"][sheet["scene"].duplicated()].tolist()
     if duplicated:
         raise WorkflowError(f"{path}: scene names appear twice: {', '.join(duplicated)}")
