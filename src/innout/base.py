@@ -51,7 +51,6 @@ import numpy as np
 from PIL import Image
 
 from .cameras import Camera
-from .devices import stage_device
 from .errors import InputError, StageError
 
 
@@ -496,6 +495,8 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     nerf_config = check_nerf(Path(nerf))
     views = load_train_views(transforms)
     by_name = {v.name: v for v in views}
+    from innout.devices import stage_device  # torch: not at the top, the workflow imports this module
+
     device_t, device_warning = stage_device(cfg, STAGE)
     device = str(device_t)
     random_weights = is_random(cfg.models)

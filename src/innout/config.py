@@ -154,6 +154,10 @@ class InpaintConfig:
     # the consistency score renders the NeRF's depth of the masked pixels of every view on
     # a grid of every n-th row and column (1: all; a regular subsample keeps the mean unbiased)
     consistency_stride: int = 1
+    # shards' base trajectories may differ by this much (mean absolute difference inside the
+    # base view's mask, 8-bit grey levels: other GPU models / kernels) before the gather
+    # calls them a mismatch; different settings or inputs are always one
+    shard_tolerance: float = 2.0
 
 
 @dataclass
@@ -175,6 +179,13 @@ class RefineConfig:
     steps_per_checkpoint: int = 500  # resumable state in results/{scene}/.work/refine
     log_every_steps: int = 100
     keep_fraction: float = 0.5  # patch views: share of each of the 12 groups kept (most similar to the base)
+    # how "most similar to the base" is ranked: phash (the paper: pHash of the box crops of
+    # the inpaintings) | lpips (the released code: LPIPS of those crops) | pose (camera pose)
+    subset_by: str = "phash"
+    # re-initialise the NeRF's fields (a fresh nerfacto, as the released code does) instead
+    # of continuing from the base stage's NeRF; training then starts at reset_learning_rate
+    reset_fields: bool = False
+    reset_learning_rate: float = 1e-2  # nerfacto's, for a NeRF trained from scratch
     include_base_in_patches: bool = False  # the base view is supervised by L_prior already
     patch_size: int = 256  # square patches inside the mask's bounding box (clipped to the image)
     patches_per_step: int = 1  # patches rendered per step (released code: 1)
