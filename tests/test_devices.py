@@ -60,3 +60,20 @@ def test_auto_falls_back_to_cpu_loudly_only_with_the_paper_preset(no_gpu, capsys
 def test_cpu_is_always_fine(no_gpu):
     assert devices.resolve_device("cpu") == torch.device("cpu")
     assert devices.resolve_device(None) == torch.device("cpu")
+
+
+def test_nerfacto_implementation_auto(monkeypatch):
+    """pretrain.implementation auto: tcnn on CUDA when tiny-cuda-nn imports, else torch;
+    tcnn asked for where it cannot run is a one-line error."""
+    from innout import nerf
+
+    monkeypatch.setattr(nerf, "tcnn_available", lambda: True)
+    assert nerf.resolve_implementation("auto", "cuda") == "tcnn"
+    assert nerf.resolve_implementation("auto", "cpu") == "torch"
+    assert nerf.resolve_implementation("torch", "cuda") == "torch"
+    monkeypatch.setattr(nerf, "tcnn_available", lambda: False)
+    assert nerf.resolve_implementation("auto", "cuda") == "torch"
+    with pytest.raises(StageError, match="tinycudann"):
+        nerf.resolve_implementation("tcnn", "cuda")
+    with pytest.raises(StageError, match="one of auto, torch, tcnn"):
+        nerf.resolve_implementation("cuda", "cuda")

@@ -44,7 +44,9 @@ def two_gpus(tmp_path, monkeypatch):
     smi.write_text(FAKE_SMI)
     smi.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", INNOUT_GPU_LOCK_DIR=str(tmp_path / "locks"))
-    for key in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
+    monkeypatch.setattr(gpulock, "PINNED", None)  # what pinning in this process said stays in this test
+    for key in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS",
+                gpulock.PINNED_MARK):
         env.pop(key, None)
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PATH", env["PATH"])
@@ -128,6 +130,20 @@ def test_slurm_assigned_gpu_is_left_alone(two_gpus):
     assert pinned.gpus == [] and env["CUDA_VISIBLE_DEVICES"] == "0"  # Slurm's choice stands
     assert "Slurm gave this job GPU(s) 1" in said[0]
     assert not any(Path(two_gpus["INNOUT_GPU_LOCK_DIR"]).glob("*.lock"))
+
+
+def test_a_job_s_child_processes_inherit_its_gpu(two_gpus):
+    """nerfstudio's data loaders re-import the rule script: they must not take a second GPU."""
+    env = dict(two_gpus)
+    first = gpulock.pin_gpus(1, environ=env, say=lambda m: None)
+    try:
+        child_env = dict(env)  # what a spawned process inherits
+        child = gpulock.pin_gpus(1, environ=child_env, say=lambda m: None)
+        assert child.gpus == [] and child_env["CUDA_VISIBLE_DEVICES"] == env["CUDA_VISIBLE_DEVICES"] == first.gpus[0].index
+        assert env[gpulock.PINNED_MARK] == str(os.getpid())
+    finally:
+        for handle in first.handles:
+            handle.close()
 
 
 def test_cpu_job_pins_nothing(two_gpus):

@@ -510,7 +510,8 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     candidates = candidate_views(with_object, int(cfg.base.n_candidates))
     settings = {key: cfg.inpaint[key] for key in BASE_INPAINT_KEYS}
     log.info("base: %d train views, candidates %s, inpainting %s, prompt %r", len(views), ", ".join(candidates), settings, prompt)
-    pipe = load_inpainter(str(cfg.models.inpainter), device=device, dtype=str(cfg.models.get("dtype", "auto")), cache_dir=cache_dir)
+    pipe = load_inpainter(str(cfg.models.inpainter), device=device, dtype=str(cfg.models.get("dtype", "auto")), cache_dir=cache_dir,
+                          options=cfg.models)
     model_key = [models["model_set"], models["specs"], (manifest_item(models, "inpainter") or {}).get("path")]
     inpainted, noise, n_cached = inpaint_candidates(pipe, by_name, candidates, prompt, settings, seed, work_dir / "candidates",
                                                    model_key, log)

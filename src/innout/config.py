@@ -66,7 +66,9 @@ class PretrainConfig:
     distortion_loss_mult: float = 0.002
     interlevel_loss_mult: float = 1.0
     mixed_precision: bool = True  # CUDA only; CPU trains in float32
-    implementation: str = "torch"  # torch | tcnn (tcnn checkpoints do not load on CPU)
+    # auto: tiny-cuda-nn (fused hash grid + MLPs) on CUDA when it imports, else torch;
+    # a tcnn NeRF's checkpoint loads only where tiny-cuda-nn does (CUDA)
+    implementation: str = "auto"
     # Extra scale on top of nerfstudio's (which puts the cameras in [-1, 1]^3). 0 = auto:
     # from the frames' innout_bounds, bring the nearest content to ~1 unit from the
     # cameras (forward-facing captures otherwise sit mostly in the contracted region, where

@@ -18,7 +18,9 @@ before anything imports torch, takes a free GPU of this machine and sets
   ``gpu`` resource into ``--gpus``): when the job sees no more GPUs than it asked for,
   nothing is locked or changed; a Slurm job that sees none gets a warning (no ``--gpus``).
 
-Lock files hold the holder's pid, host and job for whoever looks (``cat``).
+Lock files hold the holder's pid, host and job for whoever looks (``cat``). Processes the
+job starts (or a rule script re-imported by a spawned data loader) inherit its GPU: the
+job's environment carries ``INNOUT_GPU_PINNED``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 DEFAULT_LOCK_DIR = "/tmp/innout-gpu-locks"
+PINNED_MARK = "INNOUT_GPU_PINNED"  # set in a pinned job's environment: its child processes inherit the GPU
 WAIT_LOG_SECONDS = 10.0
 POLL_SECONDS = 0.5
 
@@ -193,6 +196,9 @@ def pin_gpus(count: int, job: str = "", environ: Optional[dict] = None, say: Cal
 
     if count <= 0:
         return pinned
+    if env.get(PINNED_MARK):  # a process the job spawned (nerfstudio's data loaders): the job's GPU is its GPU
+        return pinned
+    env[PINNED_MARK] = str(os.getpid())
     PINNED = pinned
     slurm = _slurm_gpus(env)
     gpus = candidate_gpus(env)

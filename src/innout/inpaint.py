@@ -295,7 +295,7 @@ def _load_pipe(cfg: Any, manifest: Optional[Path], log: logging.Logger):
         cache_dir = str(Path(manifest).parent)
     log.info("inpaint: loading the inpainter %s (%s)", cfg.models.inpainter, "random weights" if cfg.models.random_weights else "weights")
     return load_inpainter(str(cfg.models.inpainter), device=resolve_device(cfg.device), dtype=str(cfg.models.dtype),
-                          cache_dir=cache_dir)
+                          cache_dir=cache_dir, options=cfg.models)
 
 
 def run_inpaint_shard(

@@ -185,6 +185,14 @@ class NerfRenderer:
             raise FileNotFoundError(f"{base / config.relative_model_dir}: no step-*.ckpt checkpoint")
         frame = SceneFrame.from_json(base / "dataparser_transforms.json")
         dev = resolve_device(device)
+        if getattr(config.pipeline.model, "implementation", "torch") == "tcnn":
+            from innout.nerf import tcnn_available
+
+            if dev.type != "cuda" or not tcnn_available():
+                from innout.errors import StageError
+
+                raise StageError("nerf", f"{config_path} is a tiny-cuda-nn NeRF (pretrain.implementation tcnn): it loads only "
+                                         "on a CUDA device with the tinycudann package")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model_state = {k[len("_model."):]: v for k, v in state["pipeline"].items() if k.startswith("_model.")}
         meta = json.loads((base / SIDECAR).read_text()) if (base / SIDECAR).is_file() else {}
