@@ -19,15 +19,17 @@ WHEELS=${WHEELS:-.whl}
 read -r -a PIP <<< "${PIP:-.venv/bin/python -m pip}"
 
 # distributions the check imports that the GPU machine lacks (pure Python unless noted)
+# (the modules a tiny check imported, mapped to their distributions, 2026-11-30)
 DISTS=(
     diffusers                  # the inpainter pipeline
-    nerfstudio                 # nerfacto
-    nerfacc                    # nerfstudio's ray samplers import it
-    tyro docstring-parser typeguard   # nerfstudio's configs
-    viser websockets msgspec trimesh yourdfpy plyfile nodeenv  # nerfstudio.engine.trainer imports its viewer
+    nerfstudio                 # nerfacto, and what its modules import at load time:
+    nerfacc gsplat tyro docstring-parser appdirs pyquaternion pytorch-msssim splines tensorly dill
+    rawpy                      #   (a cp312 binary wheel)
+    viser websockets msgspec   #   nerfstudio.engine.trainer imports its viewer (msgspec, websockets: binary)
     hydra-core omegaconf antlr4-python3-runtime   # innout.config
-    imagehash PyWavelets       # the pHash vote and subset (PyWavelets: a cp312 binary wheel)
+    imagehash                  # the pHash vote and subset
     lpips                      # the refine loss
+    defusedxml PySocks truststore  # small pure-Python modules the traced imports also loaded
 )
 
 version_of() {  # the version this checkout's venv has
