@@ -48,7 +48,7 @@ def test_only_wheels_of_missing_distributions_are_installed(tmp_path):
 def test_tiny_check_runs_every_stage_and_reports_seconds_and_memory(tmp_path):
     """The SPIn-NeRF-size check's stages at 64x48 on the CPU: each reports its seconds
     (peak GPU memory: none here), pretrain its steps/s, inpaint its projection."""
-    result = _run(tmp_path, "--size", "tiny", "--out", str(tmp_path / "check"), "--device", "cpu")
+    result = _run(tmp_path, "--size", "tiny", "--out", str(tmp_path / "check"), "--device", "cpu", "--budget", "100000")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
     stages = report["stages"]
