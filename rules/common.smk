@@ -19,10 +19,15 @@ from innout.config import load_method_config, stage_params  # noqa: E402
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+# the scene column of the mean row of results/metrics.tsv (innout.evaluate.MEAN_ROW; not
+# imported: that module loads torch, which the DAG does not need)
+MEAN_ROW = "mean"
 
 
-def load_scene_sheet(path):
-    """The scene sheet indexed by scene name; one-line errors naming the file."""
+def load_scene_sheet(path, data_root=None):
+    """The scene sheet indexed by scene name; one-line errors naming the file. A path may
+    start with ``{data_root}``, replaced by the config's ``data_root`` (one folder holding
+    a benchmark's scenes: config/spinnerf.tsv)."""
     if not Path(path).is_file():
         raise WorkflowError(f"{path}: scene sheet not found")
     sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
@@ -36,14 +41,23 @@ def load_scene_sheet(path):
     for name in sheet["scene"]:
         if not SAFE_NAME.match(name):
             raise WorkflowError(f"{path}: unsafe scene name {name!r}: use letters, digits, '-' and '_' only")
+        if name == MEAN_ROW:
+            raise WorkflowError(f"{path}: the scene name {name!r} is taken by the mean row of results/metrics.tsv")
     duplicated = sheet["scene"][sheet["scene"].duplicated()].tolist()
     if duplicated:
         raise WorkflowError(f"{path}: scene names appear twice: {', '.join(duplicated)}")
     validate(sheet, schema="../workflow/schemas/scenes.schema.yaml")
+    uses_root = sheet["path"].str.contains("{data_root}", regex=False)
+    if uses_root.any():
+        if not data_root:
+            first = sheet["scene"][uses_root].iloc[0]
+            raise WorkflowError(f"{path}: scene {first}'s path uses {{data_root}}, but data_root is not set "
+                                "(--config data_root=/path/to/the/scenes)")
+        sheet["path"] = sheet["path"].str.replace("{data_root}", str(data_root).rstrip("/"), regex=False)
     return sheet.set_index("scene", drop=False)
 
 
-scenes = load_scene_sheet(config["scenes"])
+scenes = load_scene_sheet(config["scenes"], config.get("data_root"))
 GENERATED = config.get("generated", {})
 
 

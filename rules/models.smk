@@ -1,8 +1,11 @@
-# Every model weight the workflow needs, in one local cache folder (models.cache_dir,
+# Every model weight the workflow needs, listed in one manifest (models.cache_dir,
 # default resources/models) that later rules read offline: they take the manifest as
-# input and never download. The real set (`model: sd2`) downloads the inpainter, the
-# depth model, the LPIPS VGG trunk and the FID Inception here; the offline sets
-# (`tiny`, `sd2-random`) download nothing and build their random-weight models locally.
+# input and never download. The real set (`model: sd2`) fetches the inpainter and the
+# depth model into the user's Hugging Face hub cache (HF_HOME; nothing it already holds,
+# nothing at all with HF_HUB_OFFLINE=1; fp16 files for fp16 runs) and the LPIPS trunks
+# (VGG: refine loss, AlexNet: evaluation) and the FID Inception into the cache folder;
+# the offline sets (`tiny`, `sd2-random`) download nothing and build their random-weight
+# models locally.
 #
 # localrule: on a cluster this job runs on the submitting node, not on a compute node:
 # compute nodes usually have no internet, the submit node has (and the download is

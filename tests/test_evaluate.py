@@ -230,9 +230,58 @@ def test_metrics_table():
         ev.metrics_table([{"scene": "a\tb"}])
 
 
+def test_mean_row_in_the_table_and_the_page(tmp_path):
+    """results/metrics.tsv ends with the mean over scenes (the paper's table), per metric
+    over the scenes that have it; the page shows it as its last, bold row."""
+    import json
+
+    scenes = {"1": {"lpips": 0.4, "fid": 100.0, "psnr": 20.0, "ssim": 0.5, "random_weights": False},
+              "2": {"lpips": 0.6, "fid": 200.0, "psnr": 24.0, "ssim": 0.7, "random_weights": False},
+              "3": {"lpips": None, "fid": None, "psnr": None, "ssim": None, "random_weights": True}}  # no ground truth
+    files = {}
+    for name, metrics in scenes.items():
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps({**metrics, "before": {"lpips": 0.8, "fid": None, "psnr": 15.0, "ssim": 0.2},
+                                           "metrics": {"lpips": "LPIPS v0.1, alex trunk"}}))
+    rows = ev.write_metrics_table(files, tmp_path / "metrics.tsv", tmp_path / "metrics.html")
+    assert [r["scene"] for r in rows] == ["1", "2", "3"]
+    lines = [line.split("\t") for line in (tmp_path / "metrics.tsv").read_text().splitlines()]
+    header, last = lines[0], dict(zip(lines[0], lines[-1]))
+    assert len(lines) == 5 and header == list(ev.METRICS_COLUMNS)
+    assert last == {"scene": "mean", "lpips": "0.5", "fid": "150", "psnr": "22", "ssim": "0.6", "lpips_before": "0.8",
+                    "fid_before": "NA", "psnr_before": "15", "ssim_before": "0.2", "random_weights": "true"}
+    page = (tmp_path / "metrics.html").read_text()
+    assert '<tr id="mean"' in page and page.index('id="mean"') > page.index("<td>3</td>")
+    assert "lpips 2" in page and "of 3" in page and "alex trunk" in page
+    assert ev.mean_row([])["lpips"] is None
+
+
+def test_evaluation_scores_alexnet_lpips_and_refine_keeps_vgg(tmp_path, offline):
+    """The real model set: the evaluate stage's LPIPS is AlexNet (the published numbers'),
+    read from the models cache; the refine loss's is VGG."""
+    from innout.config import load_method_config
+    from innout.refine import make_lpips_module
+
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(3)
+    for net, build in (("alex", torchvision.models.alexnet), ("vgg", torchvision.models.vgg16)):
+        with torch.device("meta"):
+            layout = {k: v.shape for k, v in build(weights=None).state_dict().items() if k.startswith("features.")}
+        torch.save({k: torch.randn(s, generator=generator) for k, s in layout.items()}, checkpoints / ev.BACKBONE_FILES[net])
+    torch.save(offline["fid"].network.state_dict(), checkpoints / ev.INCEPTION_FILE)
+    cfg = load_method_config("paper", [f"models.cache_dir={tmp_path}"], model="sd2")
+    lpips, fid = ev.metrics_from_config(cfg.models, cfg.evaluate)
+    assert lpips.backbone == "alex" and "alex trunk (alexnet-owt-7be5be79.pth)" in lpips.description
+    assert not lpips.random_weights and not fid.random_weights
+    assert type(lpips.model.net).__name__ == "alexnet"
+    _, refine_description, _ = make_lpips_module(cfg.models, "cpu")
+    assert "vgg trunk" in refine_description
+
+
 def test_config_section(tmp_path):
     assert MethodConfig().evaluate == EvaluateConfig()
-    models = {"lpips_backbone": "random", "random_weights": True, "cache_dir": str(tmp_path)}
+    models = {"lpips_backbone": "random", "eval_lpips_backbone": "random", "random_weights": True, "cache_dir": str(tmp_path)}
     lpips, fid = ev.metrics_from_config(models, {"fid": False, "lpips_min_side": 40})
     assert lpips.random_weights and lpips.min_side == 40 and fid is None
 

@@ -225,3 +225,55 @@ def test_bad_base_input_fails_in_one_line_naming_the_file(runs, tmp_path, cfg, p
     message = str(err.value)
     assert "\n" not in message and str(base / filename) in message, message
     assert not out.exists()
+
+
+def _shard_copy(runs, dest: Path) -> list[Path]:
+    dirs = [dest / str(i) for i in range(3)]
+    for i, d in enumerate(dirs):
+        shutil.copytree(runs["three"].parent / "shards" / str(i), d)
+    return dirs
+
+
+def _nudge(png: Path, delta: int, every: int = 1) -> None:
+    """Add ``delta`` grey levels to every ``every``-th pixel row of an image (clipped)."""
+    image = np.asarray(Image.open(png).convert("RGB")).astype(np.int16)
+    image[::every] = np.clip(image[::every] + delta, 0, 255)
+    Image.fromarray(image.astype(np.uint8)).save(png)
+
+
+def test_gather_tolerates_a_tiny_base_trajectory_difference(runs, tmp_path, cfg):
+    """Two GPUs' kernels give base trajectories a few bits apart: the gather accepts them,
+    reports the largest difference, and the method's files are unchanged."""
+    dirs = _shard_copy(runs, tmp_path / "shards")
+    assert sorted(p.name for p in (dirs[1] / "base").iterdir()) == ["ela_ila.png", "ila.png"]  # ILA variants' base output
+    _nudge(dirs[1] / "base" / "ela_ila.png", 1, every=3)
+    out = tmp_path / "inpaint"
+    summary = gather_inpaint(runs["transforms"], runs["base"], dirs, out, cfg)
+    report = summary["shard_base_difference"]
+    assert report["max_abs"] == 1 and 0 < report["mean_abs"] < 1 and report["identical"] is False
+    assert report["worst"]["variant"] == "ela_ila" and report["worst"]["shards"] == [0, 1] and report["compared"] == 4
+    assert _files(out) == _files(runs["three"])
+    untouched = json.loads((runs["three"] / "summary.json").read_text())["shard_base_difference"]
+    assert untouched["identical"] is True and untouched["max_abs"] == 0 and untouched["devices"] == ["cpu"]
+
+
+def test_gather_refuses_a_real_mismatch(runs, tmp_path, cfg):
+    """A large difference (beyond inpaint.shard_tolerance), or a shard run with other
+    settings or inputs: one-line errors, nothing written."""
+    from innout.errors import StageError
+
+    dirs = _shard_copy(runs, tmp_path / "far")
+    _nudge(dirs[2] / "base" / "ila.png", 40)
+    with pytest.raises(StageError, match=r"variant ila: shard 2's base trajectory differs from shard 0's by [0-9.]+ grey "
+                                         r"levels .* inpaint.shard_tolerance=2") as err:
+        gather_inpaint(runs["transforms"], runs["base"], dirs, tmp_path / "out", cfg)
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
+
+    dirs = _shard_copy(runs, tmp_path / "other")
+    manifest = json.loads((dirs[1] / "shard.json").read_text())
+    manifest["inputs"]["settings"] = "0" * 16  # e.g. inpaint.steps changed between the shards' runs
+    manifest["inputs"]["base_noise"] = "1" * 16
+    (dirs[1] / "shard.json").write_text(json.dumps(manifest))
+    with pytest.raises(StageError, match=r"shard 1 ran with other inputs than shard 0 \(base_noise, settings differ\)"):
+        gather_inpaint(runs["transforms"], runs["base"], dirs, tmp_path / "out", cfg)
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,7 +88,7 @@ def test_fetch_models_offline_preset_writes_manifest_and_caches_tiny(tmp_path):
     manifest = fetch_models(cfg, tmp_path)
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk == manifest and manifest["random_weights"] and manifest["warning"] == RANDOM_WEIGHTS_WARNING
-    assert {item["what"] for item in manifest["items"]} == {"inpainter", "depth", "lpips", "fid-inception"}
+    assert {item["what"] for item in manifest["items"]} == {"inpainter", "depth", "lpips", "eval-lpips", "fid-inception"}
     assert all(item["random_weights"] for item in manifest["items"])
     assert manifest["model_set"] == "tiny" and manifest["specs"]["inpainter"] == "tiny"
     assert (preset_dir(tmp_path, "inpainter", "tiny") / "model_index.json").is_file()
@@ -100,18 +101,31 @@ def test_fetch_models_offline_preset_writes_manifest_and_caches_tiny(tmp_path):
 
 
 def test_missing_hub_weights_fail_in_one_line_without_network(tmp_path):
-    with pytest.raises(StageError, match="run the `models` rule first"):
+    with pytest.raises(StageError, match="run the `models` rule first") as err:
         load_inpainter("stabilityai/stable-diffusion-2-inpainting", device="cpu", cache_dir=tmp_path)
+    assert "\n" not in str(err.value) and "hub cache" in str(err.value)
 
 
-def test_download_plan_and_file_selection(tmp_path):
+def test_download_plan_and_file_selection(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     from innout.config import load_method_config
 
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "user-hub"))
     cfg = load_method_config("paper", model="sd2").models
     assert not is_random(cfg) and cfg.inpainter == "stabilityai/stable-diffusion-2-inpainting"
     plan = download_plan(cfg, tmp_path)
-    assert [p["what"] for p in plan] == ["inpainter", "depth", "lpips-vgg", "fid-inception"]
+    # LPIPS: VGG for the refine loss, AlexNet for the evaluation (the published numbers')
+    assert [p["what"] for p in plan] == ["inpainter", "depth", "lpips-vgg", "lpips-alex", "fid-inception"]
     assert plan[2]["dest"].endswith("torch/hub/checkpoints/vgg16-397923af.pth")
+    assert plan[3]["dest"].endswith("torch/hub/checkpoints/alexnet-owt-7be5be79.pth")
+    assert plan[0]["dest"] == plan[1]["dest"] == str(tmp_path / "user-hub")  # the user's hub cache
+    assert plan[0]["variant"] == "fp16" and plan[1]["variant"] is None  # GPU dtype auto = fp16
+    assert download_plan(cfg, tmp_path, device="cpu")[0]["variant"] is None
+    fp32 = load_method_config("paper", ["models.dtype=fp32"], model="sd2").models
+    assert download_plan(fp32, tmp_path)[0]["variant"] is None
+    mine = load_method_config("paper", [f"models.hub_cache={tmp_path / 'mine'}"], model="sd2").models
+    assert download_plan(mine, tmp_path)[0]["dest"] == str(tmp_path / "mine")
     listing = [
         "512-inpainting-ema.ckpt", "512-inpainting-ema.safetensors", "README.md", "model_index.json",
         "feature_extractor/preprocessor_config.json", "scheduler/scheduler_config.json",
@@ -127,6 +141,12 @@ def test_download_plan_and_file_selection(tmp_path):
     assert "vae/diffusion_pytorch_model.bin" in chosen  # no safetensors there: the .bin
     assert not any(p.endswith((".ckpt", ".msgpack")) or "fp16" in p or p.startswith(("512-", "safety")) for p in chosen)
     assert "unet/diffusion_pytorch_model.bin" not in chosen and "tokenizer/vocab.json" in chosen
+    # fp16: the fp16 files where a folder has them, the full ones elsewhere, never both
+    half = select_hub_files(listing, variant="fp16")
+    weights = sorted(p for p in half if p.endswith((".safetensors", ".bin")))
+    assert weights == ["text_encoder/model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+                       "vae/diffusion_pytorch_model.bin"]
+    assert set(half) - set(weights) == set(chosen) - {p for p in chosen if p.endswith((".safetensors", ".bin"))}
     depth_files = select_hub_files(["config.json", "model.safetensors", "preprocessor_config.json", "README.md"])
     assert "model.safetensors" in depth_files  # a transformers repo keeps its root weights
 
@@ -185,18 +205,21 @@ def _fake_download(item: dict) -> str:
 def test_real_set_manifest_lists_every_download_with_its_cache_path(tmp_path):
     from innout.config import load_method_config
 
-    cfg = load_method_config("paper", model="sd2").models
+    cfg = load_method_config("paper", [f"models.hub_cache={tmp_path / 'hub'}"], model="sd2").models
     manifest = fetch_models(cfg, tmp_path, download=_fake_download)
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
     assert manifest["random_weights"] is False and manifest["warning"] is None and manifest["model_set"] == "sd2"
     whats = [item["what"] for item in manifest["items"]]
-    assert whats == ["inpainter", "depth", "lpips-vgg", "fid-inception", "lpips-heads"]
+    assert whats == ["inpainter", "depth", "lpips-vgg", "lpips-alex", "fid-inception", "lpips-heads-vgg", "lpips-heads-alex"]
     assert not any(item["random_weights"] for item in manifest["items"])
     inpainter = manifest_item(manifest, "inpainter")
     assert inpainter["source"] == "stabilityai/stable-diffusion-2-inpainting"
-    assert inpainter["path"].startswith(str(tmp_path / "huggingface"))  # inside the cache
+    assert inpainter["path"].startswith(str(tmp_path / "hub"))  # inside the hub cache
+    assert manifest["hub_cache"] == str(tmp_path / "hub")
     assert manifest_item(manifest, "lpips-vgg")["path"] == str(tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth")
-    assert manifest_item(manifest, "lpips-heads")["path"] == str(lpips_heads_path("vgg"))
+    assert manifest_item(manifest, "lpips-alex")["path"] == str(tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    assert manifest_item(manifest, "lpips-heads-alex")["path"] == str(lpips_heads_path("alex"))
+    assert manifest["specs"]["eval_lpips_backbone"] == "alex"
     assert check_manifest(tmp_path / "manifest.json", cfg) == manifest
     # the same config gives the same file (no timestamp)
     first = (tmp_path / "manifest.json").read_bytes()
@@ -228,3 +251,146 @@ def test_manifest_is_checked_against_the_config(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(InputError, match="not a models manifest"):
         check_manifest(tmp_path / "manifest.json", tiny)
+
+
+# ----------------------------------------------------------------------- the user's hub cache
+
+def _fake_hub_snapshot(hub, repo: str, revision: str, save) -> "Path":
+    """A model laid out as huggingface_hub lays out its cache:
+    ``models--org--name/snapshots/<rev>/...`` and ``refs/main`` naming the revision."""
+    from pathlib import Path
+
+    root = Path(hub) / ("models--" + repo.replace("/", "--"))
+    folder = root / "snapshots" / revision
+    save(folder)
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(revision)
+    return folder
+
+
+@pytest.fixture
+def user_hub(tmp_path, monkeypatch):
+    """HF_HOME's hub cache holding a tiny inpainter (fp16 variant files only, as the models
+    rule fetches them for a GPU) and a tiny depth model; HF_HUB_OFFLINE=1."""
+    from huggingface_hub import constants
+
+    from innout.models import save_tiny_depth
+
+    hub = tmp_path / "hf-home" / "hub"
+
+    def save_fp16(folder):
+        pipe = build_tiny_inpainter().to(torch.float16)
+        pipe.save_pretrained(folder, variant="fp16")
+
+    inpainter = _fake_hub_snapshot(hub, "org/tiny-inpainting", "1111aaaa", save_fp16)
+    depth = _fake_hub_snapshot(hub, "org/tiny-depth", "2222bbbb", save_tiny_depth)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))  # what huggingface_hub derived from HF_HOME at import
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return {"hub": hub, "inpainter": inpainter, "depth": depth}
+
+
+def _real_cfg(tmp_path, *overrides):
+    from innout.config import load_method_config
+
+    cfg = load_method_config("paper", ["models.inpainter=org/tiny-inpainting", "models.depth=org/tiny-depth",
+                                       f"models.cache_dir={tmp_path / 'models'}", *overrides], model="sd2").models
+    checkpoints = tmp_path / "models" / "torch" / "hub" / "checkpoints"  # the torch.hub files, already there
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    for item in download_plan(cfg, tmp_path / "models"):
+        if item["kind"] == "url":
+            Path(item["dest"]).write_bytes(b"weights")
+    return cfg
+
+
+def test_models_rule_uses_the_user_hub_cache_offline(tmp_path, user_hub, monkeypatch):
+    """HF_HUB_OFFLINE=1 and the snapshots already in HF_HOME's hub cache: nothing is
+    downloaded (the network is not touched), the manifest records the hub cache and the
+    snapshot folders, and later stages load from there, through the fp16 files."""
+    import huggingface_hub
+
+    from innout.models import depth_model_path, manifest_hub_cache
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", no_network)
+    cfg = _real_cfg(tmp_path)
+    manifest = fetch_models(cfg, tmp_path / "models", device="cuda")
+    assert manifest["hub_cache"] == str(user_hub["hub"]) and manifest["env"]["HF_HUB_CACHE"] == str(user_hub["hub"])
+    assert manifest_item(manifest, "inpainter")["path"] == str(user_hub["inpainter"])
+    assert manifest_item(manifest, "inpainter")["variant"] == "fp16"
+    assert manifest_item(manifest, "depth")["path"] == str(user_hub["depth"])
+    assert check_manifest(tmp_path / "models" / "manifest.json", cfg) == manifest
+    # a stage on another machine (other HF_HOME) reads the hub cache the manifest names
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    assert manifest_hub_cache(tmp_path / "models") == user_hub["hub"]
+    pipe = load_inpainter("org/tiny-inpainting", device="cpu", dtype="fp32", cache_dir=tmp_path / "models")
+    assert pipe.unet.dtype == torch.float32
+    reference = build_tiny_inpainter().unet.state_dict()
+    loaded = pipe.unet.state_dict()
+    assert all(torch.equal(loaded[k], reference[k].half().float()) for k in reference)  # the fp16 files' values
+    assert depth_model_path("org/tiny-depth", tmp_path / "models") == str(user_hub["depth"])
+
+
+def test_models_rule_offline_without_the_snapshot_is_one_line(tmp_path, user_hub):
+    import shutil
+
+    shutil.rmtree(user_hub["hub"] / "models--org--tiny-depth")
+    with pytest.raises(StageError, match="org/tiny-depth is not in the hub cache .* HF_HUB_OFFLINE") as err:
+        fetch_models(_real_cfg(tmp_path), tmp_path / "models")
+    assert "\n" not in str(err.value) and str(user_hub["hub"]) in str(err.value)
+
+
+def test_no_network_falls_back_to_the_cached_snapshot(tmp_path, user_hub, monkeypatch):
+    import httpx
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise httpx.ConnectError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", unreachable)
+    manifest = fetch_models(_real_cfg(tmp_path), tmp_path / "models")
+    assert manifest_item(manifest, "inpainter")["path"] == str(user_hub["inpainter"])
+
+
+def test_memory_switches_are_applied(caplog):
+    """attention slicing and VAE tiling on the tiny inpainter (and ILA still runs over the
+    sliced processors); CPU offload is ignored on the CPU and called on a GPU device."""
+    from innout.diffusion import inpaint_views
+    from innout.models import apply_memory_options
+
+    options = {"attention_slicing": "auto", "vae_tiling": True, "cpu_offload": "model"}
+    pipe = load_inpainter("tiny", device="cpu", options=options)
+    kinds = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    assert kinds == {"SlicedAttnProcessor"}, kinds
+    assert pipe.vae.use_tiling is True
+    assert pipe.innout_memory == {"attention_slicing": "auto", "vae_tiling": True, "cpu_offload": "off"}
+    assert "cpu_offload=model has no effect" in caplog.text
+    images = [np.full((32, 48, 3), 120, np.uint8) for _ in range(2)]
+    masks = [np.zeros((32, 48), bool) for _ in range(2)]
+    for m in masks:
+        m[8:24, 12:36] = True
+    out = inpaint_views(pipe, images, masks, steps=2, resolution=32, base_index=0, ila_lambda=0.2, progress=False)
+    assert len(out) == 2 and out[1].shape == (32, 48, 3)
+
+    calls = []
+
+    class FakePipe:
+        vae = None
+
+        def enable_model_cpu_offload(self, device=None):
+            calls.append(("model", device))
+
+        def enable_sequential_cpu_offload(self, device=None):
+            calls.append(("sequential", device))
+
+        def to(self, device):
+            calls.append(("to", device))
+
+    apply_memory_options(FakePipe(), {"cpu_offload": "model"}, torch.device("cuda"))
+    apply_memory_options(FakePipe(), {"cpu_offload": "sequential"}, torch.device("cuda"))
+    assert calls == [("model", torch.device("cuda")), ("sequential", torch.device("cuda"))]
+    with pytest.raises(StageError, match="cpu_offload"):
+        apply_memory_options(FakePipe(), {"cpu_offload": "yes"}, torch.device("cuda"))

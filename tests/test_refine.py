@@ -115,6 +115,80 @@ def test_view_groups_definition_and_selection():
     assert sorted(select_patch_views(cams, "base", keep_fraction=1.0)["selected"]) == sorted(others)
 
 
+def _one_quadrant(rng):
+    """A base camera and 12 views up and right of it (one x/y quadrant, so 3 groups of 4
+    by z tercile), all facing -z; in each group the two nearest views got noise as their
+    fill and the two farthest the base's own fill: pose and fill similarity disagree."""
+    from innout.refine import subset_scores  # noqa: F401  (imported by the callers)
+
+    cams = {"base": Camera(np.eye(4), K)}
+    base_image = np.zeros((48, 48, 3), np.uint8)
+    yy, xx = np.mgrid[0:48, 0:48]
+    base_image[..., 0] = (127 + 120 * np.sin(xx / 3.0)).astype(np.uint8)
+    base_image[..., 1] = (127 + 120 * np.cos(yy / 5.0)).astype(np.uint8)
+    mask = np.zeros((48, 48), bool)
+    mask[8:40, 10:42] = True
+    fills, masks, good = {}, {}, set()
+    for i in range(12):
+        name = f"v{i:02d}"
+        c2w = np.eye(4)
+        d = 0.1 + (i % 4) * 0.5  # nearest two of each group: i % 4 in (0, 1)
+        c2w[:3, 3] = [d, d, 0.1 * i]  # z tercile: i // 4
+        cams[name] = Camera(c2w, K)
+        masks[name] = mask
+        if i % 4 >= 2:
+            fills[name] = base_image.copy()
+            good.add(name)
+        else:
+            fills[name] = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    return cams, fills, masks, base_image, mask, good
+
+
+class _L1(torch.nn.Module):
+    """An LPIPS stand-in: mean absolute difference per image."""
+
+    def forward(self, a, b):
+        return (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
+
+
+def test_subset_ranked_by_phash_or_lpips_not_pose_when_they_disagree():
+    from innout.refine import subset_scores
+
+    cams, fills, masks, base_image, mask, good = _one_quadrant(np.random.default_rng(5))
+    by_pose = select_patch_views(cams, "base", 0.5, scores=subset_scores("pose", fills, masks, base_image, mask))
+    assert {len(v) for v in by_pose["groups"].values() if v} == {4}
+    assert set(by_pose["selected"]) == {f"v{i:02d}" for i in range(12) if i % 4 < 2}  # the nearest
+    for by, module in (("phash", None), ("lpips", _L1())):
+        scores = subset_scores(by, fills, masks, base_image, mask, module)
+        chosen = select_patch_views(cams, "base", 0.5, scores=scores)
+        assert set(chosen["selected"]) == good, by  # the fills like the base's, though farther
+        assert chosen["score"] == scores and max(scores.values()) == 0.0  # identical crops: distance 0
+    with pytest.raises(ValueError, match="subset_by"):
+        subset_scores("nearest", fills, masks, base_image, mask)
+    with pytest.raises(ValueError, match="lpips"):
+        subset_scores("lpips", fills, masks, base_image, mask, None)
+
+
+def test_reset_fields_gives_a_fresh_nerf(stage_inputs):  # noqa: F811
+    """refine.reset_fields: the tuner's NeRF is a fresh nerfacto of the same config (the
+    same for the same seed), not the base stage's; its schedules restart at step 0."""
+    from innout.config import load_method_config
+    from innout.finetune import NerfTuner
+
+    nerf = stage_inputs["base_dir"] / "nerf"
+    kept = NerfTuner(nerf, device="cpu")
+    fresh = [NerfTuner(nerf, device="cpu", reset_seed=0) for _ in range(2)]
+    # every learnt tensor (nerfstudio's device_indicator_param is a constant marker)
+    names = [n for n, _ in kept.model.named_parameters() if n != "device_indicator_param"]
+    a, b, c = (dict(t.model.named_parameters()) for t in (kept, *fresh))
+    assert all(torch.equal(b[n], c[n]) for n in names)  # seeded
+    changed = [n for n in names if not torch.equal(a[n], b[n])]
+    assert len(changed) == len(names), set(names) - set(changed)
+    assert kept.start_step > 0 and fresh[0].start_step == 0
+    paper = load_method_config("paper").refine
+    assert paper.subset_by == "phash" and paper.reset_learning_rate == 1e-2
+
+
 def test_similarity_and_empty_groups():
     up = np.array([0.0, 1.0, 0.0])
     tgt = np.array([0.0, 0.0, -5.0])
@@ -540,6 +614,9 @@ def test_run_refine_resumes_after_a_kill_to_the_same_result(stage_inputs, tmp_pa
         assert torch.equal(a["pipeline"][key], b["pipeline"][key]), key
     summary = json.loads((tmp_path / "a" / "refine" / "summary.json").read_text())
     assert summary["random_weights"] is True and summary["lpips_random_backbone"] is True
+    assert summary["patch_view_ranking"]["by"] == "phash" and summary["reset_fields"] is False
+    _, _, train_views, _ = read_scene(stage_inputs["transforms"])
+    assert set(summary["patch_view_ranking"]["score"]) == {f.name for f in train_views} - {stage_inputs["base"]}
     assert summary["iterations"] == 6 and summary["patch_views"] and summary["base_view"] == stage_inputs["base"]
     renderer = NerfRenderer.from_config(tmp_path / "a" / "refine" / "nerf", device="cpu")
     _, _, train, _ = read_scene(stage_inputs["transforms"])

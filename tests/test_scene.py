@@ -196,6 +196,23 @@ def test_spinnerf_resized_from_full_resolution(tmp_path):
     assert _read(tmp_path / "out2" / "images" / "img000.png").shape == (30, 40, 3)
 
 
+@pytest.mark.parametrize("levels, used", [((8,), 8), ((8, 16), 8), ((2, 8), 2)])
+def test_spinnerf_without_the_requested_level_uses_the_nearest(tmp_path, levels, used):
+    """A scene shipping only some images_N/ (and no images/ to resize from): the nearest
+    level (by ratio; ties to the finer one) with its own masks, and a warning naming both."""
+    src = make_spinnerf(tmp_path / "src", levels=levels, full=False)
+    summary = _spin(src, tmp_path / "out", downscale=4, mask_dilation_iterations=0)
+    size = (FULL[0] // used, FULL[1] // used)
+    assert (summary["width"], summary["height"]) == size
+    meta = json.loads((tmp_path / "out" / "transforms.json").read_text())
+    assert meta["fl_x"] == pytest.approx(FOCAL / used)
+    np.testing.assert_array_equal(_read(tmp_path / "out" / "images" / "img002.png"), _read(src / f"images_{used}" / "img002.png"))
+    box = (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2)
+    np.testing.assert_array_equal(_read(tmp_path / "out" / "masks" / "img004.png"), _box_mask(size, box))
+    named = [w for w in summary["warnings"] if str(src / "images_4") in w and str(src / f"images_{used}") in w]
+    assert len(named) == 1 and "nearest" in named[0], summary["warnings"]
+
+
 def test_spinnerf_label_for_all_images_and_sorted_pairing(tmp_path):
     src = make_spinnerf(tmp_path / "src", label_all=True)
     label = src / "images_4" / "label"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from innout.config import load_method_config, stage_params
@@ -94,3 +96,63 @@ def test_stage_params_hold_only_their_section():
     # a pretrain change leaves the poses rule's params alone (so it does not rerun)
     assert stage_params(base, "poses") == stage_params(changed, "poses")
     assert stage_params(base, "pretrain") != stage_params(changed, "pretrain")
+
+
+def _planned_jobs(result) -> list[tuple[str, dict]]:
+    """(rule, resources) of every job a dry run prints."""
+    jobs, rule = [], None
+    for line in (result.stdout + result.stderr).splitlines():
+        header = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if header:
+            rule = header.group(1)
+        elif rule and line.strip().startswith("resources:"):
+            pairs = [p.split("=", 1) for p in line.strip()[len("resources:"):].split(",")]
+            jobs.append((rule, {k.strip(): v.strip() for k, v in pairs}))
+            rule = None
+    return jobs
+
+
+GPU_RULES = {"pretrain", "base", "inpaint_shard", "refine", "render", "evaluate"}
+
+
+def test_paper_config_plans_every_gpu_stage_on_a_gpu(tmp_path):
+    """`snakemake -n --configfile config/paper.yaml` on a two-scene sheet: every stage is
+    planned, each job of a GPU stage asks for one GPU, no other job does."""
+    work = workflow_copy(tmp_path / "wf")
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+    sheet = tmp_path / "two.tsv"
+    sheet.write_text("scene\tpath\tformat\tposes\tprompt\n"
+                     "sa\t{data_root}/a\tspinnerf\tprovided\t\nsb\t{data_root}/b\tspinnerf\tprovided\t\n")
+    result = snakemake(work, "-n", "--configfile", "config/paper.yaml", "--config", f"scenes={sheet}",
+                       f"data_root={tmp_path / 'data'}")
+    assert result.returncode == 0, result.stderr
+    jobs = _planned_jobs(result)
+    counts = {}
+    for rule, _ in jobs:
+        counts[rule] = counts.get(rule, 0) + 1
+    assert counts == {"models": 1, "scene": 2, "pretrain": 2, "base": 2, "inpaint_shard": 8, "inpaint": 2,
+                      "refine": 2, "render": 2, "evaluate": 2, "metrics": 1, "all": 1}
+    for rule, resources in jobs:
+        assert resources.get("gpu") == ("1" if rule in GPU_RULES else None), (rule, resources)
+    assert "results/sa/scene/summary.json" in result.stdout and str(tmp_path / "data" / "a") not in result.stderr
+    paper = load_method_config("paper", ["device=cuda"], model="sd2")
+    assert paper.device == "cuda" and paper.models.eval_lpips_backbone == "alex"
+
+
+def test_data_root_placeholder_needs_data_root(tmp_path):
+    work = workflow_copy(tmp_path / "wf")
+    result = snakemake(work, "-n", "--config", "scenes=config/spinnerf.tsv")
+    assert result.returncode != 0
+    lines = [l for l in (result.stdout + result.stderr).splitlines() if "spinnerf.tsv" in l and "data_root" in l]
+    assert lines, result.stdout + result.stderr
+
+
+def test_scene_named_mean_is_refused(tmp_path):
+    from innout.evaluate import MEAN_ROW
+
+    work = workflow_copy(tmp_path / "wf")
+    _write_sheet(work, [(MEAN_ROW, str(tmp_path), "images", "auto", "")])
+    result = snakemake(work, "-n")
+    assert result.returncode != 0
+    assert any("scenes.tsv" in l and "mean row" in l for l in (result.stdout + result.stderr).splitlines())

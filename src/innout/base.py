@@ -453,17 +453,6 @@ def _retarget_nerf_config(config_yml: Path, final_out_dir: Path) -> None:
 
 # -------------------------------------------------------------------------- run
 
-def _device(name: str) -> str:
-    import torch
-
-    name = str(name or "auto")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise StageError(STAGE, f"device {name!r} requested but CUDA is not available")
-    return name
-
-
 def _overview(candidates: list[str], images: Mapping[str, np.ndarray], vote: Mapping[str, Any], base: TrainView,
               depth_png: np.ndarray, before: np.ndarray, after: np.ndarray, random_weights: bool) -> Image.Image:
     from innout.viz import contact_sheet, overlay_mask
@@ -506,7 +495,10 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     nerf_config = check_nerf(Path(nerf))
     views = load_train_views(transforms)
     by_name = {v.name: v for v in views}
-    device = _device(cfg.device)
+    from innout.devices import stage_device  # torch: not at the top, the workflow imports this module
+
+    device_t, device_warning = stage_device(cfg, STAGE)
+    device = str(device_t)
     random_weights = is_random(cfg.models)
     if random_weights:
         log.warning("models %s: %s", cfg.models.name, RANDOM_WEIGHTS_WARNING)
@@ -518,7 +510,8 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     candidates = candidate_views(with_object, int(cfg.base.n_candidates))
     settings = {key: cfg.inpaint[key] for key in BASE_INPAINT_KEYS}
     log.info("base: %d train views, candidates %s, inpainting %s, prompt %r", len(views), ", ".join(candidates), settings, prompt)
-    pipe = load_inpainter(str(cfg.models.inpainter), device=device, dtype=str(cfg.models.get("dtype", "auto")), cache_dir=cache_dir)
+    pipe = load_inpainter(str(cfg.models.inpainter), device=device, dtype=str(cfg.models.get("dtype", "auto")), cache_dir=cache_dir,
+                          options=cfg.models)
     model_key = [models["model_set"], models["specs"], (manifest_item(models, "inpainter") or {}).get("path")]
     inpainted, noise, n_cached = inpaint_candidates(pipe, by_name, candidates, prompt, settings, seed, work_dir / "candidates",
                                                    model_key, log)
@@ -583,6 +576,7 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
         "resolution": [w, h],
         "n_train_views": len(views),
         "device": device,
+        "device_warning": device_warning,
         "preset": cfg.get("preset"),
         "nerf": f"nerf/{NS_DIR}/config.yml",
     }

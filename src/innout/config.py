@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -66,7 +66,9 @@ class PretrainConfig:
     distortion_loss_mult: float = 0.002
     interlevel_loss_mult: float = 1.0
     mixed_precision: bool = True  # CUDA only; CPU trains in float32
-    implementation: str = "torch"  # torch | tcnn (tcnn checkpoints do not load on CPU)
+    # auto: tiny-cuda-nn (fused hash grid + MLPs) on CUDA when it imports, else torch;
+    # a tcnn NeRF's checkpoint loads only where tiny-cuda-nn does (CUDA)
+    implementation: str = "auto"
     # Extra scale on top of nerfstudio's (which puts the cameras in [-1, 1]^3). 0 = auto:
     # from the frames' innout_bounds, bring the nearest content to ~1 unit from the
     # cameras (forward-facing captures otherwise sit mostly in the contracted region, where
@@ -84,10 +86,20 @@ class ModelsConfig:
     name: str = "sd2"  # sd2 | tiny | sd2-random (the Hydra `model` group)
     inpainter: str = "stabilityai/stable-diffusion-2-inpainting"  # hub id or local folder
     depth: str = "depth-anything/Depth-Anything-V2-Small-hf"  # transformers depth-estimation model
-    lpips_backbone: str = "vgg"
+    lpips_backbone: str = "vgg"  # the refine stage's patch loss (vgg | alex | random)
+    # the evaluate stage's LPIPS: AlexNet, as the published SPIn-NeRF / In-N-Out numbers
+    # (the released code scores with torchmetrics' default, alex); vgg values are not comparable
+    eval_lpips_backbone: str = "alex"
     random_weights: bool = False
-    cache_dir: str = "resources/models"  # filled once by the `models` rule; later rules read only this
-    dtype: str = "auto"  # auto = fp16 on GPU, fp32 on CPU
+    cache_dir: str = "resources/models"  # the manifest and torch.hub checkpoints; later rules read only what it lists
+    # Hugging Face hub cache for hub models: null = the user's own (HF_HUB_CACHE, else
+    # HF_HOME/hub, else ~/.cache/huggingface/hub), so a machine that holds SD2 reuses it
+    hub_cache: Optional[str] = None
+    dtype: str = "auto"  # auto = fp16 on GPU, fp32 on CPU; fp16 also fetches only the fp16 weight files
+    # diffusers memory switches for small GPUs (innout.models.apply_memory_options)
+    attention_slicing: str = "off"  # off | auto | max | a slice size
+    vae_tiling: bool = False  # VAE encode/decode in tiles
+    cpu_offload: str = "off"  # off | model | sequential (GPU only; slower, far less GPU memory)
 
 
 @dataclass
@@ -144,6 +156,10 @@ class InpaintConfig:
     # the consistency score renders the NeRF's depth of the masked pixels of every view on
     # a grid of every n-th row and column (1: all; a regular subsample keeps the mean unbiased)
     consistency_stride: int = 1
+    # shards' base trajectories may differ by this much (mean absolute difference inside the
+    # base view's mask, 8-bit grey levels: other GPU models / kernels) before the gather
+    # calls them a mismatch; different settings or inputs are always one
+    shard_tolerance: float = 2.0
 
 
 @dataclass
@@ -165,6 +181,13 @@ class RefineConfig:
     steps_per_checkpoint: int = 500  # resumable state in results/{scene}/.work/refine
     log_every_steps: int = 100
     keep_fraction: float = 0.5  # patch views: share of each of the 12 groups kept (most similar to the base)
+    # how "most similar to the base" is ranked: phash (the paper: pHash of the box crops of
+    # the inpaintings) | lpips (the released code: LPIPS of those crops) | pose (camera pose)
+    subset_by: str = "phash"
+    # re-initialise the NeRF's fields (a fresh nerfacto, as the released code does) instead
+    # of continuing from the base stage's NeRF; training then starts at reset_learning_rate
+    reset_fields: bool = False
+    reset_learning_rate: float = 1e-2  # nerfacto's, for a NeRF trained from scratch
     include_base_in_patches: bool = False  # the base view is supervised by L_prior already
     patch_size: int = 256  # square patches inside the mask's bounding box (clipped to the image)
     patches_per_step: int = 1  # patches rendered per step (released code: 1)

@@ -131,7 +131,8 @@ def make_scheduler(pipe, name: str = "pipeline"):
 
 
 def _device_dtype(pipe) -> tuple[torch.device, torch.dtype]:
-    return pipe.unet.device, pipe.unet.dtype
+    # the execution device: with CPU offload (models.cpu_offload) the UNet waits on the CPU
+    return pipe._execution_device, pipe.unet.dtype
 
 
 @torch.no_grad()

@@ -71,7 +71,7 @@ import numpy as np
 from scipy import ndimage
 
 from innout.errors import StageError
-from innout.models import INCEPTION_URL, RANDOM_WEIGHTS_WARNING, VGG16_URL, resolve_device, torch_home
+from innout.models import ALEXNET_URL, INCEPTION_URL, RANDOM_WEIGHTS_WARNING, VGG16_URL, resolve_device, torch_home
 from innout.stage import write_text_atomic
 
 # --------------------------------------------------------------------------- constants
@@ -83,7 +83,6 @@ SSIM_K2 = 0.03
 
 LPIPS_BACKBONES = ("vgg", "alex", "random")
 LPIPS_MIN_SIDE = 32
-ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # torchvision's AlexNet (not fetched by default)
 BACKBONE_FILES = {"vgg": VGG16_URL.rsplit("/", 1)[1], "alex": ALEXNET_URL.rsplit("/", 1)[1]}
 INCEPTION_FILE = INCEPTION_URL.rsplit("/", 1)[1]
 FID_FEATURE = "2048"  # torch-fidelity's name of the pool3 features
@@ -91,8 +90,13 @@ FID_DIMS = 2048
 
 METRICS_COLUMNS = ("scene", "lpips", "fid", "psnr", "ssim",
                    "lpips_before", "fid_before", "psnr_before", "ssim_before", "random_weights")
-"""Columns of ``results/metrics.tsv`` (one row per scene). ``*_before``: the same metrics of
-the comparison run the workflow names "before" (e.g. the NeRF before refinement)."""
+"""Columns of ``results/metrics.tsv`` (one row per scene, then the :data:`MEAN_ROW`).
+``*_before``: the same metrics of the comparison run the workflow names "before" (e.g. the
+NeRF before refinement)."""
+
+MEAN_ROW = "mean"
+"""The ``scene`` of the table's last row: per metric, the mean over the scenes that have it
+(the paper reports the mean over its scenes); a scene sheet cannot use this name."""
 
 Bbox = tuple[int, int, int, int]
 
@@ -543,7 +547,8 @@ def evaluate_views(renders: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarr
 
 def metrics_from_config(models_cfg: Any, evaluate_cfg: Any = None, device: str = "cpu") -> tuple[LpipsMetric, FidMetric | None]:
     """The LPIPS and FID metrics of a method config's ``models`` and ``evaluate`` sections:
-    LPIPS with ``lpips_backbone``; FID (None when ``evaluate.fid`` is false) random exactly
+    LPIPS with ``eval_lpips_backbone`` (AlexNet for the real set, as the published
+    numbers; the refine loss keeps ``lpips_backbone``); FID (None when ``evaluate.fid`` is false) random exactly
     when the model set is random (``innout.models.is_random``). Both read ``cache_dir``."""
     from innout.models import is_random
 
@@ -551,7 +556,7 @@ def metrics_from_config(models_cfg: Any, evaluate_cfg: Any = None, device: str =
         return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
 
     cache_dir = _get(models_cfg, "cache_dir")
-    lpips = LpipsMetric(str(_get(models_cfg, "lpips_backbone", "vgg")), cache_dir, device,
+    lpips = LpipsMetric(str(_get(models_cfg, "eval_lpips_backbone", "alex")), cache_dir, device,
                         min_side=int(_get(evaluate_cfg, "lpips_min_side", LPIPS_MIN_SIDE)))
     fid = None
     if bool(_get(evaluate_cfg, "fid", True)):
@@ -569,6 +574,21 @@ def scene_row(scene: str, result: Mapping[str, Any], before: Mapping[str, Any] |
         row[key] = result.get(key)
         row[f"{key}_before"] = before.get(key) if before is not None else None
     row["random_weights"] = bool(result.get("random_weights")) or bool(before is not None and before.get("random_weights"))
+    return row
+
+
+def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict:
+    """The :data:`MEAN_ROW` of scene rows: each metric column's mean over the rows where it
+    is a number (None / NaN are left out; an inf PSNR makes the mean inf), ``n_scenes``
+    per metric, ``random_weights`` when any row has it."""
+    row: dict[str, Any] = {"scene": MEAN_ROW}
+    counts = {}
+    for column in METRICS_COLUMNS[1:-1]:
+        values = [float(r[column]) for r in rows if r.get(column) is not None and not math.isnan(float(r[column]))]
+        row[column] = float(np.mean(values)) if values else None
+        counts[column] = len(values)
+    row["random_weights"] = any(bool(r.get("random_weights")) for r in rows)
+    row["n_scenes"] = counts
     return row
 
 
@@ -602,6 +622,13 @@ def metrics_table(rows: Iterable[Mapping[str, Any]]) -> str:
     lines = ["\t".join(columns)]
     lines += ["\t".join(_cell(row.get(c)) for c in columns) for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _table_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The scene rows and their mean row, as the TSV and the page show them (the mean
+    row's per-metric scene counts are the page's footnote, not a column)."""
+    mean = mean_row(rows)
+    return [dict(r) for r in rows] + [{k: v for k, v in mean.items() if k != "n_scenes"}]
 
 
 # --------------------------------------------------------------------------- the stage
@@ -655,10 +682,12 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
     import json
     import logging
 
+    from innout.devices import stage_device
     from innout.models import is_random
     from innout.pretrain import read_scene
 
     log = log or logging.getLogger("innout.evaluate")
+    device, device_warning = stage_device(cfg, "evaluate")
     _, _, _, test = read_scene(Path(transforms))
     upstream = json.loads(Path(upstream_summary).read_text()) if upstream_summary and Path(upstream_summary).is_file() else {}
     random_upstream = bool(is_random(cfg.models)) or bool(upstream.get("random_weights"))
@@ -680,7 +709,7 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
                    "random_weights": random_upstream, "warning": RANDOM_WEIGHTS_WARNING if random_upstream else None,
                    "before": {**{k: None for k in METRIC_KEYS}, "per_view": {}, "n_views": 0}, "skipped_views": skipped}
     else:
-        lpips, fid = metrics_from_config(cfg.models, cfg.evaluate, cfg.device)
+        lpips, fid = metrics_from_config(cfg.models, cfg.evaluate, device)
         if fid is not None and len(gts) < 2:
             log.warning("FID needs at least 2 test views, the scene has %d: FID is null", len(gts))
             fid = None
@@ -701,6 +730,7 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
         }
         log.info("after: LPIPS %s PSNR %s SSIM %s FID %s | before: LPIPS %s PSNR %s SSIM %s FID %s",
                  *(_fmt(metrics[k]) for k in METRIC_KEYS), *(_fmt(metrics["before"][k]) for k in METRIC_KEYS))
+    metrics["device"], metrics["device_warning"] = str(device), device_warning
     write_text_atomic(out_json, json.dumps(metrics, indent=1) + "\n")  # PSNR inf is written as Infinity
     if comparison_png is not None:
         comparison_sheet(gts, masks, before, after, metrics, Path(comparison_png))
@@ -755,13 +785,23 @@ def with_banner(image: Any, text: str) -> Any:
     return out
 
 
-def metrics_html(rows: Sequence[Mapping[str, Any]], warning: str | None = None) -> str:
-    """The metrics table (:data:`METRICS_COLUMNS`) as a small HTML page for the report."""
+def metrics_html(rows: Sequence[Mapping[str, Any]], warning: str | None = None, networks: Sequence[str] = ()) -> str:
+    """The metrics table (:data:`METRICS_COLUMNS`) as a small HTML page for the report:
+    the scene rows, then the mean row (bold) with how many scenes each mean covers;
+    ``networks``: the LPIPS / FID networks the scenes were scored with (in words)."""
     import html
 
     columns = list(METRICS_COLUMNS)
+    mean = mean_row(rows)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows)
+
+    def tr(row: Mapping[str, Any], attrs: str = "") -> str:
+        return f"<tr{attrs}>" + "".join(f"<td>{html.escape(_cell(row.get(c)))}</td>" for c in columns) + "</tr>"
+
+    body = "".join(tr(row) for row in rows) + tr(mean, ' id="mean" style="font-weight:bold;border-top:2px solid #333"')
+    counts = ", ".join(f"{c} {n}" for c, n in mean["n_scenes"].items() if not c.endswith("_before"))
+    note = (f"<p><i>mean</i>: per metric, the mean over the scenes that have it, as the paper reports its table "
+            f"(scenes counted: {html.escape(counts)} of {len(rows)}).</p>\n")
     banner = (f'<p style="background:#b00020;color:#fff;padding:6px 10px;font-weight:bold">WARNING: {html.escape(warning)}</p>'
               if warning else "")
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>metrics</title>"
@@ -770,19 +810,25 @@ def metrics_html(rows: Sequence[Mapping[str, Any]], warning: str | None = None) 
             "<p>SPIn-NeRF protocol: test renders against ground truth inside each test view's mask box. "
             "LPIPS and FID: lower is better; PSNR (dB) and SSIM: higher is better. <i>_before</i>: the pre-trained "
             "NeRF with the object still in it.</p>\n"
-            f"<table id=\"metrics\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n</body></html>\n")
+            + "".join(f"<p>{html.escape(n)}</p>\n" for n in networks) +
+            f"<table id=\"metrics\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n{note}</body></html>\n")
 
 
 def write_metrics_table(metrics_files: Mapping[str, Path], out_tsv: Path, out_html: Path | None = None) -> list[dict]:
-    """``results/metrics.tsv`` (and its HTML page) from each scene's metrics.json."""
+    """``results/metrics.tsv`` (and its HTML page) from each scene's metrics.json: one row
+    per scene, then the mean row (:func:`mean_row`). Returns the scene rows."""
     import json
 
-    rows = []
+    rows, networks = [], []
     for scene, path in metrics_files.items():
         m = json.loads(Path(path).read_text())
         rows.append(scene_row(scene, m, m.get("before")))
-    write_text_atomic(out_tsv, metrics_table(rows))
+        for key in ("lpips", "fid"):
+            described = (m.get("metrics") or {}).get(key)
+            if described and described not in networks:
+                networks.append(described)  # differing networks across scenes show up as two lines
+    write_text_atomic(out_tsv, metrics_table(_table_rows(rows)))
     if out_html is not None:
         warning = RANDOM_WEIGHTS_WARNING if any(r["random_weights"] for r in rows) else None
-        Path(out_html).write_text(metrics_html(rows, warning))
+        write_text_atomic(out_html, metrics_html(rows, warning, networks))
     return rows

@@ -43,6 +43,7 @@ class NerfTuner:
         decay_steps: int = 1000,
         stage: str = "finetune",
         warmup_steps: int = 0,
+        reset_seed: Optional[int] = None,
     ):
         self.source_config = find_nerf_config(Path(nerf_path))
         self.renderer = NerfRenderer.from_config(self.source_config, device=device)
@@ -52,6 +53,8 @@ class NerfTuner:
         self.stage = stage
         self.start_step = int(torch.load(latest_checkpoint(self.source_config.parent / "nerfstudio_models"),
                                          map_location="cpu", weights_only=False)["step"])
+        if reset_seed is not None:
+            self._reset_fields(int(reset_seed))
         self.step = 0
         groups = self.model.get_param_groups()
         gamma = (lr_final / learning_rate) ** (1.0 / max(1, decay_steps)) if learning_rate > 0 else 1.0
@@ -69,6 +72,19 @@ class NerfTuner:
             for name, opt in self.optimizers.items()
         }
         self.model.train()
+
+    def _reset_fields(self, seed: int) -> None:
+        """Every parameter of the NeRF (fields and proposal networks) as a fresh nerfacto
+        of the same configuration initialises it from ``seed``; the frame (scene box,
+        scale) stays, and the step-dependent schedules (proposal sampling, weight anneal)
+        start over."""
+        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            fresh = self.model.config.setup(scene_box=self.model.scene_box, num_train_data=self.model.num_train_data,
+                                            metadata={}, device=self.device, grad_scaler=None)
+        self.model.load_state_dict(fresh.state_dict())
+        self.start_step = 0
+        self.model.update_to_step(0)
 
     # -- rays ---------------------------------------------------------------------------
 

@@ -40,6 +40,14 @@ The targets (train views other than the base, sorted by name) are cut into denoi
 batches of ``inpaint.batch_size``; a shard is a run of whole batches
 (:func:`shard_plan`). Each shard recomputes the base trajectory (deterministic: same
 inputs, same batch shape) and inpaints its batches; shard 0 also writes the base view.
+The gather checks that the shards belong together: every shard records what its result
+depends on (:func:`shard_inputs`: settings, models, seed, prompt, the base stage's files);
+any difference is an error naming it. Their base trajectories (the base view's output of
+each variant, saved by every shard that computed it) are then compared with a tolerance:
+two GPU models, or two cuDNN kernel choices, give trajectories a few bits apart, which is
+no error; the largest difference is reported in ``summary.json``
+(``shard_base_difference``), and only a difference beyond ``inpaint.shard_tolerance``
+(mean absolute difference inside the base view's mask, 8-bit grey levels) fails.
 :func:`innout.diffusion.inpaint_views` encodes, denoises and decodes in the same groups
 whatever other views are in the call, and every view's fresh noise comes from its name,
 so the bytes of every output do not depend on the number of shards.
@@ -78,6 +86,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from innout.cameras import Camera
+from innout.devices import resolve_device, stage_device
 from innout.errors import InputError, StageError
 
 _log = logging.getLogger("innout.inpaint")
@@ -285,13 +294,8 @@ def _load_pipe(cfg: Any, manifest: Optional[Path], log: logging.Logger):
         check_manifest(manifest, cfg.models)
         cache_dir = str(Path(manifest).parent)
     log.info("inpaint: loading the inpainter %s (%s)", cfg.models.inpainter, "random weights" if cfg.models.random_weights else "weights")
-    return load_inpainter(str(cfg.models.inpainter), device=_device(cfg), dtype=str(cfg.models.dtype), cache_dir=cache_dir)
-
-
-def _device(cfg: Any) -> str:
-    from innout.models import resolve_device
-
-    return str(resolve_device(str(cfg.device)))
+    return load_inpainter(str(cfg.models.inpainter), device=resolve_device(cfg.device), dtype=str(cfg.models.dtype),
+                          cache_dir=cache_dir, options=cfg.models)
 
 
 def run_inpaint_shard(
@@ -338,7 +342,8 @@ def run_inpaint_shard(
              shard, n_shards, len(targets), " + the base view" if own_base else "", size[0], size[1],
              kwargs["resolution"], latent_hw[1], latent_hw[0], kwargs["steps"], base.name)
 
-    renderer = NerfRenderer.from_config(base.nerf_dir, device=_device(cfg))
+    device, device_warning = stage_device(cfg, "inpaint")
+    renderer = NerfRenderer.from_config(base.nerf_dir, device=device)
     pipe = pipe if pipe is not None else _load_pipe(cfg, manifest, log)
 
     # ---- initial latents: ELA (aligned) and fresh, per view ----------------------------
@@ -354,7 +359,7 @@ def run_inpaint_shard(
 
     # ---- the four variants -------------------------------------------------------------
     outputs: dict[str, dict[str, np.ndarray]] = {}
-    inpaint_seconds, base_hashes = {}, {}
+    inpaint_seconds, base_hashes, base_outputs = {}, {}, {}
     for variant, (use_ela, use_ila) in VARIANTS.items():
         t0 = time.perf_counter()
         outputs[variant], base_out = _inpaint_variant(pipe, views, base, targets, ela, fresh, use_ela, use_ila, own_base,
@@ -362,6 +367,7 @@ def run_inpaint_shard(
         inpaint_seconds[variant] = time.perf_counter() - t0
         if base_out is not None:
             base_hashes[variant] = _sha256(base_out)
+            base_outputs[variant] = base_out
         log.info("inpainted %-11s %d views in %.1f s", variant, len(outputs[variant]), inpaint_seconds[variant])
 
     # ---- NeRF depth of the masked pixels, for the consistency score ---------------------
@@ -388,14 +394,18 @@ def run_inpaint_shard(
             np.save(tmp / "noise" / f"{name}.npy", noises[name].cpu().numpy().astype(np.float32))
             (tmp / "depth").mkdir(exist_ok=True)
             np.save(tmp / "depth" / f"{name}.npy", depths[name])
+        for variant, image in base_outputs.items():  # the base trajectories, for the gather's comparison
+            _save_png(tmp / "base" / f"{variant}.png", image)
         manifest_data = {
             "shard": shard, "shards": n_shards, "base_view": base.name, "views": written, "targets": list(targets),
+            "inputs": shard_inputs(cfg, base_dir, base),
             "ela_coverage": coverage, "ela_stats": {n: r.stats for n, r in ela.items()},
             "base_output_sha256": base_hashes, "ela_seconds": ela_seconds, "inpaint_seconds": inpaint_seconds,
             "depth_seconds": depth_seconds, "seconds": time.perf_counter() - t_stage,
             "cpu_seconds": time.process_time() - cpu_stage, "threads": torch.get_num_threads(),
             "latent_size": list(latent_hw), "size": list(size), "seed": seed, "prompt": base.prompt,
-            "device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+            "device": str(device), "device_warning": device_warning, "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         }
         (tmp / SHARD_MANIFEST).write_text(json.dumps(manifest_data, indent=2) + "\n")
     log.info("inpaint shard %d/%d done in %.1f s", shard, n_shards, time.perf_counter() - t_stage)
@@ -454,8 +464,33 @@ def _read_shard(folder: Path) -> dict:
         raise InputError(path, f"not valid JSON ({err})") from None
 
 
+def shard_inputs(cfg: Any, base_dir: Path, base: BaseInputs) -> dict:
+    """What a shard's outputs depend on besides the numerics of its device, one digest per
+    item: the inpainting settings, the models, the seed, the prompt, the base stage's
+    files. Shards of one scene must agree on every item (:func:`_check_shards`)."""
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    nerf_config = next(Path(base_dir / "nerf").rglob("config.yml"), None)
+    checkpoints = sorted((nerf_config.parent / "nerfstudio_models").glob("*.ckpt")) if nerf_config else []
+    return {
+        "settings": digest(json.dumps(_plain(cfg.inpaint), sort_keys=True).encode()),
+        "models": digest(json.dumps({k: str(v) for k, v in _plain(cfg.models).items()
+                                     if k not in ("attention_slicing", "vae_tiling", "cpu_offload")}, sort_keys=True).encode()),
+        "seed": str(int(cfg.seed)),
+        "prompt": digest(base.prompt.encode()),
+        "base_view": base.name,
+        "base_image": _sha256(base.image),
+        "base_mask": _sha256(base.mask),
+        "base_noise": _sha256(base.noise.numpy()),
+        "nerf": digest(json.dumps([[p.name, p.stat().st_size] for p in checkpoints]).encode()
+                       + (nerf_config.read_bytes() if nerf_config else b"")),
+    }
+
+
 def _check_shards(shard_dirs: Sequence[Path], shards: list[dict], train_names: list[str]) -> str:
-    """The shards belong together and cover every train view once; returns the base view."""
+    """The shards belong together (same inputs: :func:`shard_inputs`) and cover every
+    train view once; returns the base view."""
     n = len(shard_dirs)
     base_names = {s["base_view"] for s in shards}
     if len(base_names) != 1:
@@ -463,16 +498,47 @@ def _check_shards(shard_dirs: Sequence[Path], shards: list[dict], train_names: l
     for i, (folder, s) in enumerate(zip(shard_dirs, shards)):
         if s["shard"] != i or s["shards"] != n:
             raise InputError(folder, f"is shard {s['shard']} of {s['shards']}, expected shard {i} of {n}")
+    reference = shards[0].get("inputs", {})
+    for i, s in enumerate(shards[1:], start=1):
+        differ = sorted(k for k in set(reference) | set(s.get("inputs", {})) if s.get("inputs", {}).get(k) != reference.get(k))
+        if differ:
+            raise StageError("inpaint", f"shard {i} ran with other inputs than shard 0 ({', '.join(differ)} differ): "
+                                        f"rerun the inpaint stage's shards together (--forcerun inpaint_shard)")
     seen = [v for s in shards for v in s["views"]]
     if sorted(seen) != sorted(train_names) or len(set(seen)) != len(seen):
         missing = sorted(set(train_names) - set(seen))
         raise StageError("inpaint", f"the shards do not cover every train view once (missing: {missing[:5]})")
-    # every shard with targets recomputed the base trajectory: it must be the same
-    for variant in VARIANTS:
-        hashes = {s["base_output_sha256"][variant] for s in shards if variant in s["base_output_sha256"]}
-        if len(hashes) > 1:
-            raise StageError("inpaint", f"variant {variant}: the shards' base trajectories differ (non-deterministic run)")
     return base_names.pop()
+
+
+def compare_base_trajectories(shard_dirs: Sequence[Path], shards: list[dict], base_mask: np.ndarray,
+                              tolerance: float) -> dict:
+    """Every shard that denoised the base view must have got the same base trajectory up
+    to numerics: per variant, each shard's base output against the first one's, inside
+    the base view's mask (8-bit grey levels). Returns the largest differences (JSON);
+    a mean difference above ``tolerance`` is a :class:`StageError` naming the shards."""
+    report = {"tolerance_mean_abs": float(tolerance), "mean_abs": 0.0, "max_abs": 0, "compared": 0,
+              "identical": True, "worst": None,
+              "devices": sorted({s.get("device_name", s.get("device", "?")) for s in shards})}
+    for variant in VARIANTS:
+        outputs = [(i, _read_png(Path(d) / "base" / f"{variant}.png", "RGB")) for i, (d, s) in enumerate(zip(shard_dirs, shards))
+                   if variant in s.get("base_output_sha256", {})]
+        if len(outputs) < 2:
+            continue
+        first_i, first = outputs[0]
+        for i, image in outputs[1:]:
+            diff = np.abs(image.astype(np.int16) - first.astype(np.int16))[base_mask]
+            mean, peak = float(diff.mean()), int(diff.max())
+            report["compared"] += 1
+            report["identical"] = report["identical"] and peak == 0
+            if report["worst"] is None or mean > report["mean_abs"]:
+                report.update(mean_abs=mean, worst={"variant": variant, "shards": [first_i, i]})
+            report["max_abs"] = max(report["max_abs"], peak)
+            if mean > tolerance:
+                raise StageError("inpaint", f"variant {variant}: shard {i}'s base trajectory differs from shard {first_i}'s by "
+                                            f"{mean:.2f} grey levels on average in the base mask (max {peak}), more than "
+                                            f"inpaint.shard_tolerance={tolerance:g} (devices: {', '.join(report['devices'])})")
+    return report
 
 
 def _variant_path(root: Path, variant: str, name: str) -> Path:
@@ -526,6 +592,11 @@ def gather_inpaint(
     base = read_base(Path(base_dir), names, (k0.width, k0.height), tuple(shards[0]["latent_size"]))
     if base.name != base_view:
         raise InputError(Path(base_dir) / "summary.json", f"names base view {base.name}, the shards used {base_view}")
+    trajectories = compare_base_trajectories(shard_dirs, shards, base.mask, float(cfg.inpaint.shard_tolerance))
+    if trajectories["compared"] and not trajectories["identical"]:
+        log.info("shards' base trajectories: up to %.3f grey levels apart on average (max %d) in the base mask, "
+                 "within the tolerance %.3g; devices %s", trajectories["mean_abs"], trajectories["max_abs"],
+                 float(cfg.inpaint.shard_tolerance), ", ".join(trajectories["devices"]))
     owner = {v: d for d, s in zip(shard_dirs, shards) for v in s["views"]}
 
     with atomic_dir(out_dir) as tmp:
@@ -543,6 +614,7 @@ def gather_inpaint(
         _comparison(tmp, views, base_view).save(tmp / "comparison.png")
         summary = _summary(cfg, shards, scores, base, base_diff, is_random(cfg.models), UNIT, RANDOM_WEIGHTS_WARNING,
                            time.perf_counter() - t0)
+        summary["shard_base_difference"] = trajectories
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_resolved(cfg, tmp / "config.yaml")
     c = summary["consistency"]
@@ -566,6 +638,7 @@ def _summary(cfg, shards, scores, base: BaseInputs, base_diff: float, random_cfg
         "size": first["size"],
         "latent_size": first["latent_size"],
         "settings": {**_plain(cfg.inpaint), "device": first["device"], "dtype": first["dtype"]},
+        "device_warning": first.get("device_warning"),
         "consistency": {v: _finite_or_none(scores[v]["mean"]) for v in VARIANTS},
         "consistency_pixel_mean": {v: _finite_or_none(scores[v]["pixel_mean"]) for v in VARIANTS},
         "consistency_unit": unit + "; mean over the target views of each view's mean over its masked pixels that "

@@ -4,9 +4,15 @@ Three model sets (``src/innout/conf/model/*.yaml``, :class:`innout.config.Models
 
 ``sd2``
     The real weights: ``stabilityai/stable-diffusion-2-inpainting`` and a transformers
-    depth-estimation model, plus the LPIPS VGG backbone and the FID Inception network.
-    The ``models`` rule runs :func:`fetch_models` once, on a machine with internet, into
-    ``models.cache_dir``; every later rule reads only that folder (``local_files_only``).
+    depth-estimation model, plus the LPIPS backbones (VGG for the refine loss, AlexNet for
+    the evaluation, as the published numbers) and the FID Inception network. The
+    ``models`` rule runs :func:`fetch_models` once, on a machine with internet: hub models
+    go to the user's Hugging Face hub cache (``HF_HUB_CACHE`` / ``HF_HOME``, or
+    ``models.hub_cache``), where a machine that already holds them does not download them
+    again and ``HF_HUB_OFFLINE=1`` works; with an fp16 dtype only the fp16 weight files are
+    fetched (:func:`download_variant`). The torch.hub checkpoints (LPIPS trunks, Inception)
+    go to ``models.cache_dir/torch``. The manifest in ``models.cache_dir`` records where
+    everything lies; every later rule reads only there (``local_files_only``).
 ``tiny``
     Small random-weight models of the *same classes* (``UNet2DConditionModel`` with 9
     input channels, ``AutoencoderKL`` with the SD down-sampling factor 8,
@@ -53,6 +59,7 @@ from typing import Any, Iterable
 
 import torch
 
+from innout.devices import resolve_device
 from innout.errors import InputError, StageError
 from innout.stage import write_text_atomic
 
@@ -70,7 +77,8 @@ VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 LPIPS_BACKBONE_URLS = {"vgg": VGG16_URL, "alex": ALEXNET_URL}  # torchvision's ImageNet trunks
-MANIFEST_SPECS = ("inpainter", "depth", "lpips_backbone")  # what a manifest must agree on with the config
+MANIFEST_SPECS = ("inpainter", "depth", "lpips_backbone", "eval_lpips_backbone")  # what a manifest must agree on with the config
+FP16_TAGS = (".fp16.", "-fp16.")  # how a hub repository names its fp16 weight files (diffusers' variant)
 
 # --------------------------------------------------------------------------- configs
 
@@ -197,13 +205,6 @@ def is_random(models_cfg: Any) -> bool:
     return bool(_get(models_cfg, "random_weights", False)) or str(_get(models_cfg, "inpainter", "")) in RANDOM_PRESETS
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
     """``auto``: fp16 on a GPU, fp32 elsewhere; or a name (fp16, bf16, fp32, float16...)."""
     if isinstance(dtype, torch.dtype):
@@ -218,9 +219,42 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch
     return names[name]
 
 
-def hf_cache_dir(cache_dir: str | Path) -> Path:
-    """Where the Hugging Face snapshots live inside the models cache."""
-    return Path(cache_dir) / "huggingface"
+def hub_cache_dir(models_cfg: Any = None) -> Path:
+    """The Hugging Face hub cache the models rule downloads into: ``models.hub_cache`` when
+    set, else the user's own (huggingface_hub's: ``HF_HUB_CACHE``, else ``HF_HOME/hub``,
+    else ``~/.cache/huggingface/hub``)."""
+    configured = _get(models_cfg, "hub_cache", None) if models_cfg is not None else None
+    if configured:
+        return Path(str(configured)).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).expanduser()
+
+
+def manifest_hub_cache(cache_dir: str | Path | None) -> Path:
+    """The hub cache a later stage reads from: the one the manifest in ``cache_dir``
+    recorded (the models rule may have run on another node), else the user's."""
+    if cache_dir is not None:
+        path = Path(cache_dir) / MANIFEST
+        try:
+            recorded = json.loads(path.read_text()).get("hub_cache") if path.is_file() else None
+        except (OSError, ValueError):
+            recorded = None
+        if recorded:
+            return Path(recorded)
+    return hub_cache_dir(None)
+
+
+def download_variant(models_cfg: Any, device: str | None = "auto") -> str | None:
+    """``"fp16"`` when the stages will run the models in fp16 (``models.dtype`` fp16, or
+    ``auto`` on a device other than the CPU): then only the fp16 weight files are fetched
+    (half the download, and nothing is cast at load time). None: full precision."""
+    name = str(_get(models_cfg, "dtype", "auto")).lower()
+    if name in ("fp16", "float16", "half"):
+        return "fp16"
+    if name == "auto" and str(device or "auto") != "cpu":
+        return "fp16"
+    return None
 
 
 def torch_home(cache_dir: str | Path) -> Path:
@@ -366,15 +400,22 @@ def save_tiny_depth(folder: str | Path, seed: int = TINY_SEED) -> Path:
 
 # --------------------------------------------------------------------------- loading
 
+ATTENTION_SLICING = ("off", "auto", "max")  # or a slice size (an integer)
+CPU_OFFLOAD = ("off", "model", "sequential")
+
+
 def load_inpainter(spec: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                   cache_dir: str | Path | None = None):
+                   cache_dir: str | Path | None = None, options: Any = None):
     """A ``StableDiffusionInpaintPipeline`` on ``device`` (no safety checker, progress
     bars off).
 
     ``spec``: ``tiny`` / ``sd2-random`` (random presets; ``tiny`` is read from the cache
     when :func:`fetch_models` saved it there, else built, identically), a local diffusers
-    folder, or a hub id resolved in ``cache_dir`` with ``local_files_only=True`` (never
-    the network). ``dtype="auto"``: fp16 on a GPU, fp32 on a CPU.
+    folder, or a hub id read from the hub cache the manifest in ``cache_dir`` names
+    (:func:`manifest_hub_cache`) with ``local_files_only=True`` (never the network); a
+    snapshot holding fp16 weight files is loaded through them (diffusers' ``variant``).
+    ``dtype="auto"``: fp16 on a GPU, fp32 on a CPU. ``options``: the ``models`` config's
+    memory switches (:func:`apply_memory_options`).
     """
     from diffusers import StableDiffusionInpaintPipeline
 
@@ -393,21 +434,70 @@ def load_inpainter(spec: str, device: str | torch.device = "auto", dtype: str | 
         pipe = build_sd2_random(TINY_SEED, device)
     else:
         local = Path(spec).expanduser()
-        kwargs = dict(local_files_only=True, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype)
+        folder = local if local.is_dir() else None
         try:
-            if local.is_dir():
-                pipe = StableDiffusionInpaintPipeline.from_pretrained(local, **kwargs)
-            else:
-                cache = hf_cache_dir(cache_dir) if cache_dir is not None else None
-                pipe = StableDiffusionInpaintPipeline.from_pretrained(spec, cache_dir=cache, **kwargs)
-        except (OSError, EnvironmentError, ValueError) as err:
-            where = local if local.is_dir() else f"{spec} in {cache_dir}"
+            if folder is None:
+                from huggingface_hub import snapshot_download
+
+                folder = Path(snapshot_download(spec, cache_dir=manifest_hub_cache(cache_dir), local_files_only=True))
+            pipe = StableDiffusionInpaintPipeline.from_pretrained(
+                folder, local_files_only=True, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype,
+                variant=snapshot_variant(folder, dtype))
+        except (OSError, ValueError) as err:  # huggingface_hub's "not in the cache" is a FileNotFoundError
+            where = local if local.is_dir() else f"{spec} in the hub cache {manifest_hub_cache(cache_dir)}"
             raise StageError("models", f"cannot load the inpainter {where} offline ({err.__class__.__name__}: "
                              f"{str(err).splitlines()[0] if str(err) else ''}); run the `models` rule first") from err
-    pipe = pipe.to(device)
     if pipe.unet.dtype != dtype:
         pipe = pipe.to(dtype=dtype)
+    apply_memory_options(pipe, options, device)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def snapshot_variant(folder: str | Path, dtype: torch.dtype) -> str | None:
+    """``"fp16"`` when the diffusers folder's UNet ships fp16 weight files and either the
+    pipeline runs in fp16 or it has no full-precision UNet weights (what
+    :func:`select_hub_files` fetched); None otherwise."""
+    unet = Path(folder) / "unet"
+    weights = [p.name for p in unet.glob("*") if p.suffix in (".safetensors", ".bin")] if unet.is_dir() else []
+    fp16 = [w for w in weights if any(tag in w for tag in FP16_TAGS)]
+    full = [w for w in weights if w not in fp16 and ".non_ema." not in w and ".ema_only." not in w]
+    if fp16 and (dtype == torch.float16 or not full):
+        return "fp16"
+    return None
+
+
+def apply_memory_options(pipe: Any, options: Any, device: torch.device) -> Any:
+    """Place the pipeline on ``device`` with the ``models`` config's memory switches
+    (diffusers' own): ``attention_slicing`` (off | auto | max | a slice size; ILA's
+    self-attention processors replace the sliced ones on the ``attn1`` layers while ILA
+    is on, and use PyTorch's memory-efficient SDPA), ``vae_tiling`` (VAE encode/decode in
+    overlapping tiles: large images on small GPUs), ``cpu_offload`` (off | model: each
+    model moves to the GPU only while it runs | sequential: layer by layer, slowest,
+    least memory; GPU only). Returns ``pipe``; ``pipe.innout_memory`` says what was applied."""
+    slicing = str(_get(options, "attention_slicing", "off") if options is not None else "off")
+    tiling = bool(_get(options, "vae_tiling", False)) if options is not None else False
+    offload = str(_get(options, "cpu_offload", "off") if options is not None else "off")
+    if offload not in CPU_OFFLOAD:
+        raise StageError("models", f"models.cpu_offload is {offload!r}: use one of {', '.join(CPU_OFFLOAD)}")
+    if slicing not in ATTENTION_SLICING and not slicing.isdigit():
+        raise StageError("models", f"models.attention_slicing is {slicing!r}: use off, auto, max or a slice size")
+    applied = {"attention_slicing": slicing, "vae_tiling": tiling, "cpu_offload": offload}
+    if slicing != "off":
+        pipe.enable_attention_slicing(int(slicing) if slicing.isdigit() else slicing)
+    if tiling:
+        pipe.vae.enable_tiling()
+    if offload != "off" and device.type != "cuda":
+        log.warning("models.cpu_offload=%s has no effect on %s: ignored", offload, device)
+        applied["cpu_offload"] = "off"
+        offload = "off"
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.innout_memory = applied
     return pipe
 
 
@@ -415,7 +505,8 @@ def depth_model_path(spec: str, cache_dir: str | Path) -> str:
     """What to give transformers (``pipeline("depth-estimation", model=...)`` or
     ``AutoModelForDepthEstimation.from_pretrained``) for ``models.depth``: the saved tiny
     preset folder (built there on first use), a local folder, or the snapshot folder of a
-    hub id inside the cache (raises when :func:`fetch_models` has not downloaded it)."""
+    hub id in the hub cache the manifest names (raises when :func:`fetch_models` has not
+    put it there)."""
     if spec == "tiny":
         folder = preset_dir(cache_dir, "depth", "tiny")
         if not (folder / "config.json").is_file():
@@ -425,59 +516,75 @@ def depth_model_path(spec: str, cache_dir: str | Path) -> str:
         return str(Path(spec).expanduser())
     from huggingface_hub import snapshot_download
 
+    hub = manifest_hub_cache(cache_dir)
     try:
-        return snapshot_download(spec, cache_dir=hf_cache_dir(cache_dir), local_files_only=True)
-    except Exception as err:  # huggingface_hub raises several kinds for "not in the cache"
-        raise StageError("models", f"depth model {spec} is not in {cache_dir}; run the `models` rule first") from err
+        return snapshot_download(spec, cache_dir=hub, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise StageError("models", f"depth model {spec} is not in the hub cache {hub}; run the `models` rule first") from err
 
 
 # --------------------------------------------------------------------------- fetching
 
-def select_hub_files(files: Iterable[str]) -> list[str]:
+def select_hub_files(files: Iterable[str], variant: str | None = None) -> list[str]:
     """The files of a hub repository a diffusers / transformers loader needs.
 
-    Keeps configs and tokenizer files, and per folder one full-precision weight format
-    (safetensors when present, else ``.bin``); drops fp16/non-EMA variants, original
-    ``.ckpt`` checkpoints, the root-level original-format weights of a diffusers repo
-    (it has ``model_index.json``), the safety checker, and other frameworks' weights."""
+    Keeps configs and tokenizer files, and per folder one weight format: with
+    ``variant="fp16"`` its fp16 files when the folder has some, else (and without a
+    variant) the full-precision ones, safetensors when present, else ``.bin``. Drops
+    non-EMA / EMA-only variants, original ``.ckpt`` checkpoints, the root-level
+    original-format weights of a diffusers repo (it has ``model_index.json``), the safety
+    checker, and other frameworks' weights."""
     files = sorted(set(files))
     diffusers_repo = "model_index.json" in files
     weight_ext = (".safetensors", ".bin")
-    keep, weights = [], {}
+    keep, full, half = [], {}, {}
     for path in files:
         folder, _, name = path.rpartition("/")
         if folder.split("/")[0] == "safety_checker" or name.endswith((".ckpt", ".msgpack", ".h5", ".onnx", ".pb")):
             continue
         if name.endswith(weight_ext):
-            if any(tag in name for tag in (".fp16.", ".non_ema.", ".ema_only.", "-fp16.")) or (diffusers_repo and not folder):
+            if any(tag in name for tag in (".non_ema.", ".ema_only.")) or (diffusers_repo and not folder):
                 continue
-            weights.setdefault(folder, []).append(path)
+            (half if any(tag in name for tag in FP16_TAGS) else full).setdefault(folder, []).append(path)
         elif name.endswith((".json", ".txt", ".model", ".md")) or name in ("merges.txt", "vocab.json"):
             keep.append(path)
-    for folder, paths in weights.items():
+    for folder in sorted(set(full) | set(half)):
+        paths = half[folder] if variant == "fp16" and folder in half else full.get(folder, [])
         safetensors = [p for p in paths if p.endswith(".safetensors")]
         keep.extend(safetensors or paths)
         # a sharded checkpoint's index file is a .json and was kept above
     return sorted(keep)
 
 
-def download_plan(models_cfg: Any, cache_dir: str | Path) -> list[dict]:
+def download_plan(models_cfg: Any, cache_dir: str | Path, device: str | None = "auto") -> list[dict]:
     """What :func:`fetch_models` downloads for a real model set: one entry per item,
-    ``{"what", "kind": "hub" | "url", "source", "dest"}``."""
+    ``{"what", "kind": "hub" | "url", "source", "dest", "variant"}``; hub models go to
+    the hub cache (:func:`hub_cache_dir`), torch.hub checkpoints under ``cache_dir``.
+    LPIPS: the refine loss's backbone (``lpips_backbone``) and the evaluation's
+    (``eval_lpips_backbone``), each once."""
     cache_dir = Path(cache_dir)
     plan = []
     inpainter, depth = str(_get(models_cfg, "inpainter")), str(_get(models_cfg, "depth"))
-    for what, source in (("inpainter", inpainter), ("depth", depth)):
+    hub = str(hub_cache_dir(models_cfg))
+    for what, source, variant in (("inpainter", inpainter, download_variant(models_cfg, device)), ("depth", depth, None)):
         if source in RANDOM_PRESETS or Path(source).expanduser().is_dir():
             continue  # built in code / a local folder: nothing to download
-        plan.append({"what": what, "kind": "hub", "source": source, "dest": str(hf_cache_dir(cache_dir))})
+        plan.append({"what": what, "kind": "hub", "source": source, "dest": hub, "variant": variant})
     checkpoints = torch_home(cache_dir) / "hub" / "checkpoints"
-    backbone = str(_get(models_cfg, "lpips_backbone", "vgg"))
-    if backbone in LPIPS_BACKBONE_URLS:
+    for backbone in lpips_backbones(models_cfg):
         url = LPIPS_BACKBONE_URLS[backbone]
-        plan.append({"what": f"lpips-{backbone}", "kind": "url", "source": url, "dest": str(checkpoints / url.rsplit("/", 1)[1])})
-    plan.append({"what": "fid-inception", "kind": "url", "source": INCEPTION_URL, "dest": str(checkpoints / INCEPTION_URL.rsplit("/", 1)[1])})
+        plan.append({"what": f"lpips-{backbone}", "kind": "url", "source": url, "dest": str(checkpoints / url.rsplit("/", 1)[1]),
+                     "variant": None})
+    plan.append({"what": "fid-inception", "kind": "url", "source": INCEPTION_URL,
+                 "dest": str(checkpoints / INCEPTION_URL.rsplit("/", 1)[1]), "variant": None})
     return plan
+
+
+def lpips_backbones(models_cfg: Any) -> list[str]:
+    """The pretrained LPIPS backbones a model set uses (refine loss, evaluation), in that
+    order, each once; ``random`` ones need no download."""
+    names = [str(_get(models_cfg, "lpips_backbone", "vgg")), str(_get(models_cfg, "eval_lpips_backbone", "alex"))]
+    return [n for i, n in enumerate(names) if n in LPIPS_BACKBONE_URLS and n not in names[:i]]
 
 
 def lpips_heads_path(backbone: str) -> Path:
@@ -488,13 +595,63 @@ def lpips_heads_path(backbone: str) -> Path:
     return Path(lpips.__file__).parent / "weights" / "v0.1" / f"{backbone}.pth"
 
 
-def _download(item: dict) -> str:
-    """One plan entry, downloaded (network). Returns where it now lies."""
-    if item["kind"] == "hub":
-        from huggingface_hub import HfApi, snapshot_download
+def _local_snapshot(repo: str, hub: str) -> str | None:
+    """The snapshot folder of ``repo`` already in the hub cache ``hub`` (None if absent)."""
+    from huggingface_hub import snapshot_download
 
-        files = select_hub_files(HfApi().list_repo_files(item["source"]))
-        return snapshot_download(item["source"], cache_dir=item["dest"], allow_patterns=files)
+    try:
+        return snapshot_download(repo, cache_dir=hub, local_files_only=True)
+    except (OSError, ValueError):  # huggingface_hub's "not in the cache" is a FileNotFoundError
+        return None
+
+
+def _network_errors() -> tuple[type, ...]:
+    """What a hub call raises without a network: OSError kinds, and httpx's transport
+    errors (huggingface_hub's HTTP client), which are not OSErrors."""
+    try:
+        import httpx
+
+        return (OSError, httpx.TransportError)
+    except ImportError:  # older huggingface_hub (requests): its errors are OSErrors
+        return (OSError,)
+
+
+def _check_snapshot(folder: str | Path, item: dict) -> None:
+    """A snapshot found offline must hold a loader's config and some weights."""
+    folder = Path(folder)
+    has_config = (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
+    has_weights = any(p.suffix in (".safetensors", ".bin") for p in folder.rglob("*"))
+    if not (has_config and has_weights):
+        raise StageError("models", f"{item['source']}: the snapshot {folder} in the hub cache is incomplete "
+                                   "(no config or no weights); rerun the `models` rule with network access")
+
+
+def _download(item: dict) -> str:
+    """One plan entry, into its cache. Returns where it now lies. A hub model already in
+    the hub cache is not downloaded again: with ``HF_HUB_OFFLINE=1`` (or no network) the
+    cached snapshot is used as it is."""
+    if item["kind"] == "hub":
+        from huggingface_hub import HfApi, constants, snapshot_download
+
+        if constants.HF_HUB_OFFLINE:
+            folder = _local_snapshot(item["source"], item["dest"])
+            if folder is None:
+                raise StageError("models", f"{item['source']} is not in the hub cache {item['dest']} and HF_HUB_OFFLINE is set: "
+                                           "download it on a machine with network access (same HF_HOME)")
+            _check_snapshot(folder, item)
+            return folder
+        try:
+            files = select_hub_files(HfApi().list_repo_files(item["source"]), item.get("variant"))
+            # files already in the cache are not downloaded again
+            return snapshot_download(item["source"], cache_dir=item["dest"], allow_patterns=files)
+        except _network_errors() as err:  # no network: fall back to what the cache holds
+            folder = _local_snapshot(item["source"], item["dest"])
+            if folder is None:
+                raise StageError("models", f"cannot download {item['source']} ({err.__class__.__name__}) and it is not in the "
+                                           f"hub cache {item['dest']}") from err
+            log.warning("cannot reach the hub (%s): using the cached snapshot %s", err.__class__.__name__, folder)
+            _check_snapshot(folder, item)
+            return folder
     dest = Path(item["dest"])
     if not dest.is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -502,11 +659,14 @@ def _download(item: dict) -> str:
     return str(dest)
 
 
-def _component(what: str, source: str, path: str | Path | None, random_weights: bool, note: str | None = None) -> dict:
-    """One manifest entry: a component, where it came from, where it lies in the cache
-    (None: built from its configs at load time, nothing stored) and whether its weights
-    are random."""
+def _component(what: str, source: str, path: str | Path | None, random_weights: bool, note: str | None = None,
+               variant: str | None = None) -> dict:
+    """One manifest entry: a component, where it came from, where it lies (None: built
+    from its configs at load time, nothing stored), whether its weights are random, and
+    for hub models which weight variant was fetched."""
     item = {"what": what, "source": source, "path": None if path is None else str(path), "random_weights": bool(random_weights)}
+    if variant:
+        item["variant"] = variant
     if note:
         item["note"] = note
     return item
@@ -533,13 +693,15 @@ def _random_components(models_cfg: Any, cache_dir: Path) -> list[dict]:
         items.append(_component("depth", f"tiny ({random_source})", save_tiny_depth(preset_dir(cache_dir, "depth", "tiny")), True))
     else:
         raise StageError("models", f"random model sets use the tiny depth model, got depth={depth!r}")
-    items.append(_component("lpips", str(_get(models_cfg, "lpips_backbone")), None, True, "random backbone built at load time"))
+    items.append(_component("lpips", str(_get(models_cfg, "lpips_backbone")), None, True, "refine loss: random backbone built at load time"))
+    items.append(_component("eval-lpips", str(_get(models_cfg, "eval_lpips_backbone")), None, True,
+                            "evaluation: random backbone built at load time"))
     items.append(_component("fid-inception", "inception-v3-compat", None, True, "random Inception built at load time"))
     return items
 
 
-def _real_components(models_cfg: Any, cache_dir: Path, download=None) -> list[dict]:
-    """The real set: every plan entry downloaded into the cache (``download`` is
+def _real_components(models_cfg: Any, cache_dir: Path, download=None, device: str | None = "auto") -> list[dict]:
+    """The real set: every plan entry downloaded into its cache (``download`` is
     :func:`_download`; tests pass a stand-in), plus the LPIPS heads of the lpips package."""
     download = download or _download
     items = []
@@ -547,40 +709,48 @@ def _real_components(models_cfg: Any, cache_dir: Path, download=None) -> list[di
         local = Path(source).expanduser()
         if local.is_dir():  # a user's own folder: used in place
             items.append(_component(what, source, local.resolve(), False, "local folder, used in place"))
-    for item in download_plan(models_cfg, cache_dir):
-        log.info("downloading %s (%s)", item["what"], item["source"])
-        items.append(_component(item["what"], item["source"], download(item), False))
-    backbone = str(_get(models_cfg, "lpips_backbone", "vgg"))
-    if backbone in LPIPS_BACKBONE_URLS:
+    for item in download_plan(models_cfg, cache_dir, device):
+        log.info("fetching %s (%s%s) into %s", item["what"], item["source"], f", {item['variant']} weights" if item["variant"] else "",
+                 item["dest"])
+        path = download(item)
+        variant = snapshot_variant(path, torch.float16 if item["variant"] == "fp16" else torch.float32) if item["kind"] == "hub" else None
+        items.append(_component(item["what"], item["source"], path, False, variant=variant))
+    for backbone in lpips_backbones(models_cfg):
         heads = lpips_heads_path(backbone)
         if not heads.is_file():
             raise StageError("models", f"LPIPS linear heads missing: {heads} (reinstall the lpips package)")
-        items.append(_component("lpips-heads", f"lpips package, v0.1 {backbone}", heads, False))
+        items.append(_component(f"lpips-heads-{backbone}", f"lpips package, v0.1 {backbone}", heads, False))
     return items
 
 
-def fetch_models(models_cfg: Any, cache_dir: str | Path, download=None) -> dict:
-    """Put every weight the workflow needs into ``cache_dir`` and write
+def fetch_models(models_cfg: Any, cache_dir: str | Path, download=None, device: str | None = "auto") -> dict:
+    """Put every weight the workflow needs where later stages read it and write
     ``cache_dir/manifest.json``. Returns the manifest.
 
-    Real sets download (run on a machine with internet: the ``models`` rule); random sets
-    download nothing and save the tiny models into the cache (``presets/``), so later
-    stages load them like real ones. The manifest names the model set and its specs
-    (:func:`check_manifest` compares them with the config a later stage runs with) and,
-    per component, ``what``, ``source``, ``path`` (in the cache; None when a random
-    component is built from its configs at load time) and ``random_weights``. It holds
-    no timestamp: the same config gives the same file."""
+    Real sets download hub models into the hub cache (:func:`hub_cache_dir`; nothing
+    that is already there, and nothing at all with ``HF_HUB_OFFLINE=1``) and torch.hub
+    checkpoints into ``cache_dir/torch``; ``device`` (the method's) decides whether fp16
+    weight files are fetched (:func:`download_variant`). Random sets download nothing and
+    save the tiny models into the cache (``presets/``), so later stages load them like
+    real ones. The manifest names the model set and its specs (:func:`check_manifest`
+    compares them with the config a later stage runs with), the hub cache, and, per
+    component, ``what``, ``source``, ``path`` (None when a random component is built from
+    its configs at load time), ``random_weights`` and, for hub models, ``variant``. It
+    holds no timestamp: the same config gives the same file."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     random_set = is_random(models_cfg)
-    items = _random_components(models_cfg, cache_dir) if random_set else _real_components(models_cfg, cache_dir, download)
+    hub = hub_cache_dir(models_cfg)
+    items = (_random_components(models_cfg, cache_dir) if random_set
+             else _real_components(models_cfg, cache_dir, download, device))
     manifest = {
         "model_set": str(_get(models_cfg, "name", "")),
         "specs": {key: str(_get(models_cfg, key, "")) for key in MANIFEST_SPECS},
         "random_weights": random_set,
         "warning": RANDOM_WEIGHTS_WARNING if random_set else None,
         "cache_dir": str(cache_dir),
-        "env": {"TORCH_HOME": str(torch_home(cache_dir)), "HF_HUB_CACHE": str(hf_cache_dir(cache_dir))},
+        "hub_cache": None if random_set else str(hub),
+        "env": {"TORCH_HOME": str(torch_home(cache_dir)), "HF_HUB_CACHE": None if random_set else str(hub)},
         "items": items,
     }
     write_text_atomic(cache_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")

@@ -56,6 +56,36 @@ from nerfstudio.utils import colormaps
 METHOD_NAME = "innout-nerfacto"
 """Name of the method in nerfstudio (entry point name = ``TrainerConfig.method_name``)."""
 
+IMPLEMENTATIONS = ("auto", "torch", "tcnn")
+
+
+def tcnn_available() -> bool:
+    """Whether tiny-cuda-nn's torch bindings import (they need CUDA; nerfstudio would fall
+    back to torch silently, with checkpoints of another layout)."""
+    try:
+        import tinycudann  # noqa: F401  (optional, CUDA only)
+    except (ImportError, OSError, EnvironmentError):
+        return False
+    return True
+
+
+def resolve_implementation(name: str, device: str | torch.device) -> str:
+    """``pretrain.implementation`` for ``device``: ``auto`` is ``tcnn`` (fused hash grid and
+    MLPs, several times faster) on CUDA when tiny-cuda-nn imports, else ``torch``.
+    ``tcnn`` without CUDA or tiny-cuda-nn is an error: a tcnn NeRF loads only there, and a
+    later stage (render, refine) would fail on its checkpoint."""
+    from innout.errors import StageError
+
+    name, on_cuda = str(name), torch.device(device).type == "cuda"
+    if name not in IMPLEMENTATIONS:
+        raise StageError("pretrain", f"pretrain.implementation is {name!r}: one of {', '.join(IMPLEMENTATIONS)}")
+    if name == "auto":
+        return "tcnn" if on_cuda and tcnn_available() else "torch"
+    if name == "tcnn" and not (on_cuda and tcnn_available()):
+        raise StageError("pretrain", "pretrain.implementation=tcnn needs a CUDA device and the tinycudann package "
+                                     "(pip install tiny-cuda-nn's torch bindings); use auto or torch")
+    return name
+
 
 # --------------------------------------------------------------------------------------
 # Hash encoding: nerfstudio's torch hash grid, computed with fewer, larger tensor ops

@@ -48,6 +48,7 @@ import torch
 from PIL import Image
 
 from innout.cameras import Camera, Intrinsics
+from innout.devices import stage_device
 from innout.errors import InputError, StageError
 
 _log = logging.getLogger("innout.pretrain")
@@ -369,15 +370,6 @@ class _Quiet:
         return False
 
 
-def _device(name: str) -> str:
-    name = str(name or "auto")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise StageError("pretrain", f"device {name!r} requested but CUDA is not available")
-    return name
-
-
 def run_pretrain(
     transforms: Path,
     out_dir: Path,
@@ -397,7 +389,7 @@ def run_pretrain(
     from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
     from nerfstudio.engine.optimizers import Optimizers
 
-    from innout.nerf import NerfSettings, make_trainer_config
+    from innout.nerf import NerfSettings, make_trainer_config, resolve_implementation
     from innout.render import SIDECAR, NerfRenderer, SceneFrame, latest_checkpoint
     from innout.stage import atomic_dir
 
@@ -408,18 +400,21 @@ def run_pretrain(
     settings = NerfSettings.from_pretrain(cfg.pretrain)
     if settings.iterations < 1:
         raise InputError("pretrain.iterations", "must be at least 1")
-    device = _device(cfg.device)
+    device_t, device_warning = stage_device(cfg, "pretrain")
+    device = str(device_t)
+    settings.implementation = resolve_implementation(settings.implementation, device)
     seed = int(cfg.seed)
     w, h = train[0].camera.intrinsics.width, train[0].camera.intrinsics.height
     log.info(
-        "pretrain: %d train views, %d ground-truth test views, %dx%d, %d iterations x %d rays on %s",
-        len(train), len(test), w, h, settings.iterations, settings.rays_per_batch, device,
+        "pretrain: %d train views, %d ground-truth test views, %dx%d, %d iterations x %d rays on %s (nerfacto implementation %s)",
+        len(train), len(test), w, h, settings.iterations, settings.rays_per_batch, device, settings.implementation,
     )
 
     # ---- work dir: resumable state ------------------------------------------------
     ns_data = nerfstudio_transforms(meta, frames, train, test)
     ns_data_text = json.dumps(ns_data, indent=1)
-    fingerprint = _fingerprint(cfg, ns_data_text.encode())
+    # a checkpoint of the other implementation (tcnn / torch) has another layout
+    fingerprint = _fingerprint(cfg, ns_data_text.encode() + settings.implementation.encode())
     work_dir.mkdir(parents=True, exist_ok=True)
     run_file = work_dir / "run.json"
     ckpt_dir = work_dir / "checkpoints"
@@ -619,6 +614,8 @@ def run_pretrain(
             "n_test_views": len(test),
             "resolution": [w, h],
             "device": device,
+            "device_warning": device_warning,
+            "implementation": settings.implementation,
             "seed": seed,
             "preset": _cfg_get(cfg, "preset", None),
             "resumed_from_step": resumed_from,

@@ -24,15 +24,25 @@ View subset (:func:`select_patch_views`)
       those furthest behind; the three counts differ by at most one, whatever the
       capture's depth spread (forward-facing captures have almost none).
 
-    Group ids are ``"x+y-z0"`` etc. (:data:`GROUP_IDS`); a group may be empty. The
-    similarity of a view to the base is ``1 - (angle / max_angle + dist / max_dist) / 2``
-    in [0, 1], ``angle`` the angle between the two viewing directions (-z axes), ``dist``
-    the distance between the centres, both normalised by their maximum over the non-base
-    views (a term whose maximum is 0 contributes 0). From each non-empty group the
-    ``ceil(keep_fraction * n)`` most similar views are kept (ties by name), so every
-    direction around the base keeps at least one view and the view most similar to the
-    base is always kept. The base view itself is added only with ``include_base``
-    (it is supervised by L_prior already).
+    Group ids are ``"x+y-z0"`` etc. (:data:`GROUP_IDS`); a group may be empty. From each
+    non-empty group the ``ceil(keep_fraction * n)`` views most similar to the base are
+    kept, so every direction around the base keeps at least one view. The base view itself
+    is added only with ``include_base`` (it is supervised by L_prior already).
+
+    What "similar" means is ``refine.subset_by`` (:func:`subset_scores`):
+
+    * ``phash`` (the paper): the Hamming distance between the perceptual hashes
+      (``imagehash.phash``, 64 bits) of the view's inpainting and the base view's, each
+      cropped to the bounding box of its own mask (the inpainted content and its
+      surroundings; the whole frames would mostly compare where the masks lie);
+    * ``lpips`` (the released code): the LPIPS distance between the same box crops, both
+      resized to the base crop's size;
+    * ``pose``: ``1 - (angle / max_angle + dist / max_dist) / 2`` in [0, 1], ``angle``
+      the angle between the two viewing directions (-z axes), ``dist`` the distance
+      between the centres, both normalised by their maximum over the non-base views (a
+      term whose maximum is 0 contributes 0).
+
+    Ties (pHash distances are integers) go to the pose similarity, then to the name.
 
 Patches (:class:`PatchSampler`)
     A patch is ``size = min(patch_size, H, W)`` pixels square. Its centre pixel is drawn
@@ -69,6 +79,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
+import imagehash
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -104,9 +115,12 @@ def select_patch_views(
     base: str,
     keep_fraction: float = 0.5,
     include_base: bool = False,
+    scores: Optional[Mapping[str, float]] = None,
 ) -> dict[str, Any]:
     """Split the train views into the 12 groups around ``base`` and keep, per group, the
     ``ceil(keep_fraction * n)`` most similar to it (module docstring: definitions).
+    ``scores``: {name: similarity to the base, higher = more similar} of every non-base
+    view (:func:`subset_scores`); None ranks by the pose similarity.
 
     Returns plain data (JSON-ready)::
 
@@ -114,7 +128,8 @@ def select_patch_views(
         groups      {group_id: [names, most similar first]} for all 12 ids (maybe empty)
         kept        {group_id: [kept names, most similar first]}
         group_of    {name: group_id}
-        similarity  {name: score in [0, 1]}, 1 = the base's own pose
+        score       {name: the ranking score} (``scores``, or the pose similarity)
+        similarity  {name: pose similarity in [0, 1]}, 1 = the base's own pose
         angle_deg   {name: angle between viewing directions}
         distance    {name: distance between centres (scene units)}
         offset      {name: [dx, dy, dz] in the base camera's frame}
@@ -149,7 +164,8 @@ def select_patch_views(
     tercile = {name: (3 * rank) // n for rank, name in enumerate(by_z)}
     group_of = {k: group_of_offset(float(offset[k][0]), float(offset[k][1]), tercile[k]) for k in others}
 
-    order = lambda k: (-similarity[k], k)  # noqa: E731  most similar first, ties by name
+    score = dict(similarity) if scores is None else {k: float(scores[k]) for k in others}
+    order = lambda k: (-score[k], -similarity[k], k)  # noqa: E731  most similar first; ties: pose, then name
     groups: dict[str, list[str]] = {g: [] for g in GROUP_IDS}
     for name in others:
         groups[group_of[name]].append(name)
@@ -166,11 +182,64 @@ def select_patch_views(
         "groups": groups,
         "kept": kept,
         "group_of": group_of,
+        "score": score,
         "similarity": similarity,
         "angle_deg": {k: math.degrees(v) for k, v in angle.items()},
         "distance": dist,
         "offset": {k: [float(x) for x in v] for k, v in offset.items()},
     }
+
+
+SUBSET_BY = ("phash", "lpips", "pose")
+
+
+def box_crop(image: Any, mask: Any) -> np.ndarray:
+    """The image inside the bounding box of its mask (the whole image for an empty mask)."""
+    box = mask_bbox(mask)
+    img = np.asarray(image)
+    return img if box is None else img[box[0]:box[1], box[2]:box[3]]
+
+
+def _uint8(image: Any) -> np.ndarray:
+    a = np.asarray(image)
+    return a if a.dtype == np.uint8 else (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def subset_scores(
+    by: str,
+    inpainted: Mapping[str, Any],
+    masks: Mapping[str, Any],
+    base_image: Any,
+    base_mask: Any,
+    lpips_module: Optional[nn.Module] = None,
+    device: Any = "cpu",
+) -> Optional[dict[str, float]]:
+    """{name: similarity of the view's fill to the base view's, higher = more similar}
+    for ``refine.subset_by`` (module docstring): ``phash`` = minus the Hamming distance of
+    the box crops' pHashes, ``lpips`` = minus their LPIPS distance (``lpips_module`` as
+    :func:`patch_loss` takes it), ``pose`` = None (the pose similarity ranks)."""
+    if by not in SUBSET_BY:
+        raise ValueError(f"refine.subset_by is {by!r}: one of {', '.join(SUBSET_BY)}")
+    if by == "pose":
+        return None
+    base_crop = _uint8(box_crop(base_image, base_mask))
+    if by == "phash":
+        from PIL import Image
+
+        reference = imagehash.phash(Image.fromarray(base_crop))
+        return {n: -float(imagehash.phash(Image.fromarray(_uint8(box_crop(img, masks[n])))) - reference)
+                for n, img in inpainted.items()}
+    if lpips_module is None:
+        raise ValueError("refine.subset_by=lpips needs an LPIPS network (refine.lpips_weight > 0)")
+    h, w = base_crop.shape[:2]
+    ref = to_nchw(torch.from_numpy(base_crop.astype(np.float32) / 255.0)).to(device)
+    scores = {}
+    with torch.no_grad():
+        for name, img in inpainted.items():
+            crop = to_nchw(torch.from_numpy(_uint8(box_crop(img, masks[name])).astype(np.float32) / 255.0)).to(device)
+            crop = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+            scores[name] = -float(lpips_distance(lpips_module, crop, ref).mean())
+    return scores
 
 
 # --------------------------------------------------------------------------------------
@@ -951,9 +1020,14 @@ class Refiner:
         seed = int(cfg.seed)
         self.weights = PatchLossWeights.from_config(rc)
         self.lpips = lpips_module
+        candidates = [n for n in inputs.names if n in inputs.inpainted and n != inputs.base]
+        self.subset_by = str(rc.subset_by)
+        scores = subset_scores(self.subset_by, {n: inputs.inpainted[n] for n in candidates},
+                               {n: inputs.object_masks[n] for n in candidates}, inputs.base_image, inputs.base_mask,
+                               lpips_module, tuner.device)
         self.patch_views = select_patch_views(
             {n: inputs.cameras[n] for n in inputs.names if n in inputs.inpainted or n == inputs.base},
-            inputs.base, float(rc.keep_fraction), bool(rc.include_base_in_patches),
+            inputs.base, float(rc.keep_fraction), bool(rc.include_base_in_patches), scores,
         )
         chosen = [n for n in self.patch_views["selected"] if n in inputs.inpainted]
         self.patch_targets = {n: inputs.inpainted[n] for n in chosen}
@@ -1122,6 +1196,7 @@ def run_refine(
     import time
 
     from innout.config import write_resolved
+    from innout.devices import stage_device
     from innout.errors import InputError
     from innout.finetune import NerfTuner
     from innout.models import RANDOM_WEIGHTS_WARNING, is_random
@@ -1154,15 +1229,20 @@ def run_refine(
     work_dir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"fingerprint": fingerprint}, indent=1))
 
+    device, device_warning = stage_device(cfg, "refine")
     torch.manual_seed(int(cfg.seed))
-    tuner = NerfTuner(nerf_config, device=cfg.device, learning_rate=float(rc.learning_rate), lr_final=float(rc.lr_final),
-                      decay_steps=iterations, stage="refine")
+    reset = bool(rc.reset_fields)
+    learning_rate = float(rc.reset_learning_rate if reset else rc.learning_rate)
+    tuner = NerfTuner(nerf_config, device=device, learning_rate=learning_rate, lr_final=float(rc.lr_final),
+                      decay_steps=iterations, stage="refine", reset_seed=int(cfg.seed) if reset else None)
+    log.info("refine: %s, learning rate %.3g -> %.3g", "fields re-initialised (a fresh nerfacto)" if reset
+             else "continuing from the base stage's NeRF", learning_rate, float(rc.lr_final))
     lpips_module, lpips_description, lpips_random = None, None, False
     if float(rc.lpips_weight) != 0:
         lpips_module, lpips_description, lpips_random = make_lpips_module(cfg.models, tuner.device, int(cfg.seed))
     refiner = Refiner(tuner, inputs, cfg, lpips_module)
-    log.info("patch views: %d of %d (%s), patches %d px, LPIPS: %s",
-             len(refiner.patch_targets), len(inputs.names) - 1, ", ".join(refiner.patch_targets),
+    log.info("patch views: %d of %d ranked by %s (%s), patches %d px, LPIPS: %s",
+             len(refiner.patch_targets), len(inputs.names) - 1, refiner.subset_by, ", ".join(refiner.patch_targets),
              refiner.patch_sampler.patch_size, lpips_description or "off")
 
     seconds_before, resumed_from = 0.0, None
@@ -1215,6 +1295,9 @@ def run_refine(
             "base_view": inputs.base,
             "patch_views": list(refiner.patch_targets),
             "patch_view_groups": refiner.patch_views["kept"],
+            "patch_view_ranking": {"by": refiner.subset_by, "score": refiner.patch_views["score"]},
+            "reset_fields": reset,
+            "learning_rate": learning_rate,
             "patch_size": refiner.patch_sampler.patch_size,
             "prior_depth_sigma_scene_units": refiner.prior_sigma,
             "losses": _curve_summary(refiner.history),
@@ -1227,6 +1310,7 @@ def run_refine(
             "n_train_views": len(inputs.names),
             "resolution": [int(w), int(h)],
             "device": str(tuner.device),
+            "device_warning": device_warning,
             "seed": int(cfg.seed),
             "preset": cfg.get("preset") if hasattr(cfg, "get") else None,
             "nerfstudio_config": "nerf/innout-nerfacto/config.yml",

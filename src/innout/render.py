@@ -28,15 +28,10 @@ import torch
 import yaml
 
 from innout.cameras import Camera
+from innout.devices import resolve_device, stage_device
 
 SIDECAR = "innout_nerf.json"
 """Written next to nerfstudio's config.yml: what the model needs that lives in the dataset."""
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class SceneFrame:
@@ -190,6 +185,14 @@ class NerfRenderer:
             raise FileNotFoundError(f"{base / config.relative_model_dir}: no step-*.ckpt checkpoint")
         frame = SceneFrame.from_json(base / "dataparser_transforms.json")
         dev = resolve_device(device)
+        if getattr(config.pipeline.model, "implementation", "torch") == "tcnn":
+            from innout.nerf import tcnn_available
+
+            if dev.type != "cuda" or not tcnn_available():
+                from innout.errors import StageError
+
+                raise StageError("nerf", f"{config_path} is a tiny-cuda-nn NeRF (pretrain.implementation tcnn): it loads only "
+                                         "on a CUDA device with the tinycudann package")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model_state = {k[len("_model."):]: v for k, v in state["pipeline"].items() if k.startswith("_model.")}
         meta = json.loads((base / SIDECAR).read_text()) if (base / SIDECAR).is_file() else {}
@@ -451,8 +454,9 @@ def run_render(transforms: Path, nerf_path: Path, out_dir: Path, cfg: Any, log: 
     rc = cfg.render
     t0 = time.perf_counter()
     _, _, train, test = read_scene(Path(transforms))
+    device, device_warning = stage_device(cfg, "render")
     try:
-        renderer = NerfRenderer.from_config(nerf_path, device=cfg.device, chunk=int(rc.chunk) or None)
+        renderer = NerfRenderer.from_config(nerf_path, device=device, chunk=int(rc.chunk) or None)
     except FileNotFoundError as err:
         raise InputError(nerf_path, str(err)) from None
     upstream = json.loads(Path(upstream_summary).read_text()) if upstream_summary and Path(upstream_summary).is_file() else {}
@@ -506,6 +510,7 @@ def run_render(transforms: Path, nerf_path: Path, out_dir: Path, cfg: Any, log: 
             "random_weights": random_weights,
             "warning": RANDOM_WEIGHTS_WARNING if random_weights else None,
             "device": str(renderer.device),
+            "device_warning": device_warning,
             "seed": int(cfg.seed),
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))

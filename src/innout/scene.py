@@ -382,10 +382,19 @@ def _plan_spinnerf(src: Path, downscale: int, n_test: int, warn: Callable[[str],
     full = _list_images(full_dir) if full_dir.is_dir() else []
     level_dir = levels.get(downscale) if downscale > 1 else None
     level_imgs = _list_images(level_dir) if level_dir is not None else []
+    mask_level = downscale  # the level whose label folders fit best
     if not level_imgs:
         level_dir = None
     if not full and not level_imgs:
-        raise InputError(full_dir, f"no images here (nor in images_{downscale}/)")
+        # no images/ to make the requested resolution from: the nearest images_N/ the scene
+        # ships (SPIn-NeRF scenes do not all ship every level)
+        nearest = _closest_level({lv: d for lv, d in levels.items() if _list_images(d)}, downscale)
+        if nearest is None:
+            raise InputError(full_dir, f"no images here (nor in images_{downscale}/ or any other images_N/)")
+        mask_level, level_dir = nearest
+        level_imgs = _list_images(level_dir)
+        warn(f"{src / f'images_{downscale}'}: missing (scene.downscale = {downscale}) and no images/ to make it from: "
+             f"using {level_dir}, the nearest level the scene has (1/{mask_level} of the source)")
 
     # working file of every full-resolution image
     if full and level_imgs:
@@ -441,7 +450,7 @@ def _plan_spinnerf(src: Path, downscale: int, n_test: int, warn: Callable[[str],
     test = [v for v in views if v.split == "test"]
     label_dirs = {lv: d / "label" for lv, d in levels.items() if (d / "label").is_dir()}
     test_dirs = {lv: d / "test_label" for lv, d in levels.items() if (d / "test_label").is_dir()}
-    chosen = _closest_level(label_dirs, downscale)
+    chosen = _closest_level(label_dirs, mask_level)
     if chosen is None:
         raise InputError(src / f"images_{downscale}" / "label",
                          "missing: SPIn-NeRF scenes need object masks in images_N/label/ (found for no N)")
@@ -453,7 +462,7 @@ def _plan_spinnerf(src: Path, downscale: int, n_test: int, warn: Callable[[str],
     for v in train:
         v.mask, v.mask_ref_size = matched[v.name], ref_size
     if test:
-        chosen_test = _closest_level(test_dirs, downscale)
+        chosen_test = _closest_level(test_dirs, mask_level)
         if chosen_test is not None:
             tlv, test_dir = chosen_test
             matched = _match_masks(test_dir, test, views, "test", warn)

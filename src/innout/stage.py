@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from innout.errors import InputError, StageError
+from innout.gpulock import pinned_messages
 
 log = logging.getLogger("innout")
 
@@ -69,6 +70,8 @@ def stage(name: str, log_file: str | Path | None, outputs: list[str | Path] = ()
     """
     logger = setup_logging(log_file)
     logger.info("stage %s starting", name)
+    for message in pinned_messages():  # innout.gpulock ran before logging was set up
+        logger.info("gpu: %s", message)
     try:
         yield logger
     except (InputError, StageError) as err:

@@ -1,9 +1,14 @@
 """Rule base: base-view selection (pHash vote), depth prior and the prior fit."""
-from pathlib import Path
+from innout.gpulock import pin_job_gpu
 
-from innout.base import run_base
-from innout.config import config_from_params
-from innout.stage import limit_threads, stage
+# first, before anything imports torch: a GPU of this machine for this job (innout.gpulock)
+pin_job_gpu(snakemake)
+
+from pathlib import Path  # noqa: E402
+
+from innout.base import run_base  # noqa: E402
+from innout.config import config_from_params  # noqa: E402
+from innout.stage import limit_threads, stage  # noqa: E402
 
 if __name__ == "__main__":  # nerfstudio's datamanagers may spawn processes
     out_dir = Path(snakemake.output.summary).parent

@@ -1,9 +1,14 @@
 """Rule evaluate: SPIn-NeRF metrics of the final and the pre-trained NeRF (innout.evaluate)."""
-from pathlib import Path
+from innout.gpulock import pin_job_gpu
 
-from innout.config import config_from_params
-from innout.evaluate import run_evaluate
-from innout.stage import limit_threads, stage
+# first, before anything imports torch: a GPU of this machine for this job (innout.gpulock)
+pin_job_gpu(snakemake)
+
+from pathlib import Path  # noqa: E402
+
+from innout.config import config_from_params  # noqa: E402
+from innout.evaluate import run_evaluate  # noqa: E402
+from innout.stage import limit_threads, stage  # noqa: E402
 
 if __name__ == "__main__":
     outputs = [Path(snakemake.output.metrics), Path(snakemake.output.comparison)]

@@ -10,4 +10,4 @@ if __name__ == "__main__":
     with stage("models", snakemake.log[0], outputs=[manifest]) as log:
         limit_threads(snakemake.threads)
         cfg = config_from_params(snakemake.params.method)
-        fetch_models(cfg.models, manifest.parent)
+        fetch_models(cfg.models, manifest.parent, device=cfg.device)

@@ -1,9 +1,14 @@
 """Rule render: every camera, depth maps and a camera-path video of the final NeRF."""
-from pathlib import Path
+from innout.gpulock import pin_job_gpu
 
-from innout.config import config_from_params
-from innout.render import run_render
-from innout.stage import limit_threads, stage
+# first, before anything imports torch: a GPU of this machine for this job (innout.gpulock)
+pin_job_gpu(snakemake)
+
+from pathlib import Path  # noqa: E402
+
+from innout.config import config_from_params  # noqa: E402
+from innout.render import run_render  # noqa: E402
+from innout.stage import limit_threads, stage  # noqa: E402
 
 if __name__ == "__main__":
     out_dir = Path(snakemake.output.summary).parent

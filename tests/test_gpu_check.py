@@ -1,0 +1,68 @@
+"""tools/gpu-check.sh: the GPU check's code path on a CPU at a tiny size, and its wheel
+handling for a machine without network (only wheels of missing distributions are used)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _wheel(folder: Path, dist: str, version: str, module: str) -> Path:
+    """A minimal pure-Python wheel of ``dist`` holding ``module``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{dist}-{version}-py3-none-any.whl"
+    info = f"{dist}-{version}.dist-info"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{module}/__init__.py", "PROBE = True\n")
+        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+    return path
+
+
+def _run(tmp_path: Path, *args: str, wheels: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_SITE=str(tmp_path / "site"), OMP_NUM_THREADS="1",
+               GPU_CHECK_WHEELS=str(wheels or tmp_path / "no-wheels"), OUT=str(tmp_path / "out"))
+    (tmp_path / "out").mkdir(exist_ok=True)
+    return subprocess.run(["bash", str(REPO / "tools" / "gpu-check.sh"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=1800)
+
+
+def test_only_wheels_of_missing_distributions_are_installed(tmp_path):
+    wheels = tmp_path / "wheels"
+    _wheel(wheels, "innout_probe_dist", "0.0.1", "innout_probe_module")  # missing here: installed
+    _wheel(wheels, "imagehash", "0.0.1", "imagehash")  # this python has it: left alone
+    result = _run(tmp_path, "--help", wheels=wheels)
+    assert result.returncode == 0, result.stderr
+    installed = sorted(p.name for p in (tmp_path / "site").iterdir())
+    assert "innout_probe_module" in installed and "imagehash" not in installed, installed
+    assert "innout_probe_dist" in result.stdout and "imagehash-0.0.1" not in result.stdout
+
+
+def test_tiny_check_runs_every_stage_and_reports_seconds_and_memory(tmp_path):
+    """The SPIn-NeRF-size check's stages at 64x48 on the CPU: each reports its seconds
+    (peak GPU memory: none here), pretrain its steps/s, inpaint its projection."""
+    result = _run(tmp_path, "--size", "tiny", "--out", str(tmp_path / "check"), "--device", "cpu", "--budget", "100000")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
+    stages = report["stages"]
+    assert list(stages) == ["generate", "scene", "models", "pretrain", "pretrain-torch", "base", "inpaint-shard-0", "refine"]
+    for name in ("generate", "scene", "models", "pretrain-torch", "base", "inpaint-shard-0", "refine"):
+        assert stages[name]["seconds"] > 0 and stages[name]["peak_gpu_gib"] is None, (name, stages[name])
+    assert "not importable" in stages["pretrain"]["tcnn"]
+    assert stages["pretrain-torch"]["steps"] == 150 and stages["pretrain-torch"]["steps_per_second"] > 0
+    assert stages["pretrain-torch"]["implementation"] == "torch"
+    shard = stages["inpaint-shard-0"]
+    assert shard["shards"] == 2 and shard["views"] == 1 + shard["targets"] and shard["targets"] == 4
+    assert set(shard["variants_seconds"]) == {"independent", "ela", "ila", "ela_ila"}
+    assert shard["projected_stage_gpu_seconds"] >= stages["inpaint-shard-0"]["seconds"]
+    assert stages["refine"]["steps"] == 3 and stages["refine"]["steps_per_second"] > 0
+    assert report["environment"]["device"] == "cpu" and report["size"]["width"] == 64
+    for name in ("pretrain-torch", "base", "inpaint-shard-0", "refine"):
+        assert f"] {name}: " in result.stdout  # printed as each stage ends
