@@ -106,7 +106,10 @@ def test_metrics_and_table(demo):
     assert metrics["random_weights"] is True
     assert all(k in metrics["before"] for k in ("lpips", "psnr", "ssim", "fid"))
     table = (demo / "results/metrics.tsv").read_text().splitlines()
-    assert len(table) == 2 and table[1].startswith("demo\t")
+    # header, the demo's row, then the mean over scenes: with one scene it repeats the row
+    assert len(table) == 3 and table[1].startswith("demo\t"), table
+    assert table[2].startswith("mean\t"), table
+    assert table[2].split("\t")[1:] == table[1].split("\t")[1:], table
     assert (demo / "results/demo/render/video.mp4").stat().st_size > 1000
 
 
