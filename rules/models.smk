@@ -17,6 +17,7 @@ rule models:
         ),
     params:
         method=stage_params(METHOD, "models"),
+        weights=WEIGHTS,
     log:
         "logs/models.log",
     benchmark:

@@ -184,7 +184,7 @@ def _nerf_state(out_dir: Path) -> dict:
 def test_outputs_and_summary(runs):
     out, summary = runs["a"], runs["straight"]
     assert json.loads((out / "summary.json").read_text()) == summary
-    assert summary["random_weights"] is True and summary["warning"]
+    assert summary["weights"] == "random" and summary["warning"]
     assert summary["prompt"] == "a wall" and summary["seed"] == 0
     assert len(summary["candidates"]) == 3 and set(summary["votes"]) == set(summary["candidates"])
     assert summary["resolution"] == [64, 48]

@@ -193,7 +193,8 @@ def test_perfect_render_inside_the_box(offline):
     assert result["psnr"] == math.inf and result["lpips"] == 0.0 and result["ssim"] == pytest.approx(1.0)
     assert result["fid"] == pytest.approx(0.0, abs=1e-9)
     assert result["views"]["view1"]["bbox"] == [6, 26, 10, 34]
-    assert result["n_views"] == 2 and result["random_weights"] and result["warning"]
+    assert result["n_views"] == 2 and result["lpips_backbone"] == "random" and result["fid_backbone"] == "random"
+    assert "LPIPS/FID on random backbones" in result["metrics_note"]
 
 
 def test_metrics_ignore_pixels_outside_the_box(offline):
@@ -219,20 +220,21 @@ def test_metrics_ignore_pixels_outside_the_box(offline):
 # ----------------------------------------------------------------------- table, config
 
 def test_metrics_table():
-    result = {"lpips": 0.51234567, "fid": 130.9, "psnr": math.inf, "ssim": 0.8, "random_weights": True}
+    result = {"lpips": 0.51234567, "fid": 130.9, "psnr": math.inf, "ssim": 0.8, "weights": "random",
+              "lpips_backbone": "random", "fid_backbone": "random"}
     row = ev.scene_row("book", result, {"lpips": 0.7, "fid": None, "psnr": 20.0, "ssim": float("nan")})
     text = ev.metrics_table([row, {"scene": "trash", "lpips": 0.4, "extra": "x"}])
     lines = [line.split("\t") for line in text.splitlines()]
     assert text.endswith("\n") and lines[0] == [*ev.METRICS_COLUMNS, "extra"]
-    assert lines[1] == ["book", "0.512346", "130.9", "inf", "0.8", "0.7", "NA", "20", "NA", "true", "NA"]
-    assert lines[2] == ["trash", "0.4", "NA", "NA", "NA", "NA", "NA", "NA", "NA", "NA", "x"]
+    assert lines[1] == ["book", "0.512346", "130.9", "inf", "0.8", "0.7", "NA", "20", "NA", "random", "random", "random", "NA"]
+    assert lines[2] == ["trash", "0.4", "NA", "NA", "NA", "NA", "NA", "NA", "NA", "NA", "NA", "NA", "x"]
     with pytest.raises(ValueError, match="tab"):
         ev.metrics_table([{"scene": "a\tb"}])
 
 
 def test_config_section(tmp_path):
     assert MethodConfig().evaluate == EvaluateConfig()
-    models = {"lpips_backbone": "random", "random_weights": True, "cache_dir": str(tmp_path)}
+    models = {"lpips_backbone": "random", "fid_backbone": "random", "cache_dir": str(tmp_path)}
     lpips, fid = ev.metrics_from_config(models, {"fid": False, "lpips_min_side": 40})
     assert lpips.random_weights and lpips.min_side == 40 and fid is None
 
@@ -314,7 +316,7 @@ def _stage_cfg(tmp_path):
 
 def test_run_evaluate_writes_the_protocol(tmp_path, offline):
     """Perfect final renders (PSNR inf, LPIPS 0 in every box), noisy "before" renders;
-    metrics.json carries both, per view, with random_weights; the TSV row and the
+    metrics.json carries both, per view, with the weights' provenance; the TSV row and the
     comparison picture follow."""
     import json
 
@@ -336,14 +338,15 @@ def test_run_evaluate_writes_the_protocol(tmp_path, offline):
     assert stored["psnr"] == math.inf and stored["lpips"] == 0.0 and stored["ssim"] == pytest.approx(1.0)
     assert stored["fid"] == pytest.approx(0.0, abs=1e-6)
     assert set(stored["per_view"]) == {"t0", "t1", "t2"} and stored["per_view"]["t1"]["bbox"] == [6, 15, 6, 21]
-    assert stored["random_weights"] is True and stored["warning"] and stored["reason"] is None
+    assert stored["weights"] == "random" and stored["warning"] and stored["reason"] is None
+    assert stored["lpips_backbone"] == stored["fid_backbone"] == "random" and stored["metrics_note"]
     b = stored["before"]
     assert 0 < b["lpips"] and b["psnr"] < 25 and b["ssim"] < 0.99 and b["fid"] > 0 and set(b["per_view"]) == {"t0", "t1", "t2"}
     assert Image.open(tmp_path / "eval" / "cmp.png").size[0] == 3 * 240
     rows = ev.write_metrics_table({"s": out}, tmp_path / "metrics.tsv", tmp_path / "metrics.html")
     assert rows[0]["psnr"] == math.inf and rows[0]["psnr_before"] == b["psnr"]
     line = (tmp_path / "metrics.tsv").read_text().splitlines()[1].split("\t")
-    assert line[0] == "s" and line[1] == "0" and line[3] == "inf" and line[-1] == "true"
+    assert line[0] == "s" and line[1] == "0" and line[3] == "inf" and line[-3:] == ["random", "random", "random"]
     assert "RANDOM" in (tmp_path / "metrics.html").read_text()
 
 

@@ -64,7 +64,7 @@ def make_base(root: Path, transforms: Path, nerf_out: Path, cfg, pipe, winner: s
     Image.fromarray(view.mask.astype(np.uint8) * 255).save(base / "mask.png")
     torch.save(noise, base / "noise.pt")
     shutil.copytree(nerf_out / "innout-nerfacto", base / "nerf" / "innout-nerfacto")
-    (base / "summary.json").write_text(json.dumps({"winner": winner, "random_weights": True, "prompt": "", "seed": seed}))
+    (base / "summary.json").write_text(json.dumps({"winner": winner, "weights": "random", "prompt": "", "seed": seed}))
     return base
 
 
@@ -172,7 +172,7 @@ def test_outside_the_mask_the_output_is_the_input(runs):
 
 def test_summary(runs):
     s = json.loads((runs["one"] / "summary.json").read_text())
-    assert s["random_weights"] is True and "RANDOM" in s["warning"]
+    assert s["weights"] == "random" and "RANDOM" in s["warning"]
     assert set(s["consistency"]) == {"independent", "ela", "ila", "ela_ila"}
     assert all(isinstance(v, float) and 0 <= v <= 255 for v in s["consistency"].values()), s["consistency"]
     assert "grey levels" in s["consistency_unit"]

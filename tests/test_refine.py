@@ -394,7 +394,7 @@ STAGE_OVERRIDES = [
     "refine.rays_per_batch=256", "refine.prior_rays_per_batch=64", "refine.patch_size=16",
     "refine.disc_tile=8", "refine.disc_channels=4", "refine.disc_max_channels=8",
     "refine.steps_per_checkpoint=3", "refine.log_every_steps=1", "models.lpips_backbone=random",
-    "models.random_weights=true",
+    "models.provenance=random",
 ]
 
 
@@ -416,14 +416,14 @@ def make_stage_inputs(root, trained) -> dict:
     shutil.copy2(renders / "rgb" / f"{base.name}.png", base_dir / "base.png")
     shutil.copy2(base.object_mask, base_dir / "mask.png")
     np.save(base_dir / "depth_prior.npy", np.load(renders / "depth" / f"{base.name}.npy"))
-    (base_dir / "summary.json").write_text(json.dumps({"winner": base.name, "random_weights": True}))
+    (base_dir / "summary.json").write_text(json.dumps({"winner": base.name, "weights": "random"}))
     (inpaint_dir / "images").mkdir(parents=True)
     (inpaint_dir / "variants" / "independent").mkdir(parents=True)
     for f in train:
         img = Image.open(renders / "rgb" / f"{f.name}.png")
         img.save(inpaint_dir / "images" / f"{f.name}.png")
         img.transpose(Image.FLIP_LEFT_RIGHT).save(inpaint_dir / "variants" / "independent" / f"{f.name}.png")
-    (inpaint_dir / "summary.json").write_text(json.dumps({"random_weights": True, "base_view": base.name}))
+    (inpaint_dir / "summary.json").write_text(json.dumps({"weights": "random", "base_view": base.name}))
     return {"base_dir": base_dir, "inpaint_dir": inpaint_dir, "base": base.name, "transforms": trained["scene"]}
 
 
@@ -449,8 +449,8 @@ def _refiner(stage_inputs, cfg):
 
     inputs = load_refine_inputs(stage_inputs["transforms"], stage_inputs["base_dir"], stage_inputs["inpaint_dir"])
     tuner = NerfTuner(stage_inputs["base_dir"] / "nerf", device="cpu", learning_rate=1e-3, lr_final=1e-4, decay_steps=10, stage="refine")
-    lp, _, random_backbone = make_lpips_module(cfg.models, "cpu")
-    assert random_backbone
+    lp, _, backbone = make_lpips_module(cfg.models, "cpu")
+    assert backbone == "random"
     return Refiner(tuner, inputs, cfg, lp), inputs
 
 
@@ -539,7 +539,7 @@ def test_run_refine_resumes_after_a_kill_to_the_same_result(stage_inputs, tmp_pa
     for key in a["pipeline"]:
         assert torch.equal(a["pipeline"][key], b["pipeline"][key]), key
     summary = json.loads((tmp_path / "a" / "refine" / "summary.json").read_text())
-    assert summary["random_weights"] is True and summary["lpips_random_backbone"] is True
+    assert summary["weights"] == "random" and summary["lpips_backbone"] == "random"
     assert summary["iterations"] == 6 and summary["patch_views"] and summary["base_view"] == stage_inputs["base"]
     renderer = NerfRenderer.from_config(tmp_path / "a" / "refine" / "nerf", device="cpu")
     _, _, train, _ = read_scene(stage_inputs["transforms"])

@@ -87,7 +87,7 @@ def test_run_render(trained, tmp_path, offline):  # noqa: F811
 
     cfg = load_method_config("smoke", ["device=cpu", "render.video_frames=6", "render.video_fps=3", "render.train_scale=0.5"], model="tiny")
     (tmp_path / "refine").mkdir()
-    (tmp_path / "refine" / "summary.json").write_text(json.dumps({"random_weights": True}))
+    (tmp_path / "refine" / "summary.json").write_text(json.dumps({"weights": "random"}))
     nerf = trained["out_dir"] / "innout-nerfacto" / "config.yml"
     summary = run_render(trained["scene"], nerf, tmp_path / "render", cfg, upstream_summary=tmp_path / "refine" / "summary.json")
     out = tmp_path / "render"
@@ -109,7 +109,7 @@ def test_run_render(trained, tmp_path, offline):  # noqa: F811
     assert "data:video/mp4;base64," in page and "RANDOM" in page
     path = json.loads((out / "path.json").read_text())
     assert len(path["c2w"]) == 6 and set(path["keyframes"]) <= {f.name for f in train}
-    assert summary["random_weights"] is True and summary["n_test_views"] == len(test) and summary["video"]["frames"] == 6
+    assert summary["weights"] == "random" and summary["n_test_views"] == len(test) and summary["video"]["frames"] == 6
     # the renders are the NeRF's (rendered again through the API: the same pixels)
     from innout.render import NerfRenderer
 
