@@ -350,6 +350,64 @@ def test_run_evaluate_writes_the_protocol(tmp_path, offline):
     assert "RANDOM" in (tmp_path / "metrics.html").read_text()
 
 
+def _evaluate_with(root: Path, overrides: list[str], upstream_weights: str) -> dict:
+    """run_evaluate on a small scene (perfect renders) with a model set and the provenance
+    an upstream (render) summary records; metrics.json, the picture, the table and page."""
+    import json
+
+    from PIL import Image
+
+    from innout.config import load_method_config
+
+    transforms = _write_scene(root / "scene", 2, np.random.default_rng(12))
+    renders = root / "renders"
+    renders.mkdir()
+    for i in range(2):
+        Image.open(root / "scene" / "images" / f"t{i}.png").save(renders / f"t{i}.png")
+    (root / "render.json").write_text(json.dumps({"weights": upstream_weights}))
+    # no FID here (its random Inception takes seconds to build): test_run_evaluate_writes_the_protocol names it
+    cfg = load_method_config("smoke", ["device=cpu", "evaluate.fid=false", f"models.cache_dir={root / 'models'}", *overrides],
+                             model="tiny")
+    out = root / "eval" / "metrics.json"
+    ev.run_evaluate(transforms, renders, renders, out, cfg, comparison_png=root / "eval" / "comparison.png",
+                    upstream_summary=root / "render.json")
+    ev.write_metrics_table({"s": out}, root / "metrics.tsv", root / "metrics.html")
+    return {"metrics": json.loads(out.read_text()), "picture": Image.open(root / "eval" / "comparison.png").convert("RGB"),
+            "row": dict(zip(*[line.split("\t") for line in (root / "metrics.tsv").read_text().splitlines()])),
+            "page": (root / "metrics.html").read_text()}
+
+
+def test_metrics_of_trained_weights_carry_their_label_and_name_only_the_random_metric_backbones(tmp_path, offline,
+                                                                                                procedural_like):
+    from provenance_check import random_mentions, text_mentions_random
+
+    from innout.provenance import BANNER_COLOURS, METRIC_BACKBONES_NOTE, PROCEDURAL_LABEL
+
+    got = _evaluate_with(tmp_path, procedural_like, "procedural")
+    m = got["metrics"]
+    assert m["weights"] == "procedural" and m["weights_label"] == PROCEDURAL_LABEL and m["warning"] is None
+    assert random_mentions(m) == [], random_mentions(m)
+    # LPIPS and FID ran on random backbones: they say so, by name
+    assert m["lpips_backbone"] == "random" and m["fid_backbone"] is None and m["metrics_note"] == METRIC_BACKBONES_NOTE
+    assert "RANDOM" in m["metrics"]["lpips"]
+    assert got["picture"].getpixel((1, 1)) == BANNER_COLOURS["procedural"]
+    assert got["row"]["weights"] == "procedural" and got["row"]["lpips_backbone"] == "random"
+    assert PROCEDURAL_LABEL in got["page"] and METRIC_BACKBONES_NOTE in got["page"]
+    assert not text_mentions_random(got["page"], (METRIC_BACKBONES_NOTE, "<td>random</td>"))
+
+
+def test_metrics_of_random_weights_carry_the_warning(tmp_path, offline, procedural_like):
+    from innout.provenance import BANNER_COLOURS, RANDOM_WEIGHTS_WARNING
+
+    tiny = _evaluate_with(tmp_path / "tiny", [], "random")
+    assert tiny["metrics"]["weights"] == "random" and tiny["metrics"]["warning"] == RANDOM_WEIGHTS_WARNING
+    assert tiny["picture"].getpixel((1, 1)) == BANNER_COLOURS["random"]
+    assert tiny["row"]["weights"] == "random" and RANDOM_WEIGHTS_WARNING in tiny["page"]
+    # renders of a NeRF refined on random-weight inpaintings stay random whatever set scores them
+    mixed = _evaluate_with(tmp_path / "mixed", procedural_like, "random")
+    assert mixed["metrics"]["weights"] == "random" and mixed["metrics"]["warning"] == RANDOM_WEIGHTS_WARNING
+
+
 def test_run_evaluate_without_ground_truth(tmp_path, offline):
     import json
 

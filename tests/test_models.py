@@ -233,3 +233,29 @@ def test_manifest_is_checked_against_the_config(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(InputError, match="not a models manifest"):
         check_manifest(tmp_path / "manifest.json", tiny)
+
+
+def test_a_trained_set_is_used_in_place_and_labelled(tmp_path, procedural_like):
+    """A set of local folders (shipped weights) declared procedural: nothing is
+    downloaded, the manifest carries the procedural label and names the random metric
+    backbones, and a stage checking it against a random set's config refuses it."""
+    from innout.config import load_method_config
+
+    cfg = load_method_config("smoke", procedural_like, model="tiny").models
+
+    def no_network(item: dict) -> str:
+        raise AssertionError(f"tried to download {item}")
+
+    manifest = fetch_models(cfg, tmp_path, download=no_network)
+    assert manifest["weights"] == "procedural" and manifest["weights_label"] == PROCEDURAL_LABEL and manifest["warning"] is None
+    items = {item["what"]: item for item in manifest["items"]}
+    assert items["inpainter"]["weights"] == items["depth"]["weights"] == "procedural"
+    assert items["inpainter"]["path"] == cfg.inpainter and items["inpainter"]["note"] == "local folder, used in place"
+    assert items["lpips"]["weights"] == items["fid-inception"]["weights"] == "random"
+    assert check_manifest(tmp_path / "manifest.json", cfg) == manifest
+    tiny = load_method_config("smoke", model="tiny").models
+    with pytest.raises(InputError, match="made for model set 'procedural-like'"):
+        check_manifest(tmp_path / "manifest.json", tiny)
+    relabelled = load_method_config("smoke", [*procedural_like, "models.provenance=pretrained"], model="tiny").models
+    with pytest.raises(InputError, match="'procedural' weights.*'pretrained'"):
+        check_manifest(tmp_path / "manifest.json", relabelled)

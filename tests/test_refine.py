@@ -545,3 +545,47 @@ def test_run_refine_resumes_after_a_kill_to_the_same_result(stage_inputs, tmp_pa
     _, _, train, _ = read_scene(stage_inputs["transforms"])
     out = renderer.render_camera(train[0].camera, return_samples=False)
     assert torch.isfinite(out["rgb"]).all()
+
+
+def _restated(stage_inputs, root, base_summary: dict, inpaint_summary: dict) -> dict:
+    """The stage inputs with other base / inpaint summaries (the files are shared)."""
+    import json
+    import shutil
+
+    out = dict(stage_inputs)
+    for key, extra in (("base_dir", base_summary), ("inpaint_dir", inpaint_summary)):
+        folder = root / key
+        shutil.copytree(stage_inputs[key], folder, symlinks=True)
+        summary = json.loads((folder / "summary.json").read_text())
+        (folder / "summary.json").write_text(json.dumps({**summary, **extra}))
+        out[key] = folder
+    return out
+
+
+def test_an_implausible_depth_prior_is_left_out_of_refinement(stage_inputs, tmp_path, offline):  # noqa: F811
+    """The base stage found the prior implausible (depth_prior.used false): refinement's
+    L_prior is colour only. With a huge depth weight the loss shows whether the term is in."""
+    cfg = stage_cfg("refine.prior_depth_weight=1e6")
+    used, _ = _refiner(stage_inputs, cfg)
+    assert used.prior_depth_weight == 1e6 and used.step()["loss"] > 1e3
+    unused_inputs = _restated(stage_inputs, tmp_path, {"depth_prior": {"plausible": False, "used": False}}, {})
+    unused, inputs = _refiner(unused_inputs, cfg)
+    assert not inputs.depth_prior_used and unused.prior_depth_weight == 0.0
+    losses = unused.step()
+    assert losses["loss"] < 10 and losses["prior_depth"] > 0  # computed (logged), not trained on
+
+
+def test_refine_summary_of_trained_weights_carries_their_label(stage_inputs, tmp_path, offline, procedural_like):  # noqa: F811
+    from provenance_check import random_mentions
+
+    from innout.provenance import PROCEDURAL_LABEL
+    from innout.refine import run_refine
+
+    inputs = _restated(stage_inputs, tmp_path, {"weights": "procedural"}, {"weights": "procedural"})
+    cfg = stage_cfg("refine.iterations=2", *procedural_like)
+    summary = run_refine(inputs["transforms"], inputs["base_dir"], inputs["inpaint_dir"], tmp_path / "refine",
+                         tmp_path / "work", cfg)
+    assert summary["weights"] == "procedural" and summary["weights_label"] == PROCEDURAL_LABEL and summary["warning"] is None
+    assert summary["lpips_backbone"] == "random" and summary["metrics_note"]  # the patch loss's LPIPS, by name
+    assert random_mentions(summary) == [], random_mentions(summary)
+    assert summary["depth_prior_used"] is True

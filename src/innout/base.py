@@ -535,8 +535,8 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     import torch
 
     from innout.config import write_resolved
-    from innout.depth_prior import align_depth
-    from innout.diffusion import GUIDANCE_MODES, guidance, monocular_depth, ray_cosines
+    from innout.depth_prior import align_depth, monocular_depth, ray_cosines
+    from innout.diffusion import GUIDANCE_MODES, guidance
     from innout.finetune import NerfTuner
     from innout.models import check_manifest, load_depth_model, load_inpainter, manifest_item
     from innout.pretrain import colourise_depth
