@@ -12,7 +12,7 @@ min_version("8.20")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from innout.config import load_method_config, stage_params  # noqa: E402
-from innout.provenance import banner_text, metric_backbones, weights_label, weights_provenance  # noqa: E402
+from innout.provenance import report_weights  # noqa: E402
 
 
 ##### config and scene sheet #####
@@ -59,13 +59,7 @@ METHOD = method_config()
 MODELS_MANIFEST = str(Path(METHOD.models.cache_dir) / "manifest.json")
 # What the model set's weights are, for the report's captions (rules pass it as
 # params.weights): provenance, its label, the banner line and the LPIPS/FID note.
-_PROVENANCE = weights_provenance(METHOD.models)
-WEIGHTS = {
-    "provenance": _PROVENANCE,
-    "label": weights_label(_PROVENANCE),
-    "banner": banner_text(_PROVENANCE, METHOD.models.name),
-    "metrics_note": metric_backbones(METHOD.models.lpips_backbone, METHOD.models.fid_backbone)["metrics_note"],
-}
+WEIGHTS = report_weights(METHOD.models)
 
 # Scene names come from the sheet, so a typo in a target fails early instead of matching.
 wildcard_constraints:

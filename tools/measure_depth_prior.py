@@ -68,7 +68,7 @@ def depth_models(model: str, cache: Path) -> dict:
 
 
 def measure_scene(workdir: Path, scene: str, models: dict, n_views: int, log_every: float = 10.0) -> dict[str, list[tuple]]:
-    """prior name -> [(rel_error, scale), ...] over the candidate views."""
+    """prior name -> [(rel_error, scale, rel_error of a constant map), ...] over the candidate views."""
     sub = "poses" if SCENES[scene]["poses"] == "colmap" else "scene"
     transforms = workdir / "results" / scene / sub / "transforms.json"
     views = load_train_views(transforms)
@@ -96,7 +96,7 @@ def measure_scene(workdir: Path, scene: str, models: dict, n_views: int, log_eve
         priors["noise"] = np.abs(rng.normal(10.0, 1.0, z.shape))
         for prior, mono in priors.items():
             _, stats = align_depth(mono, nerf_depth, valid, kind="disparity", ray_cos=ray_cosines(view.camera), seed=0)
-            out.setdefault(prior, []).append((stats["rel_error"], stats["scale"]))
+            out.setdefault(prior, []).append((stats["rel_error"], stats["scale"], stats["rel_error_constant"]))
         if time.perf_counter() - t_last > log_every or i + 1 == len(names):
             print(f"  {scene}: {i + 1}/{len(names)} views", flush=True)
             t_last = time.perf_counter()
@@ -117,15 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     results = {scene: measure_scene(args.workdir, scene, models, args.views) for scene in args.scenes}
     priors = list(next(iter(results.values())))
     print("\nMedian relative error of the aligned prior against the pre-trained NeRF's depth outside the mask "
-          f"(median / max over {args.views} candidate views; fitted scale < 0 in how many):\n")
+          f"(median / max over {args.views} candidate views; in brackets the same over the error of a constant map at "
+          "the median depth; fitted scale < 0 in how many):\n")
     print("| prior | " + " | ".join(args.scenes) + " |")
     print("|---" * (len(args.scenes) + 1) + "|")
     for prior in priors:
         cells = []
         for scene in args.scenes:
-            errors = np.array([e for e, _ in results[scene][prior]])
-            negative = sum(s <= 0 for _, s in results[scene][prior])
-            cells.append(f"{np.median(errors):.3f} / {errors.max():.3f}, scale<0: {negative}")
+            errors = np.array([e for e, _, _ in results[scene][prior]])
+            ratios = np.array([e / c for e, _, c in results[scene][prior]])
+            negative = sum(s <= 0 for _, s, _ in results[scene][prior])
+            cells.append(f"{np.median(errors):.3f} / {errors.max():.3f} (x{np.median(ratios):.2f} / x{ratios.max():.2f}), "
+                         f"scale<0: {negative}")
         print(f"| {prior} | " + " | ".join(cells) + " |")
     print(f"\nTotal time: {time.perf_counter() - t0:.0f} s")
     return 0

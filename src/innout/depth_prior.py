@@ -200,6 +200,8 @@ def align_depth(
     disparity), inlier_fraction, residual_rmse and residual_sigma (inliers, fitting
     space), depth_abs_rel (median |aligned - ref| / ref over the inliers), rel_error
     (the same over every valid pixel: what :func:`check_plausible` judges),
+    rel_error_constant (that error for a constant map at the median depth: what a prior
+    that knows nothing about the scene scores),
     clamped_fraction, n_points.
     """
     if kind not in KINDS:
@@ -234,7 +236,10 @@ def align_depth(
         aligned_z = 1.0 / np.maximum(np.nan_to_num(fitted, nan=1.0 / far), 1.0 / far)
     aligned = aligned_z / np.where(cos > 1e-12, cos, 1.0)
     finite_mono = np.isfinite(mono)
-    rel_all = np.abs(aligned_z.ravel()[idx] - ref_z.ravel()[idx]) / ref_z.ravel()[idx]
+    ref_valid = ref_z.ravel()[idx]
+    rel_all = np.abs(aligned_z.ravel()[idx] - ref_valid) / ref_valid
+    # the same error of a prior that knows nothing: one constant depth (the median)
+    rel_constant = np.abs(np.median(ref_valid) - ref_valid) / ref_valid
     rel = rel_all[inl]
     stats = {
         "kind": kind,
@@ -247,6 +252,7 @@ def align_depth(
         "residual_sigma": float(sigma),
         "depth_abs_rel": float(np.median(rel)) if rel.size else float("nan"),
         "rel_error": float(np.median(rel_all)),
+        "rel_error_constant": float(np.median(rel_constant)),
         "clamped_fraction": float((clamped & finite_mono).mean()),
         "n_points": int(idx.size),
         "n_fit_points": int(fit_idx.size),

@@ -124,3 +124,17 @@ def metric_backbones(lpips_backbone: str, fid_backbone: Optional[str]) -> dict:
     random_backbone = RANDOM_BACKBONE in (lpips_backbone, fid_backbone)
     return {"lpips_backbone": lpips_backbone, "fid_backbone": fid_backbone,
             "metrics_note": METRIC_BACKBONES_NOTE if random_backbone else None}
+
+
+def report_weights(models_cfg: Any) -> dict:
+    """What the report's captions say about a model set (rules pass it as
+    ``params.weights``): ``provenance``, ``label``, ``banner`` (:func:`banner_text`) and
+    ``metrics_note`` (the LPIPS/FID note when a metric backbone is random)."""
+    provenance = weights_provenance(models_cfg)
+    return {
+        "provenance": provenance,
+        "label": weights_label(provenance),
+        "banner": banner_text(provenance, str(_get(models_cfg, "name", ""))),
+        "metrics_note": metric_backbones(str(_get(models_cfg, "lpips_backbone", "vgg")),
+                                         str(_get(models_cfg, "fid_backbone", "inception")))["metrics_note"],
+    }
