@@ -31,6 +31,7 @@ rule base:
         nerf_config="results/{scene}/base/nerf/innout-nerfacto/config.yml",
     params:
         method=base_stage_params(METHOD),
+        weights=WEIGHTS,
         prompt=lambda wildcards: scenes.loc[wildcards.scene, "prompt"],
         # checkpoints live outside the output: Snakemake deletes incomplete outputs
         # before a rerun, and a killed job must resume from its last checkpoint

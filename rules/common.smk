@@ -12,6 +12,7 @@ min_version("8.20")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from innout.config import load_method_config, stage_params  # noqa: E402
+from innout.provenance import report_weights  # noqa: E402
 
 
 ##### config and scene sheet #####
@@ -70,6 +71,9 @@ METHOD = method_config()
 # The models rule's output; every rule that loads a model takes it as input and reads
 # only the cache folder it lies in.
 MODELS_MANIFEST = str(Path(METHOD.models.cache_dir) / "manifest.json")
+# What the model set's weights are, for the report's captions (rules pass it as
+# params.weights): provenance, its label, the banner line and the LPIPS/FID note.
+WEIGHTS = report_weights(METHOD.models)
 
 # Scene names come from the sheet, so a typo in a target fails early instead of matching.
 wildcard_constraints:

@@ -19,6 +19,7 @@ rule evaluate:
         ),
     params:
         method=stage_params(METHOD, "evaluate", "models"),
+        weights=WEIGHTS,
     log:
         "logs/{scene}/evaluate.log",
     benchmark:
@@ -46,7 +47,7 @@ rule metrics:
         ),
     params:
         scenes=list(scenes.index),
-        random_weights=bool(METHOD.models.random_weights),
+        weights=WEIGHTS,
     log:
         "logs/metrics.log",
     benchmark:

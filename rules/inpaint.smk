@@ -58,6 +58,7 @@ rule inpaint:
         ),
     params:
         method=stage_params(METHOD, "inpaint", "models"),
+        weights=WEIGHTS,
     log:
         "logs/{scene}/inpaint/gather.log",
     benchmark:

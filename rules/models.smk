@@ -20,6 +20,7 @@ rule models:
         ),
     params:
         method=stage_params(METHOD, "models"),
+        weights=WEIGHTS,
     log:
         "logs/models.log",
     benchmark:

@@ -19,6 +19,7 @@ rule refine:
         nerf_config="results/{scene}/refine/nerf/innout-nerfacto/config.yml",
     params:
         method=stage_params(METHOD, "refine", "models"),
+        weights=WEIGHTS,
         # checkpoints outside the output: Snakemake deletes incomplete outputs before a
         # rerun, and a killed job must resume from its last checkpoint
         work_dir=lambda wildcards: f"results/{wildcards.scene}/.work/refine",

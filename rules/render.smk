@@ -19,6 +19,7 @@ rule render:
         ),
     params:
         method=stage_params(METHOD, "render", "models"),
+        weights=WEIGHTS,
     log:
         "logs/{scene}/render.log",
     benchmark:

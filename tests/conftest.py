@@ -29,3 +29,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def procedural_like(tmp_path_factory) -> list[str]:
+    """Hydra overrides (on top of ``model=tiny``) that make a stand-in of a trained model
+    set: the tiny models saved as local folders (loaded with from_pretrained like shipped
+    weights) and ``provenance: procedural``; LPIPS and FID keep their random backbones.
+    Its outputs must carry the procedural label and never the random-weights warning."""
+    from innout.models import save_tiny_depth, save_tiny_inpainter
+
+    root = tmp_path_factory.mktemp("procedural-like")
+    inpainter = save_tiny_inpainter(root / "inpainter")
+    depth = save_tiny_depth(root / "depth")
+    return ["models.name=procedural-like", f"models.inpainter={inpainter}", f"models.depth={depth}",
+            "models.provenance=procedural"]

@@ -184,7 +184,7 @@ def _nerf_state(out_dir: Path) -> dict:
 def test_outputs_and_summary(runs):
     out, summary = runs["a"], runs["straight"]
     assert json.loads((out / "summary.json").read_text()) == summary
-    assert summary["random_weights"] is True and summary["warning"]
+    assert summary["weights"] == "random" and summary["warning"]
     assert summary["prompt"] == "a wall" and summary["seed"] == 0
     assert len(summary["candidates"]) == 3 and set(summary["votes"]) == set(summary["candidates"])
     assert summary["resolution"] == [64, 48]
@@ -314,3 +314,77 @@ def test_manifest_of_another_model_set_fails_in_one_line(runs, tmp_path):
     message = str(err.value)
     assert "manifest.json" in message and "sd2-random" in message and "models" in message and "\n" not in message
     assert not (tmp_path / "out").exists()
+
+
+# ---- the depth prior's plausibility, on the stage ------------------------------------
+
+def _true_monocular(trained, kind: str):  # noqa: F811
+    """A stand-in of ``innout.depth_prior.monocular_depth`` that knows the scene: for the
+    view whose photo the inpainted image is, the generator's true disparity (a perfect
+    depth model: ``good``) or its true z-depth given as disparity (``reversed``: near and
+    far swapped, what made the fit's scale -79,517 on a real scene)."""
+    from innout.base import load_train_views
+    from innout.procedural import ProceduralScene
+
+    views = load_train_views(trained["scene"])
+    generator = ProceduralScene(SCENE["variant"], SCENE["seed"])
+
+    def fake(model, processor, image):
+        view = max(views, key=lambda v: (np.asarray(image)[~v.mask] == v.image[~v.mask]).mean())
+        z = generator.render(view.camera, with_object=False, supersample=1)["depth"].astype(np.float64)
+        return 1.0 / z if kind == "good" else z
+
+    return fake
+
+
+def _base_with_prior(trained, root: Path, monkeypatch, kind: str, *extra: str) -> dict:  # noqa: F811
+    """run_base (10 fit steps) with the stand-in depth model of :func:`_true_monocular`;
+    ``extra``: overrides (a model set's too; its models cache is made here)."""
+    from innout import depth_prior
+    from innout.base import base_stage_params, run_base
+    from innout.config import config_from_params, load_method_config
+    from innout.models import fetch_models
+
+    monkeypatch.setattr(depth_prior, "monocular_depth", _true_monocular(trained, kind))
+    method = load_method_config("smoke", [*TINY_BASE, "base.prior_iterations=10", *extra], "tiny")
+    fetch_models(method.models, root / "models")
+    nerf = trained["out_dir"] / "innout-nerfacto" / "config.yml"
+    return run_base(trained["scene"], nerf, root / "models" / "manifest.json", root / "out", root / "work",
+                    config_from_params(base_stage_params(method)))
+
+
+def test_a_reversed_depth_prior_is_a_loud_warning_and_not_used(trained, tmp_path, monkeypatch, caplog):  # noqa: F811
+    with caplog.at_level("WARNING"):
+        summary = _base_with_prior(trained, tmp_path, monkeypatch, "reversed")
+    check = summary["depth_prior"]
+    assert check["plausible"] is False and check["used"] is False and check["scale"] < 0
+    assert "not positive" in check["reason"] and "colour only" in check["note"]
+    assert summary["prior_fit"]["depth_weight"] == 0.0
+    assert any("DEPTH PRIOR IMPLAUSIBLE" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["depth_prior"] == check
+    assert summary["weights"] == "random" and "RANDOM" in summary["warning"]  # the tiny set's inpainter
+
+
+def test_a_reversed_depth_prior_can_be_forced(trained, tmp_path, monkeypatch):  # noqa: F811
+    summary = _base_with_prior(trained, tmp_path, monkeypatch, "reversed", "base.depth_prior_use=always")
+    check = summary["depth_prior"]
+    assert check["plausible"] is False and check["used"] is True and "USED" in check["note"]
+    assert summary["prior_fit"]["depth_weight"] == pytest.approx(0.1)
+
+
+def test_a_good_depth_prior_is_used_and_trained_weights_carry_their_label(trained, tmp_path, monkeypatch,  # noqa: F811
+                                                                          procedural_like):
+    """A perfect depth model, in a procedural-like model set: plausible, used; the summary
+    and the overview carry the procedural label and never say "random"."""
+    from provenance_check import random_mentions
+
+    from innout.provenance import BANNER_COLOURS, PROCEDURAL_LABEL
+
+    summary = _base_with_prior(trained, tmp_path, monkeypatch, "good", *procedural_like)
+    check = summary["depth_prior"]
+    assert check["plausible"] is True and check["used"] is True and check["reason"] is None and check["scale"] > 0
+    assert check["rel_error"] < 0.1
+    assert summary["prior_fit"]["depth_weight"] == pytest.approx(0.1)
+    assert summary["weights"] == "procedural" and summary["weights_label"] == PROCEDURAL_LABEL and summary["warning"] is None
+    assert random_mentions(summary) == [], random_mentions(summary)
+    assert Image.open(tmp_path / "out" / "overview.png").convert("RGB").getpixel((1, 1)) == BANNER_COLOURS["procedural"]

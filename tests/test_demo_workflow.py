@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from provenance_check import random_mentions_in, text_mentions_random
 from workflow_helpers import REPO, planned_rules, snakemake, workflow_copy
 
 CLUSTER = REPO / "tools" / "slurm" / "local-cluster.sh"
@@ -65,6 +66,37 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _demo_weights() -> str:
+    """The provenance of the model set the demo's config/config.yaml uses."""
+    import yaml
+
+    from innout.config import load_method_config
+    from innout.provenance import weights_provenance
+
+    method = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["method"]
+    cfg = load_method_config(method.get("preset", "smoke"), method.get("overrides", []), method.get("model"))
+    return weights_provenance(cfg.models)
+
+
+SUMMARIES_WITH_MODELS = ("base/summary.json", "inpaint/summary.json", "refine/summary.json", "render/summary.json",
+                         "eval/metrics.json")
+
+
+def test_every_output_made_with_models_carries_its_label(demo):
+    """Random weights: every summary says so. Other weights: each carries its label and
+    none says "random" except the LPIPS/FID backbone notes."""
+    from innout.provenance import weights_label
+
+    weights = _demo_weights()
+    for rel in SUMMARIES_WITH_MODELS:
+        summary = _json(demo / "results/demo" / rel)
+        assert summary["weights"] == weights and summary["weights_label"] == weights_label(weights), rel
+        if weights == "random":
+            assert "RANDOM" in summary["warning"], rel
+        else:
+            assert random_mentions_in(demo / "results/demo" / rel) == [], rel
+
+
 def test_every_job_went_through_slurm(demo, slurm):
     if not slurm:
         pytest.skip("not root: no local Slurm cluster (the run used the local executor)")
@@ -92,7 +124,6 @@ def test_pretrain_reaches_psnr_outside_masks(demo):
 
 def test_inpaint_summary_reports_alignment(demo):
     summary = _json(demo / "results/demo/inpaint/summary.json")
-    assert summary["random_weights"] is True
     consistency = summary["consistency"]
     assert set(consistency) >= {"independent", "ela", "ila", "ela_ila"}
     print(f"\ninpaint consistency: {consistency}")
@@ -101,9 +132,8 @@ def test_inpaint_summary_reports_alignment(demo):
 
 def test_metrics_and_table(demo):
     metrics = _json(demo / "results/demo/eval/metrics.json")
-    for key in ("lpips", "psnr", "ssim", "fid", "random_weights", "before"):
+    for key in ("lpips", "psnr", "ssim", "fid", "weights", "lpips_backbone", "fid_backbone", "before"):
         assert key in metrics, key
-    assert metrics["random_weights"] is True
     assert all(k in metrics["before"] for k in ("lpips", "psnr", "ssim", "fid"))
     table = (demo / "results/metrics.tsv").read_text().splitlines()
     # header, the demo's row, then the mean over scenes: with one scene it repeats the row
@@ -119,7 +149,11 @@ STAGES_WITH_MODELS = ("inpaint", "refine", "render", "evaluate", "metrics")
 def test_report_opens_in_a_browser_with_every_picture(demo):
     """`snakemake --report`: per scene the input views, the base view's candidates, the
     inpaintings, renders beside ground truth, the video and the metrics table; every
-    picture loads in headless Chromium and random-weight results carry the warning."""
+    picture loads in headless Chromium and every result made with models carries its
+    weights' label (random weights: the warning; never "random" otherwise, except the
+    LPIPS/FID backbone note)."""
+    from innout.provenance import METRIC_BACKBONES_NOTE, weights_label
+
     from report_check import check_report, find_chromium
 
     if find_chromium() is None:
@@ -132,9 +166,14 @@ def test_report_opens_in_a_browser_with_every_picture(demo):
     videos = [p for p in found["pages"].values() if p and p["videos"]]
     assert videos and all(s.startswith("data:video/mp4") for p in videos for s in p["video_sources"])
     assert any(p and p["tables"] for p in found["pages"].values())
+    weights = _demo_weights()
     for path, r in found["results"].items():
         if r["rule"] in STAGES_WITH_MODELS:
-            assert "RANDOM" in r["caption"], f"{path}: no random-weights warning in its caption"
+            assert weights_label(weights) in r["caption"], f"{path}: no '{weights_label(weights)}' in its caption"
+            if weights != "random":
+                allowed = (METRIC_BACKBONES_NOTE, "LPIPS backbone: random", "FID backbone: random",
+                           "The LPIPS term of the patch loss runs on a random backbone")
+                assert not text_mentions_random(r["caption"], allowed), f"{path}: its caption says random"
 
 
 def test_nothing_to_do_on_second_run(demo):

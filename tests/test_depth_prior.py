@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from innout.cameras import Camera, Intrinsics, look_at
-from innout.depth_prior import align_depth, ray_cosines, robust_affine_fit
+from innout.depth_prior import align_depth, check_plausible, ray_cosines, robust_affine_fit
 
 H, W = 60, 80
 
@@ -92,3 +92,43 @@ def test_exact_fit_and_errors():
         align_depth(np.ones((4, 4)), np.ones((4, 4)), np.zeros((4, 4), bool))
     with pytest.raises(ValueError):
         align_depth(np.ones((4, 4)), np.ones((4, 4)), kind="inverse")
+
+
+# ----------------------------------------------------------------------- plausibility
+
+def _disparity_of(ref: np.ndarray, rng: np.random.Generator, noise: float = 0.02) -> np.ndarray:
+    """What a working depth model gives: affine disparity, a little noise."""
+    return 50.0 / ref + 3.0 + rng.normal(0, noise, ref.shape)
+
+
+def test_a_good_prior_is_plausible():
+    rng = np.random.default_rng(3)
+    ref = _scene_depth()
+    mask = np.zeros_like(ref, bool)
+    mask[20:40, 25:55] = True
+    _, stats = align_depth(_disparity_of(ref, rng), ref, ~mask, kind="disparity")
+    assert stats["scale"] > 0 and stats["rel_error"] < 0.01
+    assert check_plausible(stats, 0.3) == (True, None)
+
+
+def test_an_anti_correlated_prior_is_implausible_by_its_negative_scale():
+    """What a random depth model did on a real scene: the fit found a line through
+    disparities that fall where the NeRF's rise (scale -79,517 there)."""
+    rng = np.random.default_rng(4)
+    ref = _scene_depth()
+    mono = 1e-4 * ref + 0.3 + rng.normal(0, 1e-6, ref.shape)  # grows with depth: reversed "disparity"
+    _, stats = align_depth(mono, ref, kind="disparity")
+    assert stats["scale"] < 0
+    plausible, reason = check_plausible(stats, 0.3)
+    assert not plausible and "not positive" in reason and "reversed" in reason
+
+
+def test_a_prior_unrelated_to_the_scene_is_implausible_by_its_error():
+    rng = np.random.default_rng(5)
+    ref = _scene_depth()
+    mono = np.abs(rng.normal(10, 1, ref.shape))  # noise: any line through it is wrong almost everywhere
+    _, stats = align_depth(mono, ref, kind="disparity")
+    plausible, reason = check_plausible(stats, 0.3)
+    assert stats["rel_error"] > 0.3 and not plausible and "median relative error" in reason
+    # the inlier-only error can look fine: the check reads the error over every pixel
+    assert stats["rel_error"] > stats["depth_abs_rel"]

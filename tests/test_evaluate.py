@@ -193,7 +193,8 @@ def test_perfect_render_inside_the_box(offline):
     assert result["psnr"] == math.inf and result["lpips"] == 0.0 and result["ssim"] == pytest.approx(1.0)
     assert result["fid"] == pytest.approx(0.0, abs=1e-9)
     assert result["views"]["view1"]["bbox"] == [6, 26, 10, 34]
-    assert result["n_views"] == 2 and result["random_weights"] and result["warning"]
+    assert result["n_views"] == 2 and result["lpips_backbone"] == "random" and result["fid_backbone"] == "random"
+    assert "LPIPS/FID on random backbones" in result["metrics_note"]
 
 
 def test_metrics_ignore_pixels_outside_the_box(offline):
@@ -219,13 +220,14 @@ def test_metrics_ignore_pixels_outside_the_box(offline):
 # ----------------------------------------------------------------------- table, config
 
 def test_metrics_table():
-    result = {"lpips": 0.51234567, "fid": 130.9, "psnr": math.inf, "ssim": 0.8, "random_weights": True}
+    result = {"lpips": 0.51234567, "fid": 130.9, "psnr": math.inf, "ssim": 0.8, "weights": "random",
+              "lpips_backbone": "random", "fid_backbone": "random"}
     row = ev.scene_row("book", result, {"lpips": 0.7, "fid": None, "psnr": 20.0, "ssim": float("nan")})
     text = ev.metrics_table([row, {"scene": "trash", "lpips": 0.4, "extra": "x"}])
     lines = [line.split("\t") for line in text.splitlines()]
     assert text.endswith("\n") and lines[0] == [*ev.METRICS_COLUMNS, "extra"]
-    assert lines[1] == ["book", "0.512346", "130.9", "inf", "0.8", "0.7", "NA", "20", "NA", "true", "NA"]
-    assert lines[2] == ["trash", "0.4", "NA", "NA", "NA", "NA", "NA", "NA", "NA", "NA", "x"]
+    assert lines[1] == ["book", "0.512346", "130.9", "inf", "0.8", "0.7", "NA", "20", "NA", "random", "random", "random", "NA"]
+    assert lines[2] == ["trash", "0.4", "NA", "NA", "NA", "NA", "NA", "NA", "NA", "NA", "NA", "NA", "x"]
     with pytest.raises(ValueError, match="tab"):
         ev.metrics_table([{"scene": "a\tb"}])
 
@@ -235,9 +237,10 @@ def test_mean_row_in_the_table_and_the_page(tmp_path):
     over the scenes that have it; the page shows it as its last, bold row."""
     import json
 
-    scenes = {"1": {"lpips": 0.4, "fid": 100.0, "psnr": 20.0, "ssim": 0.5, "random_weights": False},
-              "2": {"lpips": 0.6, "fid": 200.0, "psnr": 24.0, "ssim": 0.7, "random_weights": False},
-              "3": {"lpips": None, "fid": None, "psnr": None, "ssim": None, "random_weights": True}}  # no ground truth
+    scenes = {"1": {"lpips": 0.4, "fid": 100.0, "psnr": 20.0, "ssim": 0.5, "weights": "procedural", "lpips_backbone": "alex"},
+              "2": {"lpips": 0.6, "fid": 200.0, "psnr": 24.0, "ssim": 0.7, "weights": "procedural", "lpips_backbone": "alex"},
+              "3": {"lpips": None, "fid": None, "psnr": None, "ssim": None, "weights": "random",  # no ground truth
+                    "lpips_backbone": "random"}}
     files = {}
     for name, metrics in scenes.items():
         files[name] = tmp_path / f"{name}.json"
@@ -249,7 +252,8 @@ def test_mean_row_in_the_table_and_the_page(tmp_path):
     header, last = lines[0], dict(zip(lines[0], lines[-1]))
     assert len(lines) == 5 and header == list(ev.METRICS_COLUMNS)
     assert last == {"scene": "mean", "lpips": "0.5", "fid": "150", "psnr": "22", "ssim": "0.6", "lpips_before": "0.8",
-                    "fid_before": "NA", "psnr_before": "15", "ssim_before": "0.2", "random_weights": "true"}
+                    "fid_before": "NA", "psnr_before": "15", "ssim_before": "0.2", "weights": "random",
+                    "lpips_backbone": "mixed", "fid_backbone": "NA"}
     page = (tmp_path / "metrics.html").read_text()
     assert '<tr id="mean"' in page and page.index('id="mean"') > page.index("<td>3</td>")
     assert "lpips 2" in page and "of 3" in page and "alex trunk" in page
@@ -281,7 +285,7 @@ def test_evaluation_scores_alexnet_lpips_and_refine_keeps_vgg(tmp_path, offline)
 
 def test_config_section(tmp_path):
     assert MethodConfig().evaluate == EvaluateConfig()
-    models = {"lpips_backbone": "random", "eval_lpips_backbone": "random", "random_weights": True, "cache_dir": str(tmp_path)}
+    models = {"lpips_backbone": "random", "eval_lpips_backbone": "random", "fid_backbone": "random", "cache_dir": str(tmp_path)}
     lpips, fid = ev.metrics_from_config(models, {"fid": False, "lpips_min_side": 40})
     assert lpips.random_weights and lpips.min_side == 40 and fid is None
 
@@ -363,7 +367,7 @@ def _stage_cfg(tmp_path):
 
 def test_run_evaluate_writes_the_protocol(tmp_path, offline):
     """Perfect final renders (PSNR inf, LPIPS 0 in every box), noisy "before" renders;
-    metrics.json carries both, per view, with random_weights; the TSV row and the
+    metrics.json carries both, per view, with the weights' provenance; the TSV row and the
     comparison picture follow."""
     import json
 
@@ -385,15 +389,74 @@ def test_run_evaluate_writes_the_protocol(tmp_path, offline):
     assert stored["psnr"] == math.inf and stored["lpips"] == 0.0 and stored["ssim"] == pytest.approx(1.0)
     assert stored["fid"] == pytest.approx(0.0, abs=1e-6)
     assert set(stored["per_view"]) == {"t0", "t1", "t2"} and stored["per_view"]["t1"]["bbox"] == [6, 15, 6, 21]
-    assert stored["random_weights"] is True and stored["warning"] and stored["reason"] is None
+    assert stored["weights"] == "random" and stored["warning"] and stored["reason"] is None
+    assert stored["lpips_backbone"] == stored["fid_backbone"] == "random" and stored["metrics_note"]
     b = stored["before"]
     assert 0 < b["lpips"] and b["psnr"] < 25 and b["ssim"] < 0.99 and b["fid"] > 0 and set(b["per_view"]) == {"t0", "t1", "t2"}
     assert Image.open(tmp_path / "eval" / "cmp.png").size[0] == 3 * 240
     rows = ev.write_metrics_table({"s": out}, tmp_path / "metrics.tsv", tmp_path / "metrics.html")
     assert rows[0]["psnr"] == math.inf and rows[0]["psnr_before"] == b["psnr"]
     line = (tmp_path / "metrics.tsv").read_text().splitlines()[1].split("\t")
-    assert line[0] == "s" and line[1] == "0" and line[3] == "inf" and line[-1] == "true"
+    assert line[0] == "s" and line[1] == "0" and line[3] == "inf" and line[-3:] == ["random", "random", "random"]
     assert "RANDOM" in (tmp_path / "metrics.html").read_text()
+
+
+def _evaluate_with(root: Path, overrides: list[str], upstream_weights: str) -> dict:
+    """run_evaluate on a small scene (perfect renders) with a model set and the provenance
+    an upstream (render) summary records; metrics.json, the picture, the table and page."""
+    import json
+
+    from PIL import Image
+
+    from innout.config import load_method_config
+
+    transforms = _write_scene(root / "scene", 2, np.random.default_rng(12))
+    renders = root / "renders"
+    renders.mkdir()
+    for i in range(2):
+        Image.open(root / "scene" / "images" / f"t{i}.png").save(renders / f"t{i}.png")
+    (root / "render.json").write_text(json.dumps({"weights": upstream_weights}))
+    # no FID here (its random Inception takes seconds to build): test_run_evaluate_writes_the_protocol names it
+    cfg = load_method_config("smoke", ["device=cpu", "evaluate.fid=false", f"models.cache_dir={root / 'models'}", *overrides],
+                             model="tiny")
+    out = root / "eval" / "metrics.json"
+    ev.run_evaluate(transforms, renders, renders, out, cfg, comparison_png=root / "eval" / "comparison.png",
+                    upstream_summary=root / "render.json")
+    ev.write_metrics_table({"s": out}, root / "metrics.tsv", root / "metrics.html")
+    return {"metrics": json.loads(out.read_text()), "picture": Image.open(root / "eval" / "comparison.png").convert("RGB"),
+            "row": dict(zip(*[line.split("\t") for line in (root / "metrics.tsv").read_text().splitlines()])),
+            "page": (root / "metrics.html").read_text()}
+
+
+def test_metrics_of_trained_weights_carry_their_label_and_name_only_the_random_metric_backbones(tmp_path, offline,
+                                                                                                procedural_like):
+    from provenance_check import random_mentions, text_mentions_random
+
+    from innout.provenance import BANNER_COLOURS, METRIC_BACKBONES_NOTE, PROCEDURAL_LABEL
+
+    got = _evaluate_with(tmp_path, procedural_like, "procedural")
+    m = got["metrics"]
+    assert m["weights"] == "procedural" and m["weights_label"] == PROCEDURAL_LABEL and m["warning"] is None
+    assert random_mentions(m) == [], random_mentions(m)
+    # LPIPS and FID ran on random backbones: they say so, by name
+    assert m["lpips_backbone"] == "random" and m["fid_backbone"] is None and m["metrics_note"] == METRIC_BACKBONES_NOTE
+    assert "RANDOM" in m["metrics"]["lpips"]
+    assert got["picture"].getpixel((1, 1)) == BANNER_COLOURS["procedural"]
+    assert got["row"]["weights"] == "procedural" and got["row"]["lpips_backbone"] == "random"
+    assert PROCEDURAL_LABEL in got["page"] and METRIC_BACKBONES_NOTE in got["page"]
+    assert not text_mentions_random(got["page"], (METRIC_BACKBONES_NOTE, "<td>random</td>"))
+
+
+def test_metrics_of_random_weights_carry_the_warning(tmp_path, offline, procedural_like):
+    from innout.provenance import BANNER_COLOURS, RANDOM_WEIGHTS_WARNING
+
+    tiny = _evaluate_with(tmp_path / "tiny", [], "random")
+    assert tiny["metrics"]["weights"] == "random" and tiny["metrics"]["warning"] == RANDOM_WEIGHTS_WARNING
+    assert tiny["picture"].getpixel((1, 1)) == BANNER_COLOURS["random"]
+    assert tiny["row"]["weights"] == "random" and RANDOM_WEIGHTS_WARNING in tiny["page"]
+    # renders of a NeRF refined on random-weight inpaintings stay random whatever set scores them
+    mixed = _evaluate_with(tmp_path / "mixed", procedural_like, "random")
+    assert mixed["metrics"]["weights"] == "random" and mixed["metrics"]["warning"] == RANDOM_WEIGHTS_WARNING
 
 
 def test_run_evaluate_without_ground_truth(tmp_path, offline):

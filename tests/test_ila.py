@@ -11,6 +11,7 @@ from PIL import Image
 from innout.diffusion import (
     decode,
     denoise,
+    guidance,
     initial_noise,
     inpaint_kwargs,
     inpaint_single,
@@ -167,9 +168,9 @@ def test_base_runs_once_per_step_whatever_the_number_of_targets(pipe):
     hook = pipe.unet.register_forward_pre_hook(lambda m, args: calls.append((ctl.mode, args[0].shape[0])))
     images, masks = _views(6)
     views = prepare_views(pipe, images, masks, SIZE)
-    try:
-        denoise(pipe, views["mask"], views["masked_latents"], initial_noise(6, (8, 8), 5), steps=STEPS, ila_lambda=0.2,
-                base_index=2, batch_size=2, progress=False, controller=ctl)
+    try:  # a prompt: guidance is on, every batch is [uncond, cond]
+        denoise(pipe, views["mask"], views["masked_latents"], initial_noise(6, (8, 8), 5), prompt="a wall", steps=STEPS,
+                ila_lambda=0.2, base_index=2, batch_size=2, progress=False, controller=ctl)
     finally:
         hook.remove()
     n_t = len(pipe.scheduler.timesteps)  # PNDM (PLMS) takes steps + 1 model calls
@@ -177,6 +178,35 @@ def test_base_runs_once_per_step_whatever_the_number_of_targets(pipe):
     assert base_calls == [(RECORD, 2)] * n_t  # once per timestep, batch [uncond, cond]
     assert [c for c in calls if c[0] == SHARE] == [(SHARE, 4), (SHARE, 4), (SHARE, 2)] * n_t  # 5 targets, batches of 2
     assert not ctl.store  # the step's K/V were freed
+
+
+def test_noop_guidance_runs_one_batch_with_the_same_result(pipe):
+    """An empty prompt and negative prompt give identical embeddings: guidance changes
+    nothing, so every UNet batch runs once (the base records one row of K/V, targets
+    share it), and the latents match the doubled-batch run's."""
+    assert guidance(pipe, "", "", 7.5)[1] == "skipped" and guidance(pipe, "", "", 7.5)[0][0] is None
+    assert guidance(pipe, "", "", 7.5, skip_identical=False)[1] == "on"
+    assert guidance(pipe, "a wall", "", 7.5)[1] == "on" and guidance(pipe, "", "", 1.0)[1] == "off"
+    images, masks = _views(5)
+    views = prepare_views(pipe, images, masks, SIZE)
+    init = initial_noise(5, (8, 8), 6)
+    ctl = ILAController()
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, args: calls.append((ctl.mode, args[0].shape[0])))
+    args = (pipe, views["mask"], views["masked_latents"], init)
+    kwargs = dict(steps=STEPS, ila_lambda=0.2, base_index=1, batch_size=2, progress=False)
+    try:
+        skipped = denoise(*args, **kwargs, controller=ctl)
+    finally:
+        hook.remove()
+    n_t = len(pipe.scheduler.timesteps)
+    assert [c for c in calls if c[0] == RECORD] == [(RECORD, 1)] * n_t
+    assert [c for c in calls if c[0] == SHARE] == [(SHARE, 2), (SHARE, 2)] * n_t  # 4 targets, one row each
+    doubled = denoise(*args, **kwargs, skip_identical_guidance=False)
+    torch.testing.assert_close(skipped, doubled, atol=1e-5, rtol=1e-4)
+    # a real prompt keeps guidance on, and guidance then changes the result
+    prompted = denoise(*args, **kwargs, prompt="a wall")
+    assert (prompted - skipped).abs().max() > 1e-3
 
 
 def test_install_keeps_cross_attention_and_restores(pipe):
@@ -229,5 +259,5 @@ def test_geometry_and_config_kwargs():
     from innout.config import InpaintConfig
 
     assert inpaint_kwargs(InpaintConfig()) == dict(steps=20, guidance_scale=7.5, ila_lambda=0.2, resolution=512,
-                                                   batch_size=4, scheduler="pipeline")
+                                                   batch_size=4, scheduler="pipeline", skip_identical_guidance=True)
     assert inpaint_kwargs(InpaintConfig(ila=False))["ila_lambda"] is None

@@ -64,7 +64,7 @@ def make_base(root: Path, transforms: Path, nerf_out: Path, cfg, pipe, winner: s
     Image.fromarray(view.mask.astype(np.uint8) * 255).save(base / "mask.png")
     torch.save(noise, base / "noise.pt")
     shutil.copytree(nerf_out / "innout-nerfacto", base / "nerf" / "innout-nerfacto")
-    (base / "summary.json").write_text(json.dumps({"winner": winner, "random_weights": True, "prompt": "", "seed": seed}))
+    (base / "summary.json").write_text(json.dumps({"winner": winner, "weights": "random", "prompt": "", "seed": seed}))
     return base
 
 
@@ -172,7 +172,7 @@ def test_outside_the_mask_the_output_is_the_input(runs):
 
 def test_summary(runs):
     s = json.loads((runs["one"] / "summary.json").read_text())
-    assert s["random_weights"] is True and "RANDOM" in s["warning"]
+    assert s["weights"] == "random" and "RANDOM" in s["warning"]
     assert set(s["consistency"]) == {"independent", "ela", "ila", "ela_ila"}
     assert all(isinstance(v, float) and 0 <= v <= 255 for v in s["consistency"].values()), s["consistency"]
     assert "grey levels" in s["consistency_unit"]
@@ -187,6 +187,33 @@ def test_summary(runs):
     for variant in ("ela", "ila"):
         np.testing.assert_array_equal(np.asarray(Image.open(runs["one"] / "variants" / variant / f"{s['base_view']}.png")), base_png)
     assert (runs["one"] / "comparison.png").is_file() and (runs["one"] / "consistency.json").is_file()
+    # an empty prompt: guidance would change nothing, so it was skipped (one UNet batch)
+    assert s["guidance"] == "skipped" and "identical" in s["guidance_note"]
+
+
+def test_summary_of_trained_weights_carries_their_label_never_random(runs, tmp_path, procedural_like):
+    """The same shards gathered for a procedural-like model set (a base stage that says
+    procedural): the label, no "random" anywhere, the label's banner on the picture; a
+    random base stage makes the result random whatever the set."""
+    from provenance_check import random_mentions_in
+
+    from innout.config import load_method_config
+    from innout.provenance import BANNER_COLOURS, PROCEDURAL_LABEL
+
+    cfg = load_method_config("smoke", [*OVERRIDES, *procedural_like], "tiny")
+    shards = [runs["one"].parent / "shards" / "0"]
+    base = tmp_path / "base"
+    shutil.copytree(runs["base"], base, symlinks=True)
+    summary = json.loads((base / "summary.json").read_text())
+    (base / "summary.json").write_text(json.dumps({**summary, "weights": "procedural"}))
+    s = gather_inpaint(runs["transforms"], base, shards, tmp_path / "inpaint", cfg)
+    assert s["weights"] == "procedural" and s["weights_label"] == PROCEDURAL_LABEL and s["warning"] is None
+    assert random_mentions_in(tmp_path / "inpaint" / "summary.json") == []
+    assert Image.open(tmp_path / "inpaint" / "comparison.png").convert("RGB").getpixel((1, 1)) == BANNER_COLOURS["procedural"]
+    assert Image.open(runs["one"] / "comparison.png").convert("RGB").getpixel((1, 1)) == BANNER_COLOURS["random"]
+    (base / "summary.json").write_text(json.dumps({**summary, "weights": "random"}))
+    again = gather_inpaint(runs["transforms"], base, shards, tmp_path / "again", cfg)
+    assert again["weights"] == "random" and "RANDOM" in again["warning"]
 
 
 def _broken_base(runs, tmp_path, what: str) -> tuple[Path, str]:

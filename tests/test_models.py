@@ -11,7 +11,6 @@ import torch
 
 from innout.errors import InputError, StageError
 from innout.models import (
-    RANDOM_WEIGHTS_WARNING,
     check_manifest,
     lpips_heads_path,
     manifest_item,
@@ -23,7 +22,6 @@ from innout.models import (
     depth_model_path,
     download_plan,
     fetch_models,
-    is_random,
     load_inpainter,
     preset_dir,
     resolve_dtype,
@@ -31,6 +29,7 @@ from innout.models import (
     sd2_unet_parameter_count,
     select_hub_files,
 )
+from innout.provenance import PROCEDURAL_LABEL, RANDOM_WEIGHTS_WARNING, weights_provenance
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one torch thread
@@ -84,12 +83,12 @@ def test_fetch_models_offline_preset_writes_manifest_and_caches_tiny(tmp_path):
     from innout.config import load_method_config
 
     cfg = load_method_config("smoke", model="tiny").models
-    assert is_random(cfg)
+    assert weights_provenance(cfg) == "random"
     manifest = fetch_models(cfg, tmp_path)
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
-    assert on_disk == manifest and manifest["random_weights"] and manifest["warning"] == RANDOM_WEIGHTS_WARNING
+    assert on_disk == manifest and manifest["weights"] == "random" and manifest["warning"] == RANDOM_WEIGHTS_WARNING
     assert {item["what"] for item in manifest["items"]} == {"inpainter", "depth", "lpips", "eval-lpips", "fid-inception"}
-    assert all(item["random_weights"] for item in manifest["items"])
+    assert all(item["weights"] == "random" for item in manifest["items"])
     assert manifest["model_set"] == "tiny" and manifest["specs"]["inpainter"] == "tiny"
     assert (preset_dir(tmp_path, "inpainter", "tiny") / "model_index.json").is_file()
     pipe = load_inpainter("tiny", device="cpu", cache_dir=tmp_path)
@@ -113,7 +112,7 @@ def test_download_plan_and_file_selection(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "user-hub"))
     cfg = load_method_config("paper", model="sd2").models
-    assert not is_random(cfg) and cfg.inpainter == "stabilityai/stable-diffusion-2-inpainting"
+    assert weights_provenance(cfg) == "pretrained" and cfg.inpainter == "stabilityai/stable-diffusion-2-inpainting"
     plan = download_plan(cfg, tmp_path)
     # LPIPS: VGG for the refine loss, AlexNet for the evaluation (the published numbers')
     assert [p["what"] for p in plan] == ["inpainter", "depth", "lpips-vgg", "lpips-alex", "fid-inception"]
@@ -151,9 +150,15 @@ def test_download_plan_and_file_selection(tmp_path, monkeypatch):
     assert "model.safetensors" in depth_files  # a transformers repo keeps its root weights
 
 
-def test_random_flags_and_dtypes():
-    assert is_random({"inpainter": "sd2-random", "random_weights": True})
-    assert is_random({"inpainter": "tiny", "random_weights": False})
+def test_provenance_of_model_sets_and_dtypes():
+    assert weights_provenance({"inpainter": "sd2-random", "provenance": "random"}) == "random"
+    # a random preset is random whatever the set claims
+    assert weights_provenance({"inpainter": "tiny", "provenance": "pretrained"}) == "random"
+    assert weights_provenance({"inpainter": "/some/folder", "depth": "tiny", "provenance": "procedural"}) == "random"
+    assert weights_provenance({"inpainter": "/some/folder", "depth": "/other", "provenance": "procedural"}) == "procedural"
+    assert weights_provenance({"inpainter": "org/model"}) == "pretrained"
+    with pytest.raises(ValueError, match="provenance"):
+        weights_provenance({"inpainter": "org/model", "provenance": "trained"})
     assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("auto", "cuda") == torch.float16
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16
 
@@ -208,10 +213,10 @@ def test_real_set_manifest_lists_every_download_with_its_cache_path(tmp_path):
     cfg = load_method_config("paper", [f"models.hub_cache={tmp_path / 'hub'}"], model="sd2").models
     manifest = fetch_models(cfg, tmp_path, download=_fake_download)
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
-    assert manifest["random_weights"] is False and manifest["warning"] is None and manifest["model_set"] == "sd2"
+    assert manifest["weights"] == "pretrained" and manifest["warning"] is None and manifest["model_set"] == "sd2"
     whats = [item["what"] for item in manifest["items"]]
     assert whats == ["inpainter", "depth", "lpips-vgg", "lpips-alex", "fid-inception", "lpips-heads-vgg", "lpips-heads-alex"]
-    assert not any(item["random_weights"] for item in manifest["items"])
+    assert all(item["weights"] == "pretrained" for item in manifest["items"])
     inpainter = manifest_item(manifest, "inpainter")
     assert inpainter["source"] == "stabilityai/stable-diffusion-2-inpainting"
     assert inpainter["path"].startswith(str(tmp_path / "hub"))  # inside the hub cache
@@ -394,3 +399,27 @@ def test_memory_switches_are_applied(caplog):
     assert calls == [("model", torch.device("cuda")), ("sequential", torch.device("cuda"))]
     with pytest.raises(StageError, match="cpu_offload"):
         apply_memory_options(FakePipe(), {"cpu_offload": "yes"}, torch.device("cuda"))
+def test_a_trained_set_is_used_in_place_and_labelled(tmp_path, procedural_like):
+    """A set of local folders (shipped weights) declared procedural: nothing is
+    downloaded, the manifest carries the procedural label and names the random metric
+    backbones, and a stage checking it against a random set's config refuses it."""
+    from innout.config import load_method_config
+
+    cfg = load_method_config("smoke", procedural_like, model="tiny").models
+
+    def no_network(item: dict) -> str:
+        raise AssertionError(f"tried to download {item}")
+
+    manifest = fetch_models(cfg, tmp_path, download=no_network)
+    assert manifest["weights"] == "procedural" and manifest["weights_label"] == PROCEDURAL_LABEL and manifest["warning"] is None
+    items = {item["what"]: item for item in manifest["items"]}
+    assert items["inpainter"]["weights"] == items["depth"]["weights"] == "procedural"
+    assert items["inpainter"]["path"] == cfg.inpainter and items["inpainter"]["note"] == "local folder, used in place"
+    assert items["lpips"]["weights"] == items["fid-inception"]["weights"] == "random"
+    assert check_manifest(tmp_path / "manifest.json", cfg) == manifest
+    tiny = load_method_config("smoke", model="tiny").models
+    with pytest.raises(InputError, match="made for model set 'procedural-like'"):
+        check_manifest(tmp_path / "manifest.json", tiny)
+    relabelled = load_method_config("smoke", [*procedural_like, "models.provenance=pretrained"], model="tiny").models
+    with pytest.raises(InputError, match="'procedural' weights.*'pretrained'"):
+        check_manifest(tmp_path / "manifest.json", relabelled)

@@ -468,7 +468,7 @@ STAGE_OVERRIDES = [
     "refine.rays_per_batch=256", "refine.prior_rays_per_batch=64", "refine.patch_size=16",
     "refine.disc_tile=8", "refine.disc_channels=4", "refine.disc_max_channels=8",
     "refine.steps_per_checkpoint=3", "refine.log_every_steps=1", "models.lpips_backbone=random",
-    "models.random_weights=true",
+    "models.provenance=random",
 ]
 
 
@@ -490,14 +490,14 @@ def make_stage_inputs(root, trained) -> dict:
     shutil.copy2(renders / "rgb" / f"{base.name}.png", base_dir / "base.png")
     shutil.copy2(base.object_mask, base_dir / "mask.png")
     np.save(base_dir / "depth_prior.npy", np.load(renders / "depth" / f"{base.name}.npy"))
-    (base_dir / "summary.json").write_text(json.dumps({"winner": base.name, "random_weights": True}))
+    (base_dir / "summary.json").write_text(json.dumps({"winner": base.name, "weights": "random"}))
     (inpaint_dir / "images").mkdir(parents=True)
     (inpaint_dir / "variants" / "independent").mkdir(parents=True)
     for f in train:
         img = Image.open(renders / "rgb" / f"{f.name}.png")
         img.save(inpaint_dir / "images" / f"{f.name}.png")
         img.transpose(Image.FLIP_LEFT_RIGHT).save(inpaint_dir / "variants" / "independent" / f"{f.name}.png")
-    (inpaint_dir / "summary.json").write_text(json.dumps({"random_weights": True, "base_view": base.name}))
+    (inpaint_dir / "summary.json").write_text(json.dumps({"weights": "random", "base_view": base.name}))
     return {"base_dir": base_dir, "inpaint_dir": inpaint_dir, "base": base.name, "transforms": trained["scene"]}
 
 
@@ -523,8 +523,8 @@ def _refiner(stage_inputs, cfg):
 
     inputs = load_refine_inputs(stage_inputs["transforms"], stage_inputs["base_dir"], stage_inputs["inpaint_dir"])
     tuner = NerfTuner(stage_inputs["base_dir"] / "nerf", device="cpu", learning_rate=1e-3, lr_final=1e-4, decay_steps=10, stage="refine")
-    lp, _, random_backbone = make_lpips_module(cfg.models, "cpu")
-    assert random_backbone
+    lp, _, backbone = make_lpips_module(cfg.models, "cpu")
+    assert backbone == "random"
     return Refiner(tuner, inputs, cfg, lp), inputs
 
 
@@ -613,7 +613,7 @@ def test_run_refine_resumes_after_a_kill_to_the_same_result(stage_inputs, tmp_pa
     for key in a["pipeline"]:
         assert torch.equal(a["pipeline"][key], b["pipeline"][key]), key
     summary = json.loads((tmp_path / "a" / "refine" / "summary.json").read_text())
-    assert summary["random_weights"] is True and summary["lpips_random_backbone"] is True
+    assert summary["weights"] == "random" and summary["lpips_backbone"] == "random"
     assert summary["patch_view_ranking"]["by"] == "phash" and summary["reset_fields"] is False
     _, _, train_views, _ = read_scene(stage_inputs["transforms"])
     assert set(summary["patch_view_ranking"]["score"]) == {f.name for f in train_views} - {stage_inputs["base"]}
@@ -622,3 +622,47 @@ def test_run_refine_resumes_after_a_kill_to_the_same_result(stage_inputs, tmp_pa
     _, _, train, _ = read_scene(stage_inputs["transforms"])
     out = renderer.render_camera(train[0].camera, return_samples=False)
     assert torch.isfinite(out["rgb"]).all()
+
+
+def _restated(stage_inputs, root, base_summary: dict, inpaint_summary: dict) -> dict:
+    """The stage inputs with other base / inpaint summaries (the files are shared)."""
+    import json
+    import shutil
+
+    out = dict(stage_inputs)
+    for key, extra in (("base_dir", base_summary), ("inpaint_dir", inpaint_summary)):
+        folder = root / key
+        shutil.copytree(stage_inputs[key], folder, symlinks=True)
+        summary = json.loads((folder / "summary.json").read_text())
+        (folder / "summary.json").write_text(json.dumps({**summary, **extra}))
+        out[key] = folder
+    return out
+
+
+def test_an_implausible_depth_prior_is_left_out_of_refinement(stage_inputs, tmp_path, offline):  # noqa: F811
+    """The base stage found the prior implausible (depth_prior.used false): refinement's
+    L_prior is colour only. With a huge depth weight the loss shows whether the term is in."""
+    cfg = stage_cfg("refine.prior_depth_weight=1e6")
+    used, _ = _refiner(stage_inputs, cfg)
+    assert used.prior_depth_weight == 1e6 and used.step()["loss"] > 1e3
+    unused_inputs = _restated(stage_inputs, tmp_path, {"depth_prior": {"plausible": False, "used": False}}, {})
+    unused, inputs = _refiner(unused_inputs, cfg)
+    assert not inputs.depth_prior_used and unused.prior_depth_weight == 0.0
+    losses = unused.step()
+    assert losses["loss"] < 10 and losses["prior_depth"] > 0  # computed (logged), not trained on
+
+
+def test_refine_summary_of_trained_weights_carries_their_label(stage_inputs, tmp_path, offline, procedural_like):  # noqa: F811
+    from provenance_check import random_mentions
+
+    from innout.provenance import PROCEDURAL_LABEL
+    from innout.refine import run_refine
+
+    inputs = _restated(stage_inputs, tmp_path, {"weights": "procedural"}, {"weights": "procedural"})
+    cfg = stage_cfg("refine.iterations=2", *procedural_like)
+    summary = run_refine(inputs["transforms"], inputs["base_dir"], inputs["inpaint_dir"], tmp_path / "refine",
+                         tmp_path / "work", cfg)
+    assert summary["weights"] == "procedural" and summary["weights_label"] == PROCEDURAL_LABEL and summary["warning"] is None
+    assert summary["lpips_backbone"] == "random" and summary["metrics_note"]  # the patch loss's LPIPS, by name
+    assert random_mentions(summary) == [], random_mentions(summary)
+    assert summary["depth_prior_used"] is True

@@ -4,6 +4,7 @@ on the tiny NeRF trained once per session by ``tests/test_pretrain.py``'s fixtur
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -87,7 +88,7 @@ def test_run_render(trained, tmp_path, offline):  # noqa: F811
 
     cfg = load_method_config("smoke", ["device=cpu", "render.video_frames=6", "render.video_fps=3", "render.train_scale=0.5"], model="tiny")
     (tmp_path / "refine").mkdir()
-    (tmp_path / "refine" / "summary.json").write_text(json.dumps({"random_weights": True}))
+    (tmp_path / "refine" / "summary.json").write_text(json.dumps({"weights": "random"}))
     nerf = trained["out_dir"] / "innout-nerfacto" / "config.yml"
     summary = run_render(trained["scene"], nerf, tmp_path / "render", cfg, upstream_summary=tmp_path / "refine" / "summary.json")
     out = tmp_path / "render"
@@ -109,10 +110,29 @@ def test_run_render(trained, tmp_path, offline):  # noqa: F811
     assert "data:video/mp4;base64," in page and "RANDOM" in page
     path = json.loads((out / "path.json").read_text())
     assert len(path["c2w"]) == 6 and set(path["keyframes"]) <= {f.name for f in train}
-    assert summary["random_weights"] is True and summary["n_test_views"] == len(test) and summary["video"]["frames"] == 6
+    assert summary["weights"] == "random" and summary["n_test_views"] == len(test) and summary["video"]["frames"] == 6
     # the renders are the NeRF's (rendered again through the API: the same pixels)
     from innout.render import NerfRenderer
 
     again = NerfRenderer.from_config(nerf, device="cpu").render_camera(test[0].camera, return_samples=False)["rgb"].numpy()
     ours = np.asarray(Image.open(out / "test" / "rgb" / f"{test[0].name}.png"), dtype=float)
     assert np.abs(np.clip(again, 0, 1) * 255 - ours).max() <= 0.5 + 1e-6
+
+
+def test_renders_of_trained_weights_carry_their_label(trained, tmp_path, offline, procedural_like):  # noqa: F811
+    from provenance_check import random_mentions
+
+    from innout.config import load_method_config
+    from innout.provenance import PROCEDURAL_LABEL
+    from innout.render import run_render
+
+    cfg = load_method_config("smoke", ["device=cpu", "render.video_frames=2", "render.video_fps=2", "render.train_scale=0.25",
+                                       *procedural_like], model="tiny")
+    (tmp_path / "refine.json").write_text(json.dumps({"weights": "procedural"}))
+    nerf = trained["out_dir"] / "innout-nerfacto" / "config.yml"
+    summary = run_render(trained["scene"], nerf, tmp_path / "render", cfg, upstream_summary=tmp_path / "refine.json")
+    assert summary["weights"] == "procedural" and summary["weights_label"] == PROCEDURAL_LABEL and summary["warning"] is None
+    assert random_mentions(json.loads((tmp_path / "render" / "summary.json").read_text())) == []
+    page = (tmp_path / "render" / "video.html").read_text()
+    without_video = re.sub(r'src="data:[^"]*"', "", page)  # base64 may spell anything
+    assert PROCEDURAL_LABEL in page and "random" not in without_video.lower()

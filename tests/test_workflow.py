@@ -156,3 +156,42 @@ def test_scene_named_mean_is_refused(tmp_path):
     result = snakemake(work, "-n")
     assert result.returncode != 0
     assert any("scenes.tsv" in l and "mean row" in l for l in (result.stdout + result.stderr).splitlines())
+CAPTIONS_WITH_MODELS = ("base", "inpaint", "refine", "render", "evaluate", "metrics", "models")
+
+
+def _captions(method) -> dict[str, str]:
+    """Every caption of a rule that uses models, rendered as Snakemake renders it (Jinja,
+    then reStructuredText to HTML) with that rule's kind of params for ``method``."""
+    from types import SimpleNamespace
+
+    from docutils.core import publish_parts
+    from jinja2 import Environment
+    from omegaconf import OmegaConf
+
+    from innout.provenance import report_weights
+
+    params = SimpleNamespace(method=OmegaConf.to_container(method, resolve=True), weights=report_weights(method.models),
+                             prompt="", scenes=["demo"])
+    snakemake_ = SimpleNamespace(params=params, wildcards=SimpleNamespace(scene="demo"))
+    out = {}
+    for name in CAPTIONS_WITH_MODELS:
+        text = Environment().from_string((REPO / "workflow" / "report" / f"{name}.rst").read_text()).render(snakemake=snakemake_)
+        out[name] = publish_parts(text, writer="html")["body"]
+    return out
+
+
+def test_captions_carry_the_weights_label(procedural_like):
+    """Random weights: every caption of a stage with models warns. A trained set: each
+    carries its label and says "random" only in the LPIPS/FID backbone notes."""
+    from provenance_check import text_mentions_random
+
+    from innout.config import load_method_config
+    from innout.provenance import METRIC_BACKBONES_NOTE, PROCEDURAL_LABEL, RANDOM_WEIGHTS_WARNING
+
+    for name, html in _captions(load_method_config("smoke", model="tiny")).items():
+        assert RANDOM_WEIGHTS_WARNING in html and PROCEDURAL_LABEL not in html, name
+    allowed = (METRIC_BACKBONES_NOTE, "LPIPS backbone:\nrandom", "LPIPS backbone: random", "FID backbone: random",
+               "The LPIPS term of the patch loss runs on a random backbone")
+    for name, html in _captions(load_method_config("smoke", procedural_like, model="tiny")).items():
+        assert PROCEDURAL_LABEL in html and "RANDOM" not in html, name
+        assert not text_mentions_random(html, allowed), (name, html)

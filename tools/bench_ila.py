@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from innout.diffusion import denoise, initial_noise, prepare_views  # noqa: E402
 from innout.ila import ILAController  # noqa: E402
-from innout.models import RANDOM_WEIGHTS_WARNING, load_inpainter, resolve_device  # noqa: E402
+from innout.models import load_inpainter, resolve_device  # noqa: E402
+from innout.provenance import RANDOM_WEIGHTS_WARNING  # noqa: E402
 
 
 def synthetic_views(n: int, size: int, seed: int = 0):

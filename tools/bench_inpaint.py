@@ -14,9 +14,14 @@ loaded inpainter, the script takes a base view and ``--targets`` target views an
 * with ``--targets-only``, also ``independent targets``: the targets alone (the base's
   own trajectory is then the extra work of ILA; printed for reference),
 
+* with ``--doubled-guidance``, also ``ILA, doubled guidance``: the same ILA inpainting with
+  the classifier-free-guidance batch doubled although the empty prompt and negative prompt
+  make it a no-op (``skip_identical_guidance=False``, what the loop did before it skipped it),
+
 and prints ``ILA / independent`` on the same views (goal <= 1.3: aligning costs at most
-30 % more than not aligning) and ``ELA / inpainting`` (ELA time over the ILA inpainting time; goal
-<= 0.05). Both are ratios of wall times (and of process CPU times, steadier on a shared
+30 % more than not aligning), ``ELA / inpainting`` (ELA time over the ILA inpainting time; goal
+<= 0.05) and, with ``--doubled-guidance``, ``ILA one batch / doubled`` (the saving of skipping
+a no-op guidance). Both are ratios of wall times (and of process CPU times, steadier on a shared
 CPU) from the same run. Not a test: nothing is asserted.
 
 CPU, the SD2-inpainting architecture with random weights at the demo's size (~10 min on
@@ -42,10 +47,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from innout.diffusion import initial_noise, inpaint_views, latent_size  # noqa: E402
+from innout.diffusion import guidance, initial_noise, inpaint_views, latent_size  # noqa: E402
 from innout.ela import align_noise_views  # noqa: E402
 from innout.inpaint import load_views  # noqa: E402
-from innout.models import RANDOM_WEIGHTS_WARNING, load_inpainter, resolve_device  # noqa: E402
+from innout.models import load_inpainter, resolve_device  # noqa: E402
+from innout.provenance import RANDOM_WEIGHTS_WARNING  # noqa: E402
 from innout.render import NerfRenderer  # noqa: E402
 
 
@@ -86,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guidance-scale", type=float, default=7.5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     ap.add_argument("--targets-only", action="store_true", help="also time independent inpainting of the targets alone")
+    ap.add_argument("--doubled-guidance", action="store_true",
+                    help="also time ILA with the no-op guidance's doubled batch (skip_identical_guidance=False)")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
 
@@ -111,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         return align_noise_views(renderer, views[base].camera, base_noise, {n: views[n].camera for n in targets},
                                  {n: views[n].mask for n in targets}, seed=0)
 
-    def ila(aligned):
+    def ila(aligned, skip_identical_guidance=True):
         init = torch.stack([base_noise, *[aligned[n].noise for n in targets]])
         return inpaint_views(pipe, [views[n].image for n in chosen], [views[n].mask for n in chosen], init,
-                             ila_lambda=args.ila_lambda, base_index=0, **common)
+                             ila_lambda=args.ila_lambda, base_index=0, skip_identical_guidance=skip_identical_guidance,
+                             **common)
 
     def independent(which):
         init = initial_noise(len(which), lat_hw, seed=1)
@@ -124,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     # warm-up: first calls allocate memory and pick kernels
     warm = ela()
     inpaint_views(pipe, [views[base].image], [views[base].mask], base_noise[None], ila_lambda=None, **dict(common, steps=1))
-    modes = ["ELA", "independent", *(["independent targets"] if args.targets_only else []), "ILA"]
+    modes = ["ELA", "independent", *(["independent targets"] if args.targets_only else []), "ILA",
+             *(["ILA, doubled guidance"] if args.doubled_guidance else [])]
     timers = {name: Timer(device) for name in modes}
     with timers["ELA"]:
         aligned = ela()
@@ -135,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             independent(targets)
     with timers["ILA"]:
         ila(aligned)
+    if args.doubled_guidance:
+        with timers["ILA, doubled guidance"]:
+            ila(aligned, skip_identical_guidance=False)
     assert warm.keys() == aligned.keys()
 
     wall = {k: t.wall for k, t in timers.items()}
@@ -163,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         result["ila_over_independent_targets"] = round(wall["ILA"] / wall["independent targets"], 3)
         print(f"  ILA / independent (targets only: the base's trajectory is extra): {result['ila_over_independent_targets']:.3f} wall")
     print(f"  ELA / inpainting:               {result['ela_over_inpainting']:.4f} wall, {result['ela_over_inpainting_cpu']:.4f} CPU   (goal <= 0.05)")
+    if args.doubled_guidance:
+        result["guidance"] = guidance(pipe, "", "", args.guidance_scale)[1]
+        result["ila_one_batch_over_doubled"] = round(wall["ILA"] / wall["ILA, doubled guidance"], 3)
+        result["ila_one_batch_over_doubled_cpu"] = round(cpu["ILA"] / cpu["ILA, doubled guidance"], 3)
+        print(f"  ILA one batch / doubled (guidance {result['guidance']}): {result['ila_one_batch_over_doubled']:.3f} wall, "
+              f"{result['ila_one_batch_over_doubled_cpu']:.3f} CPU")
     if args.model in ("tiny", "sd2-random"):
         print(f"  ({RANDOM_WEIGHTS_WARNING}: timings only)")
     if args.json:

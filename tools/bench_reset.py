@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a checko
 import numpy as np  # noqa: E402
 
 from innout.config import load_method_config  # noqa: E402
+from innout.provenance import weights_provenance  # noqa: E402
 
 
 def posed_transforms(results: Path) -> Path:
@@ -53,7 +54,7 @@ def score(nerf: Path, transforms: Path, cfg) -> dict:
         gts[f.name], masks[f.name] = gt, mask
     lpips, fid = metrics_from_config(cfg.models, cfg.evaluate, cfg.device)
     result = evaluate_views(renders, gts, masks, lpips, fid if len(gts) >= 2 else None)
-    return {k: result[k] for k in ("lpips", "fid", "psnr", "ssim", "n_views", "random_weights")}
+    return {**{k: result[k] for k in ("lpips", "fid", "psnr", "ssim", "n_views")}, "weights": weights_provenance(cfg.models)}
 
 
 def main(argv=None) -> list[dict]:
@@ -83,7 +84,7 @@ def main(argv=None) -> list[dict]:
         print(f"reset_fields={str(reset).lower():5s} iterations {summary['iterations']} lr {summary['learning_rate']:g} "
               f"refine {seconds:.0f} s | LPIPS {metrics['lpips']:.4f} PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.4f} "
               f"FID {metrics['fid'] if metrics['fid'] is None else round(metrics['fid'], 2)} ({metrics['n_views']} test views, "
-              f"inside the mask boxes)" + ("  [RANDOM weights]" if metrics["random_weights"] else ""), flush=True)
+              f"inside the mask boxes)" + ("  [RANDOM weights]" if metrics["weights"] == "random" else ""), flush=True)
     b = rows[0]["base_nerf"]
     print(f"(the base stage's NeRF before refinement: LPIPS {b['lpips']:.4f} PSNR {b['psnr']:.2f} dB SSIM {b['ssim']:.4f})")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -237,7 +237,7 @@ def run(check: Check, args, size: dict) -> None:
 
     inpaint_dir = out / "inpaint"
     shutil.copytree(shard_dir / "images", inpaint_dir / "images")
-    (inpaint_dir / "summary.json").write_text(json.dumps({"random_weights": True, "note": "shard 0 only (gpu check)"}))
+    (inpaint_dir / "summary.json").write_text(json.dumps({"weights": "random", "note": "shard 0 only (gpu check)"}))
     refine = check.stage("refine", run_refine, transforms, out / "base", inpaint_dir, out / "refine", out / "work" / "refine", cfg)
     check.note("refine", steps=refine["iterations"], train_seconds=refine["seconds"],
                steps_per_second=round(refine["iterations"] / max(refine["seconds"], 1e-9), 2),

@@ -15,7 +15,8 @@ with the prior loss on the base view's masked pixels (:func:`fit_prior`), so tha
 NeRF holds an object-free surface there. Outputs (``results/{scene}/base/``)::
 
     summary.json            candidates, votes (summed Hamming distances), winner, prompt,
-                            seed, depth alignment, prior-fit statistics, random_weights
+                            seed, depth alignment, its plausibility (``depth_prior``),
+                            prior-fit statistics, the weights' provenance
     candidates/<view>.png   every candidate's inpainting (same seed, same noise)
     base.png, mask.png      the winner's inpainting (working resolution) and its mask
     noise.pt                z_T^p: the (4, h, w) float32 unit Gaussian the winner's
@@ -29,6 +30,11 @@ NeRF holds an object-free surface there. Outputs (``results/{scene}/base/``)::
     renders/{before,after}.png   the base view rendered before / after the prior fit
     nerf/innout-nerfacto/   the NeRF after the prior fit (NerfRenderer.from_config)
     config.yaml             the resolved method config
+
+An implausible depth prior (:func:`depth_prior_decision`: a reversed near-far order or a
+large error against the NeRF's depth where the NeRF is trustworthy) is a WARNING in the
+log and ``summary.json: depth_prior``, and the fit runs without its depth term (colour
+only) unless ``base.depth_prior_use`` is ``always``; the refine stage reads the decision.
 
 The fit checkpoints in a work dir (not an output) and resumes from there; candidate
 inpaintings are cached there too, keyed by everything that makes them.
@@ -52,6 +58,7 @@ from PIL import Image
 
 from .cameras import Camera
 from .errors import InputError, StageError
+from .provenance import provenance_fields, weights_label, weights_provenance
 
 
 def _centre(camera: Camera | np.ndarray) -> np.ndarray:
@@ -149,7 +156,7 @@ STAGE = "base"
 NS_DIR = "innout-nerfacto"
 # The inpainting settings the candidates are made with (the inpaint stage's own, so the
 # base view's fill and noise are those the aligned views will be denoised beside).
-BASE_INPAINT_KEYS = ("steps", "guidance_scale", "resolution", "scheduler")
+BASE_INPAINT_KEYS = ("steps", "guidance_scale", "resolution", "scheduler", "skip_identical_guidance")
 # settings that do not change the fitted NeRF: changing them keeps a fit resumable
 _NOT_IN_FIT_FINGERPRINT = ("steps_per_checkpoint", "log_every_steps")
 DEPTH_PRIOR_DEFINITION = ("distance along the unit ray through each pixel centre, in scene units "
@@ -257,7 +264,8 @@ def inpaint_candidates(pipe: Any, views: Mapping[str, TrainView], names: list[st
         t0 = time.perf_counter()
         images[name] = inpaint_single(pipe, view.image, view.mask, latents=noise, prompt=prompt, seed=seed,
                                       steps=int(settings["steps"]), guidance_scale=float(settings["guidance_scale"]),
-                                      resolution=int(settings["resolution"]), scheduler=str(settings["scheduler"]))
+                                      resolution=int(settings["resolution"]), scheduler=str(settings["scheduler"]),
+                                      skip_identical_guidance=bool(settings["skip_identical_guidance"]))
         log.info("candidate %d/%d %s inpainted in %.1f s", i + 1, len(names), name, time.perf_counter() - t0)
         if png is not None:
             _save_png(png, images[name])
@@ -314,9 +322,40 @@ def base_view_errors(render: Mapping[str, Any], view: TrainView, inpainted: np.n
     }
 
 
+DEPTH_PRIOR_USES = ("auto", "always", "never")
+
+
+def depth_prior_decision(alignment: Mapping[str, Any], fit: Any) -> dict:
+    """Whether the prior fit (and refinement) use the aligned depth prior:
+    ``{"plausible", "reason", "used", "use", "scale", "offset", "space", "rel_error",
+    "max_rel_error", "note"}``. ``fit``: the base section (``depth_prior_use``,
+    ``depth_prior_max_rel_error``); the plausibility test is
+    :func:`innout.depth_prior.check_plausible`."""
+    from innout.depth_prior import check_plausible
+
+    use = str(fit.depth_prior_use)
+    if use not in DEPTH_PRIOR_USES:
+        raise InputError("base.depth_prior_use", f"must be one of {', '.join(DEPTH_PRIOR_USES)}, got {use!r}")
+    max_rel_error = float(fit.depth_prior_max_rel_error)
+    plausible, reason = check_plausible(alignment, max_rel_error)
+    used = use == "always" or (use == "auto" and plausible)
+    if used and not plausible:
+        note = "implausible depth prior USED because base.depth_prior_use is 'always'"
+    elif used:
+        note = "plausible: the prior fit and refinement use its depth term"
+    elif use == "never":
+        note = "not used (base.depth_prior_use is 'never'): the prior fit and refinement use colour only"
+    else:
+        note = ("NOT USED: the prior fit and refinement run without the depth term (colour only); "
+                "set base.depth_prior_use=always to force it")
+    return {"plausible": plausible, "reason": reason, "used": used, "use": use, "scale": float(alignment["scale"]),
+            "offset": float(alignment["offset"]), "space": alignment.get("space"), "rel_error": float(alignment["rel_error"]),
+            "max_rel_error": max_rel_error, "note": note}
+
+
 def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np.ndarray, prior_depth: np.ndarray,
               fit: Any, work: Path, fingerprint: str, seed: int, log: logging.Logger = _log,
-              on_step: Optional[Callable[[int], None]] = None) -> dict:
+              on_step: Optional[Callable[[int], None]] = None, use_depth: bool = True) -> dict:
     """Fine-tune ``tuner`` (an :class:`innout.finetune.NerfTuner` on the pre-trained NeRF)
     for ``fit.prior_iterations`` steps of
 
@@ -326,6 +365,8 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
     train views against their photos; the prior terms: ``fit.prior_rays_per_batch`` rays
     through the base view's masked pixels against its inpainting and the aligned depth
     prior (DS-NeRF sigma = ``fit.depth_sigma`` x the prior's median depth in the mask).
+    ``use_depth=False`` (an implausible prior, :func:`depth_prior_decision`) leaves the
+    depth term out: colour only.
 
     Checkpoints every ``fit.steps_per_checkpoint`` steps (and at the end) into ``work``;
     a rerun with the same ``fingerprint`` resumes there, other fingerprints start over.
@@ -336,6 +377,7 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
     from innout.refine import UnmaskedPixelSampler, pixel_rays
 
     iterations = int(fit.prior_iterations)
+    depth_weight = float(fit.depth_weight) if use_depth else 0.0
     n_rec, n_prior = int(fit.rays_per_batch), int(fit.prior_rays_per_batch)
     every = max(1, int(fit.steps_per_checkpoint))
     log_every = max(1, int(fit.log_every_steps))
@@ -388,7 +430,8 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
         loss_colour = torch.mean((rgb[n_rec:] - base_rgb[pick].to(dev)) ** 2)
         prior_rays = {"_weights": out["_weights"][n_rec:], "_samples": out["_samples"][n_rec:]}
         loss_depth = tuner.depth_loss(prior_rays, base_depth[pick], sigma)
-        loss = loss_rec + float(fit.prior_weight) * (loss_colour + float(fit.depth_weight) * loss_depth) + out["regulariser"]
+        loss_prior = loss_colour + depth_weight * loss_depth if depth_weight else loss_colour
+        loss = loss_rec + float(fit.prior_weight) * loss_prior + out["regulariser"]
         tuner.optimise(loss)
         done = tuner.step
         losses = {"total": float(loss.detach()), "rec": float(loss_rec.detach()), "prior_colour": float(loss_colour.detach()),
@@ -415,7 +458,7 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
         "rays_per_batch": n_rec,
         "prior_rays_per_batch": n_prior,
         "prior_weight": float(fit.prior_weight),
-        "depth_weight": float(fit.depth_weight),
+        "depth_weight": depth_weight,
         "depth_sigma_scene_units": sigma,
         "first_loss": state["first_loss"],
         "last_loss": state["last_loss"],
@@ -425,14 +468,14 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
 
 
 def _fit_fingerprint(cfg: Any, nerf_config: Path, winner: str, inpainted: np.ndarray, prior_depth: np.ndarray,
-                     transforms_bytes: bytes) -> str:
+                     transforms_bytes: bytes, use_depth: bool) -> str:
     """What a checkpoint of the prior fit must have been made from to be resumed."""
     from innout.render import latest_checkpoint
 
     fit = {k: v for k, v in dict(cfg.base).items() if k not in _NOT_IN_FIT_FINGERPRINT}
     ckpt = latest_checkpoint(nerf_config.parent / "nerfstudio_models")
     return _digest(fit, int(cfg.seed), winner, inpainted.tobytes(), prior_depth.tobytes(), transforms_bytes,
-                   hashlib.sha256(ckpt.read_bytes()).hexdigest())
+                   hashlib.sha256(ckpt.read_bytes()).hexdigest(), bool(use_depth))
 
 
 def _retarget_nerf_config(config_yml: Path, final_out_dir: Path) -> None:
@@ -454,17 +497,18 @@ def _retarget_nerf_config(config_yml: Path, final_out_dir: Path) -> None:
 # -------------------------------------------------------------------------- run
 
 def _overview(candidates: list[str], images: Mapping[str, np.ndarray], vote: Mapping[str, Any], base: TrainView,
-              depth_png: np.ndarray, before: np.ndarray, after: np.ndarray, random_weights: bool) -> Image.Image:
-    from innout.viz import contact_sheet, overlay_mask
+              depth_png: np.ndarray, before: np.ndarray, after: np.ndarray, depth_used: bool, weights: str,
+              model_set: str) -> Image.Image:
+    from innout.viz import contact_sheet, overlay_mask, with_weights_banner
 
     tiles = []
     for name in candidates:
         mark = " WINNER" if name == vote["winner"] else ""
         tiles.append((images[name], f"{name}: sum d={vote['distances'][name]}{mark}"))
-    tag = " (RANDOM WEIGHTS)" if random_weights else ""
-    tiles += [(overlay_mask(base.image, base.mask), f"base {base.name}: mask"), (images[vote["winner"]], f"base inpainted{tag}"),
-              (depth_png, "aligned depth prior"), (before, "NeRF before prior fit"), (after, "NeRF after prior fit")]
-    return contact_sheet(tiles, columns=min(5, len(tiles)), tile_width=200)
+    depth_caption = "aligned depth prior" if depth_used else "depth prior: IMPLAUSIBLE, NOT USED"
+    tiles += [(overlay_mask(base.image, base.mask), f"base {base.name}: mask"), (images[vote["winner"]], "base inpainted"),
+              (depth_png, depth_caption), (before, "NeRF before prior fit"), (after, "NeRF after prior fit")]
+    return with_weights_banner(contact_sheet(tiles, columns=min(5, len(tiles)), tile_width=200), weights, model_set)
 
 
 def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_dir: Path, cfg: Any, prompt: str = "",
@@ -481,8 +525,9 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
 
     from innout.config import write_resolved
     from innout.depth_prior import align_depth, monocular_depth, ray_cosines
+    from innout.diffusion import GUIDANCE_MODES, guidance
     from innout.finetune import NerfTuner
-    from innout.models import RANDOM_WEIGHTS_WARNING, check_manifest, is_random, load_depth_model, load_inpainter, manifest_item
+    from innout.models import check_manifest, load_depth_model, load_inpainter, manifest_item
     from innout.pretrain import colourise_depth
     from innout.stage import atomic_dir
 
@@ -499,9 +544,9 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
 
     device_t, device_warning = stage_device(cfg, STAGE)
     device = str(device_t)
-    random_weights = is_random(cfg.models)
-    if random_weights:
-        log.warning("models %s: %s", cfg.models.name, RANDOM_WEIGHTS_WARNING)
+    weights = weights_provenance(cfg.models)
+    if weights_label(weights):
+        log.warning("models %s: %s", cfg.models.name, weights_label(weights))
 
     # ---- candidates and the vote ------------------------------------------------------
     with_object = {v.name: v.camera for v in views if v.mask.any()}
@@ -512,6 +557,8 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     log.info("base: %d train views, candidates %s, inpainting %s, prompt %r", len(views), ", ".join(candidates), settings, prompt)
     pipe = load_inpainter(str(cfg.models.inpainter), device=device, dtype=str(cfg.models.get("dtype", "auto")), cache_dir=cache_dir,
                           options=cfg.models)
+    _, guidance_mode = guidance(pipe, prompt, "", float(settings["guidance_scale"]), bool(settings["skip_identical_guidance"]))
+    log.info("inpainting: %s", GUIDANCE_MODES[guidance_mode])
     model_key = [models["model_set"], models["specs"], (manifest_item(models, "inpainter") or {}).get("path")]
     inpainted, noise, n_cached = inpaint_candidates(pipe, by_name, candidates, prompt, settings, seed, work_dir / "candidates",
                                                    model_key, log)
@@ -537,13 +584,19 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
                                              inlier_sigmas=float(cfg.base.depth_inlier_sigmas), seed=seed)
     except ValueError as err:
         raise StageError(STAGE, f"cannot align the depth prior of {winner}: {err}") from None
-    log.info("depth prior: scale %.4g offset %.4g (%s), inliers %.1f %%, median relative error %.3f on unmasked pixels",
-             alignment["scale"], alignment["offset"], alignment["space"], 100 * alignment["inlier_fraction"], alignment["depth_abs_rel"])
+    log.info("depth prior: scale %.4g offset %.4g (%s), inliers %.1f %%, median relative error against the NeRF's depth "
+             "outside the mask %.3f (inliers %.3f)", alignment["scale"], alignment["offset"], alignment["space"],
+             100 * alignment["inlier_fraction"], alignment["rel_error"], alignment["depth_abs_rel"])
+    depth_check = depth_prior_decision(alignment, cfg.base)
+    if not depth_check["plausible"]:
+        log.warning("DEPTH PRIOR IMPLAUSIBLE for %s: %s; %s", winner, depth_check["reason"], depth_check["note"])
     errors_before = base_view_errors(before, base, inpainted[winner], prior_depth)
 
     # ---- prior fit ----------------------------------------------------------------------
-    fingerprint = _fit_fingerprint(cfg, nerf_config, winner, inpainted[winner], prior_depth, transforms.read_bytes())
-    fit = fit_prior(tuner, views, base, inpainted[winner], prior_depth, cfg.base, work_dir / "fit", fingerprint, seed, log, on_step)
+    use_depth = depth_check["used"]
+    fingerprint = _fit_fingerprint(cfg, nerf_config, winner, inpainted[winner], prior_depth, transforms.read_bytes(), use_depth)
+    fit = fit_prior(tuner, views, base, inpainted[winner], prior_depth, cfg.base, work_dir / "fit", fingerprint, seed, log, on_step,
+                    use_depth=use_depth)
     after = tuner.renderer.render_camera(base.camera, return_samples=False)
     errors_after = base_view_errors(after, base, inpainted[winner], prior_depth)
     for key in errors_before:
@@ -556,8 +609,7 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     depth_png = colourise_depth(prior_depth)
     rgb_before, rgb_after = (r["rgb"].detach().cpu().numpy() for r in (before, after))
     summary = {
-        "random_weights": random_weights,
-        "warning": RANDOM_WEIGHTS_WARNING if random_weights else None,
+        **provenance_fields(weights),
         "models": models["model_set"],
         "candidates": candidates,
         "votes": vote["distances"],
@@ -568,8 +620,10 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
         "winner": winner,
         "prompt": prompt,
         "seed": seed,
-        "inpainting": dict(settings, latent_size=list(noise.shape[1:]), noise_shape=list(noise.shape), candidates_from_cache=n_cached),
+        "inpainting": dict(settings, latent_size=list(noise.shape[1:]), noise_shape=list(noise.shape), candidates_from_cache=n_cached,
+                           guidance=guidance_mode, guidance_note=GUIDANCE_MODES[guidance_mode]),
         "mask_fraction": float(base.mask.mean()),
+        "depth_prior": depth_check,
         "depth_alignment": dict(alignment, model=str(cfg.models.depth)),
         "depth_prior_definition": DEPTH_PRIOR_DEFINITION,
         "prior_fit": fit,
@@ -591,7 +645,8 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
         _save_png(tmp / "renders" / "before.png", rgb_before)
         _save_png(tmp / "renders" / "after.png", rgb_after)
         sheet = _overview(candidates, inpainted, vote, base, depth_png, *((np.clip(r, 0, 1) * 255 + 0.5).astype(np.uint8)
-                                                                          for r in (rgb_before, rgb_after)), random_weights)
+                                                                          for r in (rgb_before, rgb_after)),
+                          use_depth, weights, str(cfg.models.name))
         sheet.save(tmp / "overview.png")
         config_yml = tuner.export(tmp / "nerf", extra_meta={"stage": STAGE, "base_view": winner})
         _retarget_nerf_config(config_yml, out_dir)

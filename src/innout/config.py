@@ -80,17 +80,19 @@ class PretrainConfig:
 
 @dataclass
 class ModelsConfig:
-    """Which weights every stage loads. ``tiny`` and ``sd2-random`` are offline presets
-    built from configs with RANDOM weights: their outputs are labelled so."""
+    """Which weights every stage loads, and what they are (``provenance``: every output
+    made with them carries its label, :mod:`innout.provenance`). ``tiny`` and
+    ``sd2-random`` are offline presets built from configs with RANDOM weights."""
 
-    name: str = "sd2"  # sd2 | tiny | sd2-random (the Hydra `model` group)
+    name: str = "sd2"  # the Hydra `model` group: sd2 | tiny | sd2-random | ...
     inpainter: str = "stabilityai/stable-diffusion-2-inpainting"  # hub id or local folder
     depth: str = "depth-anything/Depth-Anything-V2-Small-hf"  # transformers depth-estimation model
-    lpips_backbone: str = "vgg"  # the refine stage's patch loss (vgg | alex | random)
+    provenance: str = "pretrained"  # pretrained | procedural (trained here) | random
+    lpips_backbone: str = "vgg"  # the refine stage's patch loss (vgg | alex | random: offline, no ImageNet trunk)
     # the evaluate stage's LPIPS: AlexNet, as the published SPIn-NeRF / In-N-Out numbers
     # (the released code scores with torchmetrics' default, alex); vgg values are not comparable
     eval_lpips_backbone: str = "alex"
-    random_weights: bool = False
+    fid_backbone: str = "inception"  # inception (torch-fidelity's) | random (offline)
     cache_dir: str = "resources/models"  # the manifest and torch.hub checkpoints; later rules read only what it lists
     # Hugging Face hub cache for hub models: null = the user's own (HF_HUB_CACHE, else
     # HF_HOME/hub, else ~/.cache/huggingface/hub), so a machine that holds SD2 reuses it
@@ -112,6 +114,14 @@ class BaseViewConfig:
     depth_fit: str = "ransac"  # robust scale/offset fit: ransac (LMedS) | irls (Tukey from repeated median)
     depth_fit_iterations: int = 500  # random 2-point models (ransac)
     depth_inlier_sigmas: float = 2.5  # inliers: |residual| <= this x robust sigma
+    # Plausibility of the aligned prior (innout.depth_prior.check_plausible): a fit with a
+    # non-positive scale, or whose median relative error against the NeRF's depth outside
+    # the mask is above depth_prior_max_rel_error, is implausible (measured in README,
+    # "Depth prior plausibility"). depth_prior_use: auto (use it only when plausible; else
+    # the prior fit and refinement run without the depth term, colour only) | always (use
+    # it even when implausible, with a warning) | never (colour only).
+    depth_prior_max_rel_error: float = 0.3
+    depth_prior_use: str = "auto"
     # The prior fit: the pre-trained NeRF is fine-tuned with L_rec (random rays through
     # unmasked pixels of all train views: keeps the rest of the scene) + prior_weight *
     # L_prior (the base view's masked pixels: colour MSE against its inpainting +
@@ -143,6 +153,9 @@ class InpaintConfig:
 
     steps: int = 20
     guidance_scale: float = 7.5
+    # an empty prompt and negative prompt give identical embeddings, so classifier-free
+    # guidance changes nothing: run one UNet batch instead of two (innout.diffusion.guidance)
+    skip_identical_guidance: bool = True
     ila_lambda: float = 0.2  # weight of a view's own attention; 1 - lambda goes to the base view (paper 0.2, released code 0.1)
     ila: bool = True  # false: the "without ILA" ablation (every view denoised on its own)
     resolution: int = 512  # inpainting resolution (shorter side), multiple of 8
@@ -212,7 +225,7 @@ class RefineConfig:
 class EvaluateConfig:
     """Metrics of the test views, inside the bounding box of each test view's mask (the
     SPIn-NeRF protocol; ``innout.evaluate``). Networks and weights: the ``models`` section
-    (``lpips_backbone``, ``random_weights``, ``cache_dir``)."""
+    (``lpips_backbone``, ``fid_backbone``, ``cache_dir``)."""
 
     fid: bool = True  # FID over the scene's test crops (needs >= 2 views; biased at ~40 views)
     fid_batch_size: int = 8  # crops of equal size per Inception forward pass

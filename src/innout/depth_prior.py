@@ -23,6 +23,14 @@ The NeRF renders the *distance along the unit ray*, while monocular models predi
 something close to camera z-depth; the two differ by the per-pixel factor ``cos`` of
 the ray's angle to the optical axis. Pass ``ray_cos`` (:func:`ray_cosines`) to fit in
 z-depth and get the aligned map back as a distance along the ray.
+
+Plausibility (:func:`check_plausible`): a robust fit always returns *some* line, also
+for a monocular map that has nothing to do with the scene (random weights, a failed
+model). Two signs say the prior must not be used: a non-positive scale (the map's
+near-far order is reversed against the NeRF's: a depth model's disparity, or depth,
+must grow with the NeRF's) and a large median relative error of the aligned map
+against the NeRF's depth over *all* the pixels it was fitted on (``rel_error``; the
+inlier-only ``depth_abs_rel`` looks good whenever a few pixels happen to fit).
 """
 
 from __future__ import annotations
@@ -190,7 +198,10 @@ def align_depth(
 
     ``stats``: scale, offset (of the map in the fitting space), space (depth or
     disparity), inlier_fraction, residual_rmse and residual_sigma (inliers, fitting
-    space), depth_abs_rel (median |aligned - ref| / ref over the inliers),
+    space), depth_abs_rel (median |aligned - ref| / ref over the inliers), rel_error
+    (the same over every valid pixel: what :func:`check_plausible` judges),
+    rel_error_constant (that error for a constant map at the median depth: what a prior
+    that knows nothing about the scene scores),
     clamped_fraction, n_points.
     """
     if kind not in KINDS:
@@ -225,7 +236,11 @@ def align_depth(
         aligned_z = 1.0 / np.maximum(np.nan_to_num(fitted, nan=1.0 / far), 1.0 / far)
     aligned = aligned_z / np.where(cos > 1e-12, cos, 1.0)
     finite_mono = np.isfinite(mono)
-    rel = np.abs(aligned_z.ravel()[idx][inl] - ref_z.ravel()[idx][inl]) / ref_z.ravel()[idx][inl]
+    ref_valid = ref_z.ravel()[idx]
+    rel_all = np.abs(aligned_z.ravel()[idx] - ref_valid) / ref_valid
+    # the same error of a prior that knows nothing: one constant depth (the median)
+    rel_constant = np.abs(np.median(ref_valid) - ref_valid) / ref_valid
+    rel = rel_all[inl]
     stats = {
         "kind": kind,
         "space": kind,
@@ -236,12 +251,29 @@ def align_depth(
         "residual_rmse": float(np.sqrt(np.mean(r_all[inl] ** 2))) if inl.any() else float("nan"),
         "residual_sigma": float(sigma),
         "depth_abs_rel": float(np.median(rel)) if rel.size else float("nan"),
+        "rel_error": float(np.median(rel_all)),
+        "rel_error_constant": float(np.median(rel_constant)),
         "clamped_fraction": float((clamped & finite_mono).mean()),
         "n_points": int(idx.size),
         "n_fit_points": int(fit_idx.size),
         "max_depth": far,
     }
     return aligned.astype(np.float32), stats
+
+
+def check_plausible(stats: dict[str, Any], max_rel_error: float) -> tuple[bool, str | None]:
+    """``(plausible, reason)`` of an :func:`align_depth` fit: implausible when its scale is
+    not positive (or not finite) or its ``rel_error`` exceeds ``max_rel_error``; the
+    reason says which, with the numbers (None when plausible)."""
+    scale, rel_error = float(stats["scale"]), float(stats["rel_error"])
+    space = stats.get("space", "depth")
+    if not np.isfinite(scale) or scale <= 0:
+        return False, (f"scale {scale:.6g} in {space} is not positive: the prior's near-far order is reversed "
+                       "against the NeRF's depth")
+    if not np.isfinite(rel_error) or rel_error > max_rel_error:
+        return False, (f"median relative error {rel_error:.3g} of the aligned prior against the NeRF's depth outside the "
+                       f"mask is above {max_rel_error:.3g}")
+    return True, None
 
 
 def monocular_depth(model: Any, processor: Any, image: np.ndarray) -> np.ndarray:

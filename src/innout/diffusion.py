@@ -16,6 +16,13 @@ Each batch (and the base) has its own scheduler instance: multistep schedulers (
 which SD2-inpainting ships, DPM-Solver) keep per-trajectory state that interleaved
 batches would otherwise corrupt.
 
+Classifier-free guidance that changes nothing is not paid for: when the prompt's and the
+negative prompt's embeddings are identical (an empty prompt and an empty negative
+prompt, what the demo and the procedural model set use), ``uncond + g (cond - uncond)``
+is ``cond`` for any ``g``, so the doubled batch is skipped and every batch runs once
+(:func:`guidance`; ``skip_identical_guidance=False`` keeps the doubled batch). ILA then
+records and shares a single row of base keys and values.
+
 Inputs and outputs
 ------------------
 Images are RGB (PIL or ``uint8`` arrays), masks ``(H, W)`` (True / nonzero integer /
@@ -51,6 +58,12 @@ from tqdm.auto import tqdm
 from innout.ila import ILAController, ila_installed
 
 SCHEDULERS = ("pipeline", "ddim", "pndm")
+GUIDANCE_MODES = {
+    "on": "classifier-free guidance: every UNet batch runs [uncond, cond]",
+    "off": "no guidance (guidance_scale <= 1): one UNet batch",
+    "skipped": "guidance skipped: the prompt's and the negative prompt's embeddings are identical, so guidance "
+               "changes nothing; one UNet batch instead of two",
+}
 
 
 # --------------------------------------------------------------------------- geometry
@@ -225,16 +238,33 @@ def encode_prompt(pipe, prompt: str = "", negative_prompt: str = "", cfg: bool =
 
 
 @torch.no_grad()
+def guidance(pipe, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 7.5,
+             skip_identical: bool = True) -> tuple[tuple[torch.Tensor | None, torch.Tensor], str]:
+    """``((uncond, cond), mode)``: the text embeddings the loop conditions on and the
+    guidance ``mode`` (a key of :data:`GUIDANCE_MODES`): ``on`` (doubled batches),
+    ``off`` (``guidance_scale <= 1``) or ``skipped`` (identical embeddings and
+    ``skip_identical``; uncond is then None, as without guidance)."""
+    if guidance_scale <= 1.0:
+        return encode_prompt(pipe, prompt, negative_prompt, False), "off"
+    uncond, cond = encode_prompt(pipe, prompt, negative_prompt, True)
+    if skip_identical and torch.equal(uncond, cond):
+        return (None, cond), "skipped"
+    return (uncond, cond), "on"
+
+
+@torch.no_grad()
 def denoise(pipe, mask: torch.Tensor, masked_latents: torch.Tensor, init_latents: torch.Tensor, *, prompt: str = "",
             negative_prompt: str = "", steps: int = 20, guidance_scale: float = 7.5, ila_lambda: float | None = 0.2,
             base_index: int | None = None, batch_size: int = 4, scheduler: str = "pipeline", seed: int = 0,
-            progress: bool = True, controller: ILAController | None = None) -> torch.Tensor:
+            progress: bool = True, controller: ILAController | None = None,
+            skip_identical_guidance: bool = True) -> torch.Tensor:
     """The denoising loop over prepared views (:func:`prepare_views`); final latents
     ``(N, 4, h, w)`` in input order.
 
     ILA is on when ``ila_lambda`` is not None and ``base_index`` is given: the base runs
     once per step (RECORD), the others in batches (SHARE). Otherwise every view is
-    denoised independently, in batches of ``batch_size``."""
+    denoised independently, in batches of ``batch_size``. Guidance: :func:`guidance`
+    (a no-op guidance is skipped unless ``skip_identical_guidance`` is false)."""
     n = init_latents.shape[0]
     if mask.shape[0] != n or masked_latents.shape[0] != n:
         raise ValueError(f"{n} initial latents for {mask.shape[0]} views")
@@ -245,8 +275,8 @@ def denoise(pipe, mask: torch.Tensor, masked_latents: torch.Tensor, init_latents
     use_ila = ila_lambda is not None and base_index is not None
     if base_index is not None and not 0 <= base_index < n:
         raise ValueError(f"base_index {base_index} is not one of the {n} views")
-    cfg = guidance_scale > 1.0
-    embeds = encode_prompt(pipe, prompt, negative_prompt, cfg)
+    embeds, mode = guidance(pipe, prompt, negative_prompt, guidance_scale, skip_identical_guidance)
+    cfg = mode == "on"
 
     def trajectory(indices):
         return _Trajectory(pipe, indices, init_latents, mask, masked_latents, embeds, scheduler, steps, cfg, seed)
@@ -308,7 +338,7 @@ def inpaint_views(pipe, images: Sequence[Any], masks: Sequence[Any], init_latent
                   prompt: str = "", *, steps: int = 20, guidance_scale: float = 7.5, ila_lambda: float | None = 0.2,
                   base_index: int | None = None, batch_size: int = 4, resolution: int = 512, seed: int = 0,
                   negative_prompt: str = "", scheduler: str = "pipeline", progress: bool = True,
-                  controller: ILAController | None = None) -> list[np.ndarray]:
+                  controller: ILAController | None = None, skip_identical_guidance: bool = True) -> list[np.ndarray]:
     """Inpaint ``N`` views of one scene; ``uint8 (H, W, 3)`` images in input order.
 
     ``init_latents``: ``(N, 4, h, w)`` unit Gaussians with ``(h, w) =``
@@ -338,7 +368,7 @@ def inpaint_views(pipe, images: Sequence[Any], masks: Sequence[Any], init_latent
     latents = denoise(pipe, views["mask"], views["masked_latents"], init_latents, prompt=prompt,
                       negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale, ila_lambda=ila_lambda,
                       base_index=base_index, batch_size=batch_size, scheduler=scheduler, seed=seed, progress=progress,
-                      controller=controller)
+                      controller=controller, skip_identical_guidance=skip_identical_guidance)
     decoded = [None] * len(images)
     for group in groups:  # decode the same groups as were denoised together
         for i, image in zip(group, decode(pipe, latents[group], batch_size)):
@@ -384,7 +414,8 @@ def _prepare_in_groups(pipe, images: Sequence[Any], masks: Sequence[Any], resolu
 
 def inpaint_single(pipe, image: Any, mask: Any, latents: torch.Tensor | None = None, prompt: str = "", *,
                    steps: int = 20, guidance_scale: float = 7.5, resolution: int = 512, seed: int = 0,
-                   negative_prompt: str = "", scheduler: str = "pipeline", progress: bool = False) -> np.ndarray:
+                   negative_prompt: str = "", scheduler: str = "pipeline", progress: bool = False,
+                   skip_identical_guidance: bool = True) -> np.ndarray:
     """One view, no alignment (base-view candidates). ``latents``: ``(4, h, w)`` or
     ``(1, 4, h, w)`` unit Gaussian, or None for :func:`initial_noise` from ``seed`` (the
     same seed gives every candidate of one size the same noise)."""
@@ -393,7 +424,8 @@ def inpaint_single(pipe, image: Any, mask: Any, latents: torch.Tensor | None = N
         latents = latents[None] if latents.ndim == 3 else latents
     return inpaint_views(pipe, [image], [mask], latents, prompt, steps=steps, guidance_scale=guidance_scale,
                          ila_lambda=None, base_index=None, batch_size=1, resolution=resolution, seed=seed,
-                         negative_prompt=negative_prompt, scheduler=scheduler, progress=progress)[0]
+                         negative_prompt=negative_prompt, scheduler=scheduler, progress=progress,
+                         skip_identical_guidance=skip_identical_guidance)[0]
 
 
 def inpaint_kwargs(inpaint_cfg: Any) -> dict:
@@ -407,5 +439,6 @@ def inpaint_kwargs(inpaint_cfg: Any) -> dict:
         "resolution": int(get("resolution", 512)),
         "batch_size": int(get("batch_size", 4)),
         "scheduler": str(get("scheduler", "pipeline")),
+        "skip_identical_guidance": bool(get("skip_identical_guidance", True)),
     }
 

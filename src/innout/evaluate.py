@@ -28,7 +28,7 @@ LPIPS
     models cache (``<cache_dir>/torch/hub/checkpoints/``, filled by the ``models`` rule),
     never downloaded; the linear heads are the calibrated ones shipped inside the lpips
     package (``lpips/weights/v0.1/<net>.pth``), checked key by key. Backbone ``random``
-    (offline presets; results labelled random): a VGG16 trunk with random weights
+    (offline model sets; results say ``lpips_backbone: random``): a VGG16 trunk with random weights
     (``pnet_rand=True``, initialised from a fixed seed as torchvision initialises VGG) and
     random linear heads from the same seed, made non-negative (the calibrated heads are
     non-negative, so the distance stays >= 0). Identical crops score exactly 0. Crops
@@ -40,8 +40,9 @@ FID
     renders and of the photos of one scene: torch-fidelity's ``inception-v3-compat``
     (the TF-FID network, the weights ``pytorch-fid`` and ``torch-fidelity`` use), crops
     quantised to ``uint8`` and resized to 299 x 299 inside the network (TF1-style
-    bilinear; non-square crops are stretched). Weights: the models cache; offline presets
-    use the same architecture randomly initialised from a seed and are labelled random.
+    bilinear; non-square crops are stretched). Weights: the models cache; offline model
+    sets (``fid_backbone: random``) use the same architecture randomly initialised from a
+    seed, and results say ``fid_backbone: random``.
     **Small-sample bias**: a scene has ~40 test views, and a 2048-d covariance estimated
     from 40 samples has rank <= 39. FID is biased upwards at small N (the bias falls
     roughly like 1/N; Chong & Forsyth, "Effectively Unbiased FID", CVPR 2020) and noisy,
@@ -71,7 +72,16 @@ import numpy as np
 from scipy import ndimage
 
 from innout.errors import StageError
-from innout.models import ALEXNET_URL, INCEPTION_URL, RANDOM_WEIGHTS_WARNING, VGG16_URL, resolve_device, torch_home
+from innout.devices import resolve_device
+from innout.models import ALEXNET_URL, INCEPTION_URL, VGG16_URL, torch_home
+from innout.provenance import (
+    RANDOM_BACKBONE,
+    metric_backbones,
+    provenance_fields,
+    summary_provenance,
+    weakest,
+    weights_provenance,
+)
 from innout.stage import write_text_atomic
 
 # --------------------------------------------------------------------------- constants
@@ -89,10 +99,13 @@ FID_FEATURE = "2048"  # torch-fidelity's name of the pool3 features
 FID_DIMS = 2048
 
 METRICS_COLUMNS = ("scene", "lpips", "fid", "psnr", "ssim",
-                   "lpips_before", "fid_before", "psnr_before", "ssim_before", "random_weights")
+                   "lpips_before", "fid_before", "psnr_before", "ssim_before", "weights", "lpips_backbone", "fid_backbone")
 """Columns of ``results/metrics.tsv`` (one row per scene, then the :data:`MEAN_ROW`).
 ``*_before``: the same metrics of the comparison run the workflow names "before" (e.g. the
-NeRF before refinement)."""
+NeRF before refinement); ``weights``: what made the renders (:mod:`innout.provenance`);
+``lpips_backbone`` / ``fid_backbone``: what the two learned metrics ran on (``random``
+offline)."""
+METRIC_VALUE_COLUMNS = METRICS_COLUMNS[1:9]  # the numbers the mean row averages
 
 MEAN_ROW = "mean"
 """The ``scene`` of the table's last row: per metric, the mean over the scenes that have it
@@ -398,6 +411,7 @@ class FidMetric:
     def __init__(self, random_weights: bool = False, cache_dir: str | Path | None = None, device: str = "cpu", *,
                  seed: int = 0, batch_size: int = 8):
         self.random_weights, self.seed, self.batch_size = bool(random_weights), int(seed), int(batch_size)
+        self.backbone = RANDOM_BACKBONE if self.random_weights else "inception"
         self.device = resolve_device(device)
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -498,8 +512,9 @@ def evaluate_views(renders: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarr
 
     Returns ``{"views": {name: {"lpips", "psnr", "ssim", "bbox": [y0, y1, x0, x1]}},
     "lpips", "psnr", "ssim"`` (means over views; one perfect view makes the PSNR mean
-    ``inf``), ``"fid"`` (over the set of crops), ``"n_views", "random_weights",
-    "warning", "metrics"`` (which networks, in words)}``."""
+    ``inf``), ``"fid"`` (over the set of crops), ``"n_views", "metrics"`` (which networks,
+    in words), ``"lpips_backbone", "fid_backbone", "metrics_note"``
+    (:func:`innout.provenance.metric_backbones`: random backbones are named)}``."""
     names = sorted(gts)
     if set(renders) != set(names) or set(masks) != set(names):
         missing = {"renders": sorted(set(names) - set(renders)), "masks": sorted(set(names) - set(masks)),
@@ -527,7 +542,6 @@ def evaluate_views(renders: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarr
         values = [v[key] for v in views.values()]
         return None if any(v is None for v in values) else float(np.mean(values))
 
-    random_weights = bool((lpips is not None and lpips.random_weights) or (fid is not None and fid.random_weights))
     return {
         "views": views,
         "lpips": mean("lpips"),
@@ -535,8 +549,7 @@ def evaluate_views(renders: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarr
         "ssim": mean("ssim"),
         "fid": fid.score(pred_crops, gt_crops) if fid is not None else None,
         "n_views": len(names),
-        "random_weights": random_weights,
-        "warning": RANDOM_WEIGHTS_WARNING if random_weights else None,
+        **metric_backbones(lpips.backbone if lpips is not None else None, fid.backbone if fid is not None else None),
         "metrics": {"protocol": "SPIn-NeRF: inside the bounding box of each test view's mask",
                     "lpips": lpips.description if lpips is not None else None,
                     "fid": fid.description if fid is not None else None,
@@ -548,9 +561,8 @@ def evaluate_views(renders: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarr
 def metrics_from_config(models_cfg: Any, evaluate_cfg: Any = None, device: str = "cpu") -> tuple[LpipsMetric, FidMetric | None]:
     """The LPIPS and FID metrics of a method config's ``models`` and ``evaluate`` sections:
     LPIPS with ``eval_lpips_backbone`` (AlexNet for the real set, as the published
-    numbers; the refine loss keeps ``lpips_backbone``); FID (None when ``evaluate.fid`` is false) random exactly
-    when the model set is random (``innout.models.is_random``). Both read ``cache_dir``."""
-    from innout.models import is_random
+    numbers; the refine loss keeps ``lpips_backbone``); FID (None when ``evaluate.fid`` is
+    false) with ``fid_backbone`` (``inception`` or ``random``). Both read ``cache_dir``."""
 
     def _get(cfg: Any, key: str, default: Any = None) -> Any:
         return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
@@ -560,7 +572,10 @@ def metrics_from_config(models_cfg: Any, evaluate_cfg: Any = None, device: str =
                         min_side=int(_get(evaluate_cfg, "lpips_min_side", LPIPS_MIN_SIDE)))
     fid = None
     if bool(_get(evaluate_cfg, "fid", True)):
-        fid = FidMetric(is_random(models_cfg), cache_dir, device, batch_size=int(_get(evaluate_cfg, "fid_batch_size", 8)))
+        fid_backbone = str(_get(models_cfg, "fid_backbone", "inception"))
+        if fid_backbone not in ("inception", RANDOM_BACKBONE):
+            raise ValueError(f"fid backbone {fid_backbone!r} is not one of inception, {RANDOM_BACKBONE}")
+        fid = FidMetric(fid_backbone == RANDOM_BACKBONE, cache_dir, device, batch_size=int(_get(evaluate_cfg, "fid_batch_size", 8)))
     return lpips, fid
 
 
@@ -573,21 +588,27 @@ def scene_row(scene: str, result: Mapping[str, Any], before: Mapping[str, Any] |
     for key in ("lpips", "fid", "psnr", "ssim"):
         row[key] = result.get(key)
         row[f"{key}_before"] = before.get(key) if before is not None else None
-    row["random_weights"] = bool(result.get("random_weights")) or bool(before is not None and before.get("random_weights"))
+    row["weights"] = weakest(summary_provenance(result), summary_provenance(before) if before is not None else None)
+    row["lpips_backbone"] = result.get("lpips_backbone")
+    row["fid_backbone"] = result.get("fid_backbone")
     return row
 
 
 def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict:
     """The :data:`MEAN_ROW` of scene rows: each metric column's mean over the rows where it
     is a number (None / NaN are left out; an inf PSNR makes the mean inf), ``n_scenes``
-    per metric, ``random_weights`` when any row has it."""
+    per metric, ``weights`` the weakest of the rows', each backbone the rows' common one
+    (``mixed`` when they differ)."""
     row: dict[str, Any] = {"scene": MEAN_ROW}
     counts = {}
-    for column in METRICS_COLUMNS[1:-1]:
+    for column in METRIC_VALUE_COLUMNS:
         values = [float(r[column]) for r in rows if r.get(column) is not None and not math.isnan(float(r[column]))]
         row[column] = float(np.mean(values)) if values else None
         counts[column] = len(values)
-    row["random_weights"] = any(bool(r.get("random_weights")) for r in rows)
+    row["weights"] = weakest(*(r.get("weights") for r in rows))
+    for column in ("lpips_backbone", "fid_backbone"):
+        names = {r.get(column) for r in rows} - {None}
+        row[column] = names.pop() if len(names) == 1 else ("mixed" if names else None)
     row["n_scenes"] = counts
     return row
 
@@ -678,19 +699,19 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
 
     ``comparison_png``: also draw ground truth | before | after of a few test views with
     the box outlined (the report's picture). ``upstream_summary``: a summary.json whose
-    ``random_weights`` carries over (the render stage's)."""
+    weights provenance carries over (the render stage's): the result's ``weights`` is the
+    weakest of it and the model set's (:mod:`innout.provenance`)."""
     import json
     import logging
 
     from innout.devices import stage_device
-    from innout.models import is_random
     from innout.pretrain import read_scene
 
     log = log or logging.getLogger("innout.evaluate")
     device, device_warning = stage_device(cfg, "evaluate")
     _, _, _, test = read_scene(Path(transforms))
     upstream = json.loads(Path(upstream_summary).read_text()) if upstream_summary and Path(upstream_summary).is_file() else {}
-    random_upstream = bool(is_random(cfg.models)) or bool(upstream.get("random_weights"))
+    provenance = provenance_fields(weakest(weights_provenance(cfg.models), summary_provenance(upstream)))
     gts, masks, after, before, skipped = {}, {}, {}, {}, []
     for f in test:
         gt = _read_rgb(f.image)
@@ -705,8 +726,7 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
     if not gts:
         reason = "the scene has no ground-truth test views" if not test else "every test view's mask is empty"
         log.info("evaluate: %s; metrics are null", reason)
-        metrics = {**{k: None for k in METRIC_KEYS}, "per_view": {}, "n_views": 0, "reason": reason,
-                   "random_weights": random_upstream, "warning": RANDOM_WEIGHTS_WARNING if random_upstream else None,
+        metrics = {**{k: None for k in METRIC_KEYS}, "per_view": {}, "n_views": 0, "reason": reason, **provenance,
                    "before": {**{k: None for k in METRIC_KEYS}, "per_view": {}, "n_views": 0}, "skipped_views": skipped}
     else:
         lpips, fid = metrics_from_config(cfg.models, cfg.evaluate, device)
@@ -716,12 +736,11 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
         log.info("evaluate: %d test views; %s", len(gts), lpips.description)
         result_after = evaluate_views(after, gts, masks, lpips, fid)
         result_before = evaluate_views(before, gts, masks, lpips, fid)
-        random_weights = bool(result_after["random_weights"]) or random_upstream
         metrics = {
             **_scene_metrics(result_after),
             "reason": None,
-            "random_weights": random_weights,
-            "warning": RANDOM_WEIGHTS_WARNING if random_weights else None,
+            **provenance,
+            **{key: result_after[key] for key in ("lpips_backbone", "fid_backbone", "metrics_note")},
             "protocol": "SPIn-NeRF: renders of the ground-truth test cameras against the photos, inside the bounding box "
                         "of each test view's mask; LPIPS/PSNR/SSIM per view and their mean, FID over the scene's crops",
             "metrics": result_after["metrics"],
@@ -744,12 +763,13 @@ def _fmt(value: Any) -> str:
 def comparison_sheet(gts: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], before: Mapping[str, np.ndarray],
                      after: Mapping[str, np.ndarray], metrics: Mapping[str, Any], out_png: Path, n_views: int = 6) -> None:
     """ground truth | pre-trained NeRF | final NeRF for up to ``n_views`` test views, the
-    evaluation box drawn in red on each, per-view PSNR/LPIPS in the captions; a red
-    banner when the metrics were made with random weights. A placeholder picture saying
-    so when there is nothing to compare."""
+    evaluation box drawn in red on each, per-view PSNR/LPIPS in the captions; a banner
+    with the weights' label (:func:`innout.provenance.banner_text`) and, under it, the
+    note on random LPIPS/FID backbones. A placeholder picture saying so when there is
+    nothing to compare."""
     from PIL import Image, ImageDraw
 
-    from innout.viz import contact_sheet
+    from innout.viz import contact_sheet, with_banner, with_weights_banner
 
     names = sorted(gts)
     if len(names) > n_views:
@@ -768,28 +788,22 @@ def comparison_sheet(gts: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarr
     sheet = contact_sheet(tiles, columns=3, tile_width=240) if tiles else Image.new("RGB", (480, 60), "white")
     if not tiles:
         ImageDraw.Draw(sheet).text((8, 24), f"no comparison: {metrics.get('reason')}", fill="black")
-    if metrics.get("random_weights"):
-        sheet = with_banner(sheet, f"WARNING: {RANDOM_WEIGHTS_WARNING}")
+    if metrics.get("metrics_note"):
+        sheet = with_banner(sheet, metrics["metrics_note"], (90, 90, 90))
+    sheet = with_weights_banner(sheet, metrics.get("weights"))
     out_png.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out_png)
 
 
-def with_banner(image: Any, text: str) -> Any:
-    """The image with a red strip carrying ``text`` on top (random-weight results)."""
-    from PIL import Image, ImageDraw
-
-    strip = 22
-    out = Image.new("RGB", (image.width, image.height + strip), (176, 0, 32))
-    out.paste(image, (0, strip))
-    ImageDraw.Draw(out).text((6, 5), text, fill="white")
-    return out
-
-
-def metrics_html(rows: Sequence[Mapping[str, Any]], warning: str | None = None, networks: Sequence[str] = ()) -> str:
+def metrics_html(rows: Sequence[Mapping[str, Any]], networks: Sequence[str] = ()) -> str:
     """The metrics table (:data:`METRICS_COLUMNS`) as a small HTML page for the report:
-    the scene rows, then the mean row (bold) with how many scenes each mean covers;
-    ``networks``: the LPIPS / FID networks the scenes were scored with (in words)."""
+    the scene rows, then the mean row (bold) with how many scenes each mean covers, under a
+    banner with the weakest weights' label and the note on random LPIPS/FID backbones when
+    there are any; ``networks``: the LPIPS / FID networks the scenes were scored with (in
+    words)."""
     import html
+
+    from innout.viz import weights_banner_html
 
     columns = list(METRICS_COLUMNS)
     mean = mean_row(rows)
@@ -802,8 +816,9 @@ def metrics_html(rows: Sequence[Mapping[str, Any]], warning: str | None = None, 
     counts = ", ".join(f"{c} {n}" for c, n in mean["n_scenes"].items() if not c.endswith("_before"))
     note = (f"<p><i>mean</i>: per metric, the mean over the scenes that have it, as the paper reports its table "
             f"(scenes counted: {html.escape(counts)} of {len(rows)}).</p>\n")
-    banner = (f'<p style="background:#b00020;color:#fff;padding:6px 10px;font-weight:bold">WARNING: {html.escape(warning)}</p>'
-              if warning else "")
+    banner = weights_banner_html(weakest(*(row.get("weights") for row in rows)))
+    notes = {metric_backbones(row.get("lpips_backbone"), row.get("fid_backbone"))["metrics_note"] for row in rows} - {None}
+    banner += "".join(f"<p><b>{html.escape(n)}</b></p>" for n in sorted(notes))
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>metrics</title>"
             "<style>body{font-family:sans-serif}td,th{border:1px solid #999;padding:3px 8px;text-align:right}"
             "table{border-collapse:collapse}</style></head>\n<body>\n" + banner +
@@ -829,6 +844,5 @@ def write_metrics_table(metrics_files: Mapping[str, Path], out_tsv: Path, out_ht
                 networks.append(described)  # differing networks across scenes show up as two lines
     write_text_atomic(out_tsv, metrics_table(_table_rows(rows)))
     if out_html is not None:
-        warning = RANDOM_WEIGHTS_WARNING if any(r["random_weights"] for r in rows) else None
-        write_text_atomic(out_html, metrics_html(rows, warning, networks))
+        write_text_atomic(out_html, metrics_html(rows, networks))
     return rows

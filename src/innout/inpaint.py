@@ -3,7 +3,7 @@
 Inputs: the posed scene (``transforms.json``: cameras, images, object masks of the train
 views) and the base stage's folder ``results/{scene}/base/``::
 
-    summary.json   winner (the base view), prompt, seed, random_weights
+    summary.json   winner (the base view), prompt, seed, weights (their provenance)
     base.png       the winner's inpainting at the working resolution
     mask.png       its mask (255 = inpainted)
     noise.pt       its initial latent z_T^p, (4, h, w) or (1, 4, h, w) at latent size
@@ -88,6 +88,8 @@ from PIL import Image, UnidentifiedImageError
 from innout.cameras import Camera
 from innout.devices import resolve_device, stage_device
 from innout.errors import InputError, StageError
+from innout.provenance import provenance_fields, summary_provenance, weakest, weights_label, weights_provenance
+from innout.viz import with_weights_banner
 
 _log = logging.getLogger("innout.inpaint")
 
@@ -117,7 +119,7 @@ class BaseInputs:
     mask: np.ndarray  # (H, W) bool
     noise: torch.Tensor  # (4, h, w) float32, z_T^p
     prompt: str
-    random_weights: bool
+    weights: Optional[str]  # the provenance the base stage records (innout.provenance)
     nerf_dir: Path
     summary: dict
 
@@ -196,7 +198,7 @@ def read_base(base_dir: Path, train_names: Sequence[str], size: tuple[int, int],
     prompt = summary.get("prompt") or ""
     if not isinstance(prompt, str):
         raise InputError(summary_path, "'prompt' is not a string")
-    return BaseInputs(winner, image, mask, noise, prompt, bool(summary.get("random_weights", False)), nerf_dir, summary)
+    return BaseInputs(winner, image, mask, noise, prompt, summary_provenance(summary), nerf_dir, summary)
 
 
 def _read_noise(path: Path, latent_hw: tuple[int, int]) -> torch.Tensor:
@@ -293,7 +295,10 @@ def _load_pipe(cfg: Any, manifest: Optional[Path], log: logging.Logger):
 
         check_manifest(manifest, cfg.models)
         cache_dir = str(Path(manifest).parent)
-    log.info("inpaint: loading the inpainter %s (%s)", cfg.models.inpainter, "random weights" if cfg.models.random_weights else "weights")
+    provenance = weights_provenance(cfg.models)
+    log.info("inpaint: loading the inpainter %s (%s weights)", cfg.models.inpainter, provenance)
+    if weights_label(provenance):
+        log.warning("models %s: %s", cfg.models.name, weights_label(provenance))
     return load_inpainter(str(cfg.models.inpainter), device=resolve_device(cfg.device), dtype=str(cfg.models.dtype),
                           cache_dir=cache_dir, options=cfg.models)
 
@@ -316,7 +321,7 @@ def run_inpaint_shard(
 
     ``manifest``: the models cache's ``manifest.json`` (checked against ``cfg.models``;
     its folder is the cache); ``pipe``: an already loaded pipeline (tests)."""
-    from innout.diffusion import latent_size
+    from innout.diffusion import GUIDANCE_MODES, guidance, latent_size
     from innout.ela import align_noise_views, fresh_noise, view_seed
     from innout.render import NerfRenderer
     from innout.stage import atomic_dir
@@ -345,6 +350,8 @@ def run_inpaint_shard(
     device, device_warning = stage_device(cfg, "inpaint")
     renderer = NerfRenderer.from_config(base.nerf_dir, device=device)
     pipe = pipe if pipe is not None else _load_pipe(cfg, manifest, log)
+    _, guidance_mode = guidance(pipe, base.prompt, "", kwargs["guidance_scale"], kwargs["skip_identical_guidance"])
+    log.info("inpainting: %s", GUIDANCE_MODES[guidance_mode])
 
     # ---- initial latents: ELA (aligned) and fresh, per view ----------------------------
     t0 = time.perf_counter()
@@ -403,7 +410,7 @@ def run_inpaint_shard(
             "base_output_sha256": base_hashes, "ela_seconds": ela_seconds, "inpaint_seconds": inpaint_seconds,
             "depth_seconds": depth_seconds, "seconds": time.perf_counter() - t_stage,
             "cpu_seconds": time.process_time() - cpu_stage, "threads": torch.get_num_threads(),
-            "latent_size": list(latent_hw), "size": list(size), "seed": seed, "prompt": base.prompt,
+            "latent_size": list(latent_hw), "size": list(size), "seed": seed, "prompt": base.prompt, "guidance": guidance_mode,
             "device": str(device), "device_warning": device_warning, "dtype": str(pipe.unet.dtype).replace("torch.", ""),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         }
@@ -576,7 +583,6 @@ def gather_inpaint(
     consistency of every variant and write ``summary.json``. Returns the summary."""
     from innout.config import write_resolved
     from innout.consistency import UNIT
-    from innout.models import RANDOM_WEIGHTS_WARNING, is_random
     from innout.stage import atomic_dir
 
     log = log or _log
@@ -611,9 +617,9 @@ def gather_inpaint(
         (tmp / "consistency.json").write_text(json.dumps(_jsonable(scores), indent=2) + "\n")
         base_out = _read_png(tmp / "images" / f"{base_view}.png", "RGB")
         base_diff = float(np.abs(base_out.astype(np.int16) - base.image.astype(np.int16))[base.mask].mean())
-        _comparison(tmp, views, base_view).save(tmp / "comparison.png")
-        summary = _summary(cfg, shards, scores, base, base_diff, is_random(cfg.models), UNIT, RANDOM_WEIGHTS_WARNING,
-                           time.perf_counter() - t0)
+        weights = weakest(weights_provenance(cfg.models), base.weights)
+        with_weights_banner(_comparison(tmp, views, base_view), weights, str(cfg.models.name)).save(tmp / "comparison.png")
+        summary = _summary(cfg, shards, scores, base, base_diff, weights, UNIT, time.perf_counter() - t0)
         summary["shard_base_difference"] = trajectories
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_resolved(cfg, tmp / "config.yaml")
@@ -622,15 +628,14 @@ def gather_inpaint(
     return summary
 
 
-def _summary(cfg, shards, scores, base: BaseInputs, base_diff: float, random_cfg: bool, unit: str, warning: str,
-             gather_seconds: float) -> dict:
+def _summary(cfg, shards, scores, base: BaseInputs, base_diff: float, weights: str, unit: str, gather_seconds: float) -> dict:
+    from innout.diffusion import GUIDANCE_MODES
+
     coverage = {n: c for s in shards for n, c in s["ela_coverage"].items()}
     fractions = [c["aligned_fraction"] for c in coverage.values()]
-    random_weights = bool(random_cfg or base.random_weights)
     first = shards[0]
     return {
-        "random_weights": random_weights,
-        "warning": warning if random_weights else None,
+        **provenance_fields(weights),
         "base_view": base.name,
         "prompt": base.prompt,
         "seed": first["seed"],
@@ -639,6 +644,8 @@ def _summary(cfg, shards, scores, base: BaseInputs, base_diff: float, random_cfg
         "latent_size": first["latent_size"],
         "settings": {**_plain(cfg.inpaint), "device": first["device"], "dtype": first["dtype"]},
         "device_warning": first.get("device_warning"),
+        "guidance": first.get("guidance"),
+        "guidance_note": GUIDANCE_MODES.get(first.get("guidance")),
         "consistency": {v: _finite_or_none(scores[v]["mean"]) for v in VARIANTS},
         "consistency_pixel_mean": {v: _finite_or_none(scores[v]["pixel_mean"]) for v in VARIANTS},
         "consistency_unit": unit + "; mean over the target views of each view's mean over its masked pixels that "

@@ -1,6 +1,7 @@
 """Every model weight the workflow uses: where it comes from, how it is loaded.
 
-Three model sets (``src/innout/conf/model/*.yaml``, :class:`innout.config.ModelsConfig`):
+Model sets (``src/innout/conf/model/*.yaml``, :class:`innout.config.ModelsConfig`); each
+says what its weights are in ``provenance`` (:mod:`innout.provenance`):
 
 ``sd2``
     The real weights: ``stabilityai/stable-diffusion-2-inpainting`` and a transformers
@@ -23,7 +24,7 @@ Three model sets (``src/innout/conf/model/*.yaml``, :class:`innout.config.Models
     ViT-H text tower) with random weights, for speed and memory measurements.
 
 Outputs of the random sets are meaningless pictures; every summary made with them
-carries :data:`RANDOM_WEIGHTS_WARNING` (see :func:`is_random`).
+carries :data:`innout.provenance.RANDOM_WEIGHTS_WARNING`.
 
 Architecture assumptions for ``sd2-random`` (written from the published architecture of
 SD 2 inpainting and its diffusers configs; no file was downloaded to check them):
@@ -61,14 +62,18 @@ import torch
 
 from innout.devices import resolve_device
 from innout.errors import InputError, StageError
+from innout.provenance import (
+    PRETRAINED,
+    RANDOM,
+    RANDOM_BACKBONE,
+    RANDOM_PRESETS,
+    provenance_fields,
+    weights_provenance,
+)
 from innout.stage import write_text_atomic
 
 log = logging.getLogger("innout")
 
-RANDOM_WEIGHTS_WARNING = "made with RANDOM weights: not a result"
-"""The line every summary, report and figure made with a random model set carries."""
-
-RANDOM_PRESETS = ("tiny", "sd2-random")
 TINY_SEED = 0  # every random model is built from this seed
 MANIFEST = "manifest.json"
 
@@ -77,7 +82,7 @@ VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 LPIPS_BACKBONE_URLS = {"vgg": VGG16_URL, "alex": ALEXNET_URL}  # torchvision's ImageNet trunks
-MANIFEST_SPECS = ("inpainter", "depth", "lpips_backbone", "eval_lpips_backbone")  # what a manifest must agree on with the config
+MANIFEST_SPECS = ("inpainter", "depth", "lpips_backbone", "eval_lpips_backbone", "fid_backbone")  # what a manifest must agree on with the config
 FP16_TAGS = (".fp16.", "-fp16.")  # how a hub repository names its fp16 weight files (diffusers' variant)
 
 # --------------------------------------------------------------------------- configs
@@ -202,7 +207,7 @@ _TINY_MERGES = (("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("i", 
 
 def is_random(models_cfg: Any) -> bool:
     """Whether this model set has random weights (its outputs are not results)."""
-    return bool(_get(models_cfg, "random_weights", False)) or str(_get(models_cfg, "inpainter", "")) in RANDOM_PRESETS
+    return weights_provenance(models_cfg) == RANDOM
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
@@ -557,11 +562,12 @@ def select_hub_files(files: Iterable[str], variant: str | None = None) -> list[s
 
 
 def download_plan(models_cfg: Any, cache_dir: str | Path, device: str | None = "auto") -> list[dict]:
-    """What :func:`fetch_models` downloads for a real model set: one entry per item,
+    """What :func:`fetch_models` downloads for a model set: one entry per item,
     ``{"what", "kind": "hub" | "url", "source", "dest", "variant"}``; hub models go to
     the hub cache (:func:`hub_cache_dir`), torch.hub checkpoints under ``cache_dir``.
-    LPIPS: the refine loss's backbone (``lpips_backbone``) and the evaluation's
-    (``eval_lpips_backbone``), each once."""
+    Random presets, local folders (a user's, or the sets shipped with the package) and
+    random metric backbones are not downloaded. LPIPS: the refine loss's backbone
+    (``lpips_backbone``) and the evaluation's (``eval_lpips_backbone``), each once."""
     cache_dir = Path(cache_dir)
     plan = []
     inpainter, depth = str(_get(models_cfg, "inpainter")), str(_get(models_cfg, "depth"))
@@ -575,8 +581,9 @@ def download_plan(models_cfg: Any, cache_dir: str | Path, device: str | None = "
         url = LPIPS_BACKBONE_URLS[backbone]
         plan.append({"what": f"lpips-{backbone}", "kind": "url", "source": url, "dest": str(checkpoints / url.rsplit("/", 1)[1]),
                      "variant": None})
-    plan.append({"what": "fid-inception", "kind": "url", "source": INCEPTION_URL,
-                 "dest": str(checkpoints / INCEPTION_URL.rsplit("/", 1)[1]), "variant": None})
+    if str(_get(models_cfg, "fid_backbone", "inception")) != RANDOM_BACKBONE:
+        plan.append({"what": "fid-inception", "kind": "url", "source": INCEPTION_URL,
+                     "dest": str(checkpoints / INCEPTION_URL.rsplit("/", 1)[1]), "variant": None})
     return plan
 
 
@@ -659,12 +666,13 @@ def _download(item: dict) -> str:
     return str(dest)
 
 
-def _component(what: str, source: str, path: str | Path | None, random_weights: bool, note: str | None = None,
+def _component(what: str, source: str, path: str | Path | None, weights: str, note: str | None = None,
                variant: str | None = None) -> dict:
     """One manifest entry: a component, where it came from, where it lies (None: built
-    from its configs at load time, nothing stored), whether its weights are random, and
-    for hub models which weight variant was fetched."""
-    item = {"what": what, "source": source, "path": None if path is None else str(path), "random_weights": bool(random_weights)}
+    from its configs at load time, nothing stored), what its weights are (``weights``: a
+    provenance of :mod:`innout.provenance`) and for hub models which weight variant was
+    fetched."""
+    item = {"what": what, "source": source, "path": None if path is None else str(path), "weights": weights}
     if variant:
         item["variant"] = variant
     if note:
@@ -672,54 +680,65 @@ def _component(what: str, source: str, path: str | Path | None, random_weights: 
     return item
 
 
-def _random_components(models_cfg: Any, cache_dir: Path) -> list[dict]:
-    """The offline presets: built from configs, nothing downloaded. ``tiny`` models are
-    saved into the cache (``presets/``) so later stages load them from there like real
-    ones; ``sd2-random`` is rebuilt from its seed at load time (5 GB of random numbers
-    are not worth writing to disk; building takes seconds on a GPU)."""
-    random_source = f"random, seed {TINY_SEED}"
-    inpainter, depth = str(_get(models_cfg, "inpainter")), str(_get(models_cfg, "depth"))
+def _preset_component(what: str, spec: str, cache_dir: Path) -> dict:
+    """A random preset: ``tiny`` models are saved into the cache (``presets/``) so later
+    stages load them from there like real ones; ``sd2-random`` is rebuilt from its seed
+    at load time (5 GB of random numbers are not worth writing to disk; building takes
+    seconds on a GPU)."""
+    source = f"{spec} (random, seed {TINY_SEED})"
+    if spec == "tiny":
+        folder = preset_dir(cache_dir, what, "tiny")
+        log.info("saving the tiny random %s into %s", what, folder)
+        saved = save_tiny_inpainter(folder) if what == "inpainter" else save_tiny_depth(folder)
+        return _component(what, source, saved, RANDOM)
+    if spec == "sd2-random" and what == "inpainter":
+        return _component(what, source, None, RANDOM, "SD2-inpainting architecture built from its configs at load time")
+    raise StageError("models", f"{spec!r} is not a random {what} preset (inpainter: {', '.join(RANDOM_PRESETS)}; depth: tiny)")
+
+
+def _model_components(models_cfg: Any, cache_dir: Path, provenance: str, download, device: str | None) -> list[dict]:
+    """The inpainter and the depth model: a random preset is built, a local folder is used
+    in place, a hub id is fetched into the hub cache."""
+    hub = {item["what"]: item for item in download_plan(models_cfg, cache_dir, device) if item["kind"] == "hub"}
     items = []
-    if inpainter == "tiny":
-        log.info("saving the tiny random inpainter into %s", preset_dir(cache_dir, "inpainter", "tiny"))
-        items.append(_component("inpainter", f"tiny ({random_source})", save_tiny_inpainter(preset_dir(cache_dir, "inpainter", "tiny")), True))
-    elif inpainter == "sd2-random":
-        items.append(_component("inpainter", f"sd2-random ({random_source})", None, True, "SD2-inpainting architecture built from its configs at load time"))
-    else:
-        raise StageError("models", f"model set {_get(models_cfg, 'name')!r} is marked random but its inpainter is {inpainter!r} "
-                                   f"(random inpainters: {', '.join(RANDOM_PRESETS)})")
-    if depth == "tiny":
-        log.info("saving the tiny random depth model into %s", preset_dir(cache_dir, "depth", "tiny"))
-        items.append(_component("depth", f"tiny ({random_source})", save_tiny_depth(preset_dir(cache_dir, "depth", "tiny")), True))
-    else:
-        raise StageError("models", f"random model sets use the tiny depth model, got depth={depth!r}")
-    items.append(_component("lpips", str(_get(models_cfg, "lpips_backbone")), None, True, "refine loss: random backbone built at load time"))
-    items.append(_component("eval-lpips", str(_get(models_cfg, "eval_lpips_backbone")), None, True,
-                            "evaluation: random backbone built at load time"))
-    items.append(_component("fid-inception", "inception-v3-compat", None, True, "random Inception built at load time"))
+    for what in ("inpainter", "depth"):
+        spec = str(_get(models_cfg, what))
+        local = Path(spec).expanduser()
+        if spec in RANDOM_PRESETS:
+            items.append(_preset_component(what, spec, cache_dir))
+        elif local.is_dir():  # a user's own folder, or weights shipped with the package
+            items.append(_component(what, spec, local.resolve(), provenance, "local folder, used in place"))
+        elif provenance == RANDOM:
+            raise StageError("models", f"model set {_get(models_cfg, 'name')!r} is random but its {what} is {spec!r}, "
+                                       f"neither a random preset ({', '.join(RANDOM_PRESETS)}) nor a local folder")
+        else:
+            item = hub[what]
+            log.info("fetching %s (%s%s) into %s", what, spec, f", {item['variant']} weights" if item["variant"] else "", item["dest"])
+            path = download(item)
+            variant = snapshot_variant(path, torch.float16 if item["variant"] == "fp16" else torch.float32)
+            items.append(_component(what, spec, path, provenance, variant=variant))
     return items
 
 
-def _real_components(models_cfg: Any, cache_dir: Path, download=None, device: str | None = "auto") -> list[dict]:
-    """The real set: every plan entry downloaded into its cache (``download`` is
-    :func:`_download`; tests pass a stand-in), plus the LPIPS heads of the lpips package."""
-    download = download or _download
+def _metric_components(models_cfg: Any, cache_dir: Path, download) -> list[dict]:
+    """The LPIPS and FID networks: downloaded ImageNet trunks (plus LPIPS' calibrated heads
+    from the lpips package), or, for a ``random`` backbone, nothing (built from a seed at
+    load time; every metric computed with one says so by name)."""
     items = []
-    for what, source in (("inpainter", str(_get(models_cfg, "inpainter"))), ("depth", str(_get(models_cfg, "depth")))):
-        local = Path(source).expanduser()
-        if local.is_dir():  # a user's own folder: used in place
-            items.append(_component(what, source, local.resolve(), False, "local folder, used in place"))
-    for item in download_plan(models_cfg, cache_dir, device):
-        log.info("fetching %s (%s%s) into %s", item["what"], item["source"], f", {item['variant']} weights" if item["variant"] else "",
-                 item["dest"])
-        path = download(item)
-        variant = snapshot_variant(path, torch.float16 if item["variant"] == "fp16" else torch.float32) if item["kind"] == "hub" else None
-        items.append(_component(item["what"], item["source"], path, False, variant=variant))
+    for item in download_plan(models_cfg, cache_dir, None):
+        if item["kind"] == "url":
+            log.info("fetching %s (%s) into %s", item["what"], item["source"], item["dest"])
+            items.append(_component(item["what"], item["source"], download(item), PRETRAINED))
     for backbone in lpips_backbones(models_cfg):
         heads = lpips_heads_path(backbone)
         if not heads.is_file():
             raise StageError("models", f"LPIPS linear heads missing: {heads} (reinstall the lpips package)")
-        items.append(_component(f"lpips-heads-{backbone}", f"lpips package, v0.1 {backbone}", heads, False))
+        items.append(_component(f"lpips-heads-{backbone}", f"lpips package, v0.1 {backbone}", heads, PRETRAINED))
+    for what, key, use in (("lpips", "lpips_backbone", "refine loss"), ("eval-lpips", "eval_lpips_backbone", "evaluation")):
+        if str(_get(models_cfg, key, "")) == RANDOM_BACKBONE:
+            items.append(_component(what, RANDOM_BACKBONE, None, RANDOM, f"{use}: random backbone built at load time"))
+    if str(_get(models_cfg, "fid_backbone", "inception")) == RANDOM_BACKBONE:
+        items.append(_component("fid-inception", "inception-v3-compat", None, RANDOM, "random Inception built at load time"))
     return items
 
 
@@ -727,30 +746,34 @@ def fetch_models(models_cfg: Any, cache_dir: str | Path, download=None, device: 
     """Put every weight the workflow needs where later stages read it and write
     ``cache_dir/manifest.json``. Returns the manifest.
 
-    Real sets download hub models into the hub cache (:func:`hub_cache_dir`; nothing
-    that is already there, and nothing at all with ``HF_HUB_OFFLINE=1``) and torch.hub
-    checkpoints into ``cache_dir/torch``; ``device`` (the method's) decides whether fp16
-    weight files are fetched (:func:`download_variant`). Random sets download nothing and
-    save the tiny models into the cache (``presets/``), so later stages load them like
-    real ones. The manifest names the model set and its specs (:func:`check_manifest`
-    compares them with the config a later stage runs with), the hub cache, and, per
-    component, ``what``, ``source``, ``path`` (None when a random component is built from
-    its configs at load time), ``random_weights`` and, for hub models, ``variant``. It
-    holds no timestamp: the same config gives the same file."""
+    Hub models go into the hub cache (:func:`hub_cache_dir`; nothing that is already
+    there, and nothing at all with ``HF_HUB_OFFLINE=1``; ``download`` is
+    :func:`_download`, tests pass a stand-in) and torch.hub checkpoints into
+    ``cache_dir/torch``; ``device`` (the method's) decides whether fp16 weight files are
+    fetched (:func:`download_variant`). Local folders are used in place; random presets
+    download nothing and the tiny models are saved into the cache (``presets/``), so
+    later stages load them like real ones. The manifest names the model set, its specs
+    (:func:`check_manifest` compares them with the config a later stage runs with), its
+    provenance (``weights``, ``weights_label``, ``warning``:
+    :func:`innout.provenance.provenance_fields`), the hub cache (None when no hub model is
+    used) and, per component, ``what``, ``source``, ``path`` (None when a random component
+    is built from its configs at load time), ``weights`` and, for hub models, ``variant``.
+    It holds no timestamp: the same config gives the same file."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    random_set = is_random(models_cfg)
-    hub = hub_cache_dir(models_cfg)
-    items = (_random_components(models_cfg, cache_dir) if random_set
-             else _real_components(models_cfg, cache_dir, download, device))
+    provenance = weights_provenance(models_cfg)
+    download = download or _download
+    items = (_model_components(models_cfg, cache_dir, provenance, download, device)
+             + _metric_components(models_cfg, cache_dir, download))
+    uses_hub = any(item["kind"] == "hub" for item in download_plan(models_cfg, cache_dir, device))
+    hub = str(hub_cache_dir(models_cfg)) if uses_hub else None
     manifest = {
         "model_set": str(_get(models_cfg, "name", "")),
         "specs": {key: str(_get(models_cfg, key, "")) for key in MANIFEST_SPECS},
-        "random_weights": random_set,
-        "warning": RANDOM_WEIGHTS_WARNING if random_set else None,
+        **provenance_fields(provenance),
         "cache_dir": str(cache_dir),
-        "hub_cache": None if random_set else str(hub),
-        "env": {"TORCH_HOME": str(torch_home(cache_dir)), "HF_HUB_CACHE": None if random_set else str(hub)},
+        "hub_cache": hub,
+        "env": {"TORCH_HOME": str(torch_home(cache_dir)), "HF_HUB_CACHE": hub},
         "items": items,
     }
     write_text_atomic(cache_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -776,8 +799,9 @@ def check_manifest(path: str | Path, models_cfg: Any) -> dict:
     for key in MANIFEST_SPECS:
         if str(specs.get(key)) != str(_get(models_cfg, key, "")):
             raise InputError(path, f"made with {key}={specs.get(key)!r}, but the config has {_get(models_cfg, key)!r}; rerun the `models` rule")
-    if bool(manifest.get("random_weights")) != is_random(models_cfg):
-        raise InputError(path, "its random_weights flag differs from the config's model set; rerun the `models` rule")
+    if manifest.get("weights") != weights_provenance(models_cfg):
+        raise InputError(path, f"made with {manifest.get('weights')!r} weights, the config's model set has "
+                               f"{weights_provenance(models_cfg)!r}; rerun the `models` rule")
     for item in items:
         if item.get("path") and not Path(item["path"]).exists():
             raise InputError(path, f"lists {item['path']} for {item.get('what')}, which is missing; rerun the `models` rule")

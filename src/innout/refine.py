@@ -86,6 +86,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cameras import Camera
+from .provenance import metric_backbones, provenance_fields, summary_provenance, weakest, weights_provenance
 
 GROUP_IDS: tuple[str, ...] = tuple(f"x{sx}y{sy}z{z}" for sx in "-+" for sy in "-+" for z in range(3))
 
@@ -838,7 +839,10 @@ class RefineInputs:
     base_mask: np.ndarray  # bool H x W
     depth_prior: np.ndarray  # (H, W) float32, distance along the ray (scene units)
     inpainted: dict[str, np.ndarray]  # {name: (H, W, 3) float32} patch targets
-    random_weights_upstream: bool  # the base or inpaint stage used random weights
+    upstream_weights: Optional[str]  # the weakest provenance the base and inpaint summaries record
+    # whether the base stage found its depth prior plausible and fitted with it; when it did
+    # not (innout.base.check_depth_prior), L_prior's depth term is left out here too
+    depth_prior_used: bool = True
 
 
 def _read_json(path: Path) -> dict:
@@ -935,7 +939,8 @@ def load_refine_inputs(transforms: Path, base_dir: Path, inpaint_dir: Path) -> R
         base_mask=base_mask,
         depth_prior=depth,
         inpainted=inpainted,
-        random_weights_upstream=bool(base_summary.get("random_weights")) or bool(inpaint_summary.get("random_weights")),
+        upstream_weights=weakest(summary_provenance(base_summary), summary_provenance(inpaint_summary)),
+        depth_prior_used=bool((base_summary.get("depth_prior") or {}).get("used", True)),
     )
 
 
@@ -978,8 +983,8 @@ class _MinSide(nn.Module):
         return self.module(a, b)
 
 
-def make_lpips_module(models_cfg: Any, device: Any, seed: int = 0, min_side: int = 32) -> tuple[nn.Module, str, bool]:
-    """``(module, description, random_backbone)``: lpips.LPIPS (v0.1, the configured
+def make_lpips_module(models_cfg: Any, device: Any, seed: int = 0, min_side: int = 32) -> tuple[nn.Module, str, str]:
+    """``(module, description, backbone)``: lpips.LPIPS (v0.1, the configured
     backbone) called on images in [-1, 1]. Real backbones load from the models cache
     (``innout.evaluate.LpipsMetric``: nothing is downloaded); ``random`` (offline
     presets) is a seeded random VGG trunk with random heads."""
@@ -987,7 +992,7 @@ def make_lpips_module(models_cfg: Any, device: Any, seed: int = 0, min_side: int
 
     get = (lambda k, d: models_cfg.get(k, d)) if hasattr(models_cfg, "get") else (lambda k, d: getattr(models_cfg, k, d))
     metric = LpipsMetric(str(get("lpips_backbone", "vgg")), get("cache_dir", None), str(device), seed=seed, min_side=min_side)
-    return _MinSide(metric.model, min_side), metric.description, metric.random_weights
+    return _MinSide(metric.model, min_side), metric.description, metric.backbone
 
 
 def _fingerprint(cfg: Any, inputs: "RefineInputs", nerf_config: Path) -> str:
@@ -1001,7 +1006,7 @@ def _fingerprint(cfg: Any, inputs: "RefineInputs", nerf_config: Path) -> str:
         section.pop(key, None)
     digest = hashlib.sha256()
     digest.update(repr(sorted(section.items())).encode())
-    digest.update(f"{cfg.seed}|{inputs.base}|{sorted(inputs.inpainted)}".encode())
+    digest.update(f"{cfg.seed}|{inputs.base}|{sorted(inputs.inpainted)}|{inputs.depth_prior_used}".encode())
     for arr in (inputs.images, inputs.base_image, inputs.depth_prior, inputs.base_mask,
                 *[inputs.inpainted[k] for k in sorted(inputs.inpainted)],
                 *[inputs.object_masks[k] for k in inputs.names]):
@@ -1045,6 +1050,8 @@ class Refiner:
         ok = inputs.base_mask & np.isfinite(inputs.depth_prior) & (inputs.depth_prior > 0)
         self.prior_pixels = np.argwhere(ok)  # (n, 2) (y, x)
         self.prior_sigma = float(rc.prior_depth_sigma) * float(np.median(inputs.depth_prior[ok]))
+        # an implausible depth prior (the base stage's check) is never used: colour only
+        self.prior_depth_weight = float(rc.prior_depth_weight) if inputs.depth_prior_used else 0.0
         self.view_index = {n: i for i, n in enumerate(inputs.names)}
         self.rays = CameraRays([inputs.cameras[n] for n in inputs.names])
         self.images = torch.from_numpy(inputs.images)
@@ -1092,7 +1099,7 @@ class Refiner:
         prior_rgb = F.mse_loss(rgb[sl], b["prior_rgb"].to(dev))
         prior_outputs = {"_weights": out["_weights"][sl], "_samples": out["_samples"][sl]}
         prior_depth = tuner.depth_loss(prior_outputs, b["prior_depth"], self.prior_sigma)
-        prior = prior_rgb + float(rc.prior_depth_weight) * prior_depth
+        prior = prior_rgb + self.prior_depth_weight * prior_depth if self.prior_depth_weight else prior_rgb
         preds, start = [], n_rec + n_prior
         for p in b["patches"]:
             n = p.size * p.size
@@ -1184,7 +1191,7 @@ def run_refine(
     """Stage 5: refine the base stage's NeRF (module docstring) and write ``out_dir``::
 
         nerf/innout-nerfacto/   the refined NeRF (NerfRenderer.from_config(out_dir / "nerf"))
-        summary.json            iterations, seconds, loss curves, patch views, random_weights
+        summary.json            iterations, seconds, loss curves, patch views, the weights' provenance
         config.yaml             the resolved config
 
     ``work_dir`` holds resumable checkpoints (NeRF, its optimisers, D and its optimiser,
@@ -1199,7 +1206,6 @@ def run_refine(
     from innout.devices import stage_device
     from innout.errors import InputError
     from innout.finetune import NerfTuner
-    from innout.models import RANDOM_WEIGHTS_WARNING, is_random
     from innout.render import find_nerf_config
     from innout.stage import atomic_dir
 
@@ -1237,9 +1243,9 @@ def run_refine(
                       decay_steps=iterations, stage="refine", reset_seed=int(cfg.seed) if reset else None)
     log.info("refine: %s, learning rate %.3g -> %.3g", "fields re-initialised (a fresh nerfacto)" if reset
              else "continuing from the base stage's NeRF", learning_rate, float(rc.lr_final))
-    lpips_module, lpips_description, lpips_random = None, None, False
+    lpips_module, lpips_description, lpips_backbone = None, None, None
     if float(rc.lpips_weight) != 0:
-        lpips_module, lpips_description, lpips_random = make_lpips_module(cfg.models, tuner.device, int(cfg.seed))
+        lpips_module, lpips_description, lpips_backbone = make_lpips_module(cfg.models, tuner.device, int(cfg.seed))
     refiner = Refiner(tuner, inputs, cfg, lpips_module)
     log.info("patch views: %d of %d ranked by %s (%s), patches %d px, LPIPS: %s",
              len(refiner.patch_targets), len(inputs.names) - 1, refiner.subset_by, ", ".join(refiner.patch_targets),
@@ -1280,7 +1286,7 @@ def run_refine(
         tuner.save_checkpoint(ckpt_dir, {"refiner": refiner.state(), "seconds": train_seconds})
 
     # ---- outputs -----------------------------------------------------------------------
-    random_weights = bool(is_random(cfg.models)) or inputs.random_weights_upstream or lpips_random
+    weights = weakest(weights_provenance(cfg.models), inputs.upstream_weights)
     with atomic_dir(out_dir) as tmp:
         config_path = tuner.export(tmp / "nerf", extra_meta={"stage": "refine", "refine_iterations": iterations})
         _retarget_nerf_config(config_path, out_dir / "nerf")
@@ -1300,13 +1306,14 @@ def run_refine(
             "learning_rate": learning_rate,
             "patch_size": refiner.patch_sampler.patch_size,
             "prior_depth_sigma_scene_units": refiner.prior_sigma,
+            "prior_depth_weight": refiner.prior_depth_weight,
+            "depth_prior_used": inputs.depth_prior_used,
             "losses": _curve_summary(refiner.history),
             "loss_definition": "loss = rec + nerfacto regularisers + prior_weight * (prior_rgb + prior_depth_weight * prior_depth) "
                                "+ lambda_patch * (l1_weight * l1 + lpips_weight * lpips + adv_weight * adv)",
             "lpips": lpips_description,
-            "lpips_random_backbone": bool(lpips_random),
-            "random_weights": random_weights,
-            "warning": RANDOM_WEIGHTS_WARNING if random_weights else None,
+            **{key: value for key, value in metric_backbones(lpips_backbone, None).items() if key != "fid_backbone"},
+            **provenance_fields(weights),
             "n_train_views": len(inputs.names),
             "resolution": [int(w), int(h)],
             "device": str(tuner.device),

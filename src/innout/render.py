@@ -383,15 +383,17 @@ def encode_mp4(frames: Any, path: Path, fps: int = 30, crf: int = 18) -> dict:
     return {"frames": int(n), "fps": int(fps), "width": int(w), "height": int(h), "codec": "h264 (libx264)", "crf": int(crf)}
 
 
-def video_page(video: Path, title: str, caption: str, warning: Optional[str] = None) -> str:
+def video_page(video: Path, title: str, caption: str, weights: Optional[str] = None) -> str:
     """A self-contained HTML page showing an MP4 (embedded as a data URI) for the report,
-    which shows HTML results inline but offers other files only as downloads."""
+    which shows HTML results inline but offers other files only as downloads; under the
+    banner of the weights that made it (``weights``: a provenance, :mod:`innout.provenance`)."""
     import base64
     import html
 
+    from innout.viz import weights_banner_html
+
     data = base64.b64encode(Path(video).read_bytes()).decode("ascii")
-    banner = (f'<p style="background:#b00020;color:#fff;padding:6px 10px;font-weight:bold">WARNING: {html.escape(warning)}</p>'
-              if warning else "")
+    banner = weights_banner_html(weights)
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" + html.escape(title) + "</title></head>\n"
         "<body style=\"font-family:sans-serif\">\n" + banner + "<h3>" + html.escape(title) + "</h3>\n"
@@ -438,7 +440,8 @@ def run_render(transforms: Path, nerf_path: Path, out_dir: Path, cfg: Any, log: 
         video.mp4       a closed smooth path through render.video_keyframes train cameras
         video.html      the same video in a page (the report shows it inline)
         path.json       the keyframes and every frame's c2w and intrinsics
-        summary.json    counts, seconds, rays/s, random_weights (from ``upstream_summary``)
+        summary.json    counts, seconds, rays/s, the weights' provenance (the weakest of the
+                        model set's and ``upstream_summary``'s)
 
     ``cfg``: the method config (``render``, ``seed``, ``device``, ``models``)."""
     import json
@@ -446,8 +449,8 @@ def run_render(transforms: Path, nerf_path: Path, out_dir: Path, cfg: Any, log: 
     import time
 
     from innout.errors import InputError
-    from innout.models import RANDOM_WEIGHTS_WARNING, is_random
     from innout.pretrain import read_scene
+    from innout.provenance import provenance_fields, summary_provenance, weakest, weights_provenance
     from innout.stage import atomic_dir
 
     log = log or logging.getLogger("innout.render")
@@ -460,7 +463,7 @@ def run_render(transforms: Path, nerf_path: Path, out_dir: Path, cfg: Any, log: 
     except FileNotFoundError as err:
         raise InputError(nerf_path, str(err)) from None
     upstream = json.loads(Path(upstream_summary).read_text()) if upstream_summary and Path(upstream_summary).is_file() else {}
-    random_weights = bool(is_random(cfg.models)) or bool(upstream.get("random_weights"))
+    weights = weakest(weights_provenance(cfg.models), summary_provenance(upstream))
     if int(rc.video_frames) < 2 or int(rc.video_fps) < 1:
         raise InputError("render.video_frames", "the video needs at least 2 frames and 1 frame per second")
     log.info("render: %d test + %d train cameras, a %d-frame video, on %s", len(test), len(train), int(rc.video_frames), renderer.device)
@@ -490,7 +493,7 @@ def run_render(transforms: Path, nerf_path: Path, out_dir: Path, cfg: Any, log: 
             tmp / "video.mp4", "Camera path through the final NeRF",
             f"{video['frames']} frames at {video['fps']} fps, {video['width']}x{video['height']}, a closed path through "
             f"{len(keys)} train cameras ({', '.join(train[k].name for k in keys)}).",
-            RANDOM_WEIGHTS_WARNING if random_weights else None))
+            weights))
         (tmp / "path.json").write_text(json.dumps({
             "keyframes": [train[k].name for k in keys],
             "intrinsics": {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy, "width": intr.width, "height": intr.height},
@@ -507,8 +510,7 @@ def run_render(transforms: Path, nerf_path: Path, out_dir: Path, cfg: Any, log: 
             "video_seconds": round(video_seconds, 3),
             "rays_per_second": round(rays / max(seconds, 1e-9), 1),
             "depth_definition": "expected distance along the unit ray, scene units (float32 .npy); .png: turbo, 1st-99th percentile",
-            "random_weights": random_weights,
-            "warning": RANDOM_WEIGHTS_WARNING if random_weights else None,
+            **provenance_fields(weights),
             "device": str(renderer.device),
             "device_warning": device_warning,
             "seed": int(cfg.seed),

@@ -1,12 +1,17 @@
-"""Pictures for the report: contact sheets of views with their masks."""
+"""Pictures for the report: contact sheets of views with their masks, and the banner every
+figure made with models carries (what the weights are: :mod:`innout.provenance`)."""
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from innout.provenance import BANNER_COLOURS, banner_text
 
 OBJECT_RED = np.array([255, 40, 40], dtype=np.float32)
 
@@ -67,3 +72,28 @@ def scene_overview(scene_dir: Path, out_png: Path, n_train: int = 12, n_test: in
             tiles.append((shown, f"{split}: {name}"))
     out_png.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(tiles).save(out_png)
+
+
+def with_banner(image: Image.Image, text: str, colour: tuple[int, int, int] = BANNER_COLOURS["random"]) -> Image.Image:
+    """The image with a strip of ``colour`` carrying ``text`` (white) on top."""
+    strip = 22
+    out = Image.new("RGB", (image.width, image.height + strip), colour)
+    out.paste(image, (0, strip))
+    ImageDraw.Draw(out).text((6, 5), text, fill="white")
+    return out
+
+
+def with_weights_banner(image: Image.Image, provenance: Optional[str], model_set: str = "") -> Image.Image:
+    """The image under the label of the weights that made it (a red warning for random
+    weights, a blue label for procedural ones; unchanged for pretrained weights)."""
+    text = banner_text(provenance, model_set) if provenance else None
+    return with_banner(image, text, BANNER_COLOURS[provenance]) if text else image
+
+
+def weights_banner_html(provenance: Optional[str], model_set: str = "") -> str:
+    """The same banner as an HTML paragraph ("" for pretrained weights)."""
+    text = banner_text(provenance, model_set) if provenance else None
+    if not text:
+        return ""
+    colour = "#%02x%02x%02x" % BANNER_COLOURS[provenance]
+    return f'<p style="background:{colour};color:#fff;padding:6px 10px;font-weight:bold">{html.escape(text)}</p>'

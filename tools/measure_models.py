@@ -1,0 +1,354 @@
+#!/usr/bin/env python
+"""What the shipped models do: the workflow on the demo and on procedural scenes used
+nowhere in training, with the trained model set, with ELA's nearest noise reads, and with
+random weights; one markdown table and a picture sheet per scene.
+
+    nice -n 10 .venv/bin/python tools/measure_models.py              # run what is missing, print the table
+    .venv/bin/python tools/measure_models.py --table-only            # reprint it from the finished runs
+
+Every configuration is a copy of this checkout's workflow under ``--out`` (default
+``results-measure/``, ignored by git) that runs ``snakemake --cores 2 --configfile
+config/measure.yaml``; a rerun reuses every finished stage. The configurations:
+
+``bilinear`` / ``nearest``
+    the trained model set (``--model``, default ``procedural``) with
+    ``inpaint.ela_interpolation`` bilinear / nearest;
+``random``
+    the ``tiny`` random-weight set, everything else the default.
+
+They share the scenes, poses and pre-trained NeRFs (hard links from the first run),
+which depend on no model. Scenes (``SCENES``): the demo (its config: seed 0, COLMAP
+poses) and two procedural scenes of the reserved seeds no training scene uses (1000
+forward-facing, 1001 360-degree; the generator's poses), at the demo's size.
+
+The table (rows: measures, columns: scenes):
+
+* ``consistency`` of the four inpainting variants (``inpaint/summary.json``, grey levels,
+  lower is more consistent) with the default interpolation, and each over ``independent``;
+* ELA nearest vs bilinear: consistency of ``ela`` and ``ela_ila``, and the box PSNR/SSIM
+  of the final renders (after refinement) against the ground-truth test views;
+* box PSNR/SSIM of the final renders after / before (the pre-trained NeRF, object still in
+  it) / with random weights (SPIn-NeRF protocol, ``eval/metrics.json``);
+* the depth prior: median relative error of the aligned prior (``base/depth_prior.npy``)
+  against the generator's true object-free distance along each ray, inside the base
+  view's mask (where the prior is used) and over the whole view, with the generator's
+  world mapped into the scene's frame by a similarity fitted on all camera centres; and
+  the base stage's plausibility verdict.
+
+Then the issue's bars on the demo. Picture sheets (``--sheets``, default
+``docs/measurements/<scene>.png``): for the base view and two other train views, the input
+with its mask, the aligned fill (``inpaint/images``), the final render with the trained
+models and with random weights, and the generator's ground truth without the object.
+Timings are wall-clock seconds of this machine (shared cores are slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from innout.cameras import Camera, umeyama_similarity  # noqa: E402
+from innout.config import load_method_config  # noqa: E402
+from innout.pretrain import read_scene  # noqa: E402
+from innout.procedural import ProceduralScene  # noqa: E402
+from innout.viz import contact_sheet, overlay_mask, with_weights_banner  # noqa: E402
+
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "config", "profiles", "envs")
+DEMO_SIZE = dict(n_train=60, n_test=40, width=640, height=480, downscales=[2, 4])
+# name -> generator spec and the sheet row's poses (the demo's as in config/config.yaml)
+SCENES = {
+    "demo": dict(variant="forward", seed=0, poses="colmap"),
+    "heldout-forward": dict(variant="forward", seed=1000, poses="provided"),
+    "heldout-360": dict(variant="360", seed=1001, poses="provided"),
+}
+VARIANTS = ("independent", "ela", "ila", "ela_ila")
+
+
+def runs(model: str) -> dict[str, dict]:
+    """Configuration name -> (model set, Hydra overrides)."""
+    return {
+        "random": {"model": "tiny", "overrides": []},
+        "bilinear": {"model": model, "overrides": ["inpaint.ela_interpolation=bilinear"]},
+        "nearest": {"model": model, "overrides": ["inpaint.ela_interpolation=nearest"]},
+    }
+
+
+# --------------------------------------------------------------------------- running
+
+def prepare_workdir(workdir: Path, run: dict, scenes: list[str]) -> None:
+    """This checkout's workflow files in ``workdir`` (refreshed), its scene sheet and config."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src, dst = REPO / name, workdir / name
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dst)
+    rows = ["scene\tpath\tformat\tposes\tprompt"]
+    rows += [f"{s}\tresults/generated/{s}\tspinnerf\t{SCENES[s]['poses']}\t" for s in scenes]
+    (workdir / "config" / "measure-scenes.tsv").write_text("\n".join(rows) + "\n")
+    config = {
+        "scenes": "config/measure-scenes.tsv",
+        "generated": {s: {"variant": SCENES[s]["variant"], "seed": SCENES[s]["seed"], **DEMO_SIZE,
+                          "downscales": list(DEMO_SIZE["downscales"])} for s in scenes},
+        "inpaint_shards": 2,
+        "method": {"preset": "smoke", "model": run["model"], "overrides": list(run["overrides"])},
+    }
+    (workdir / "config" / "measure.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def seed_upstream(source: Path, workdir: Path, scenes: list[str]) -> None:
+    """Hard links of the model-free stages (scene, poses, pre-training) of ``source``'s
+    finished runs, so another configuration does not recompute them."""
+    for scene in scenes:
+        pairs = [(source / "results" / "generated" / scene, workdir / "results" / "generated" / scene)]
+        pairs += [(source / "results" / scene / stage, workdir / "results" / scene / stage) for stage in ("scene", "poses", "pretrain")]
+        if not (source / "results" / scene / "pretrain" / "summary.json").is_file():
+            continue
+        for src, dst in pairs:
+            if src.is_dir() and not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(src, dst, copy_function=os.link)
+
+
+def run_workflow(workdir: Path, cores: int) -> float:
+    """``snakemake`` in ``workdir``; its output goes to ``snakemake.log`` there, its
+    progress lines to stdout. Returns the wall seconds."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    command = [str(Path(sys.executable).with_name("snakemake")), "--cores", str(cores), "--configfile", "config/measure.yaml"]
+    t0 = time.perf_counter()
+    with open(workdir / "snakemake.log", "w") as log:
+        proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            log.write(line)
+            if re.search(r"steps \(\d+%\) done|^rule |Error|Nothing to be done", line):
+                print(f"  [{workdir.name} {time.perf_counter() - t0:6.0f} s] {line.rstrip()}", flush=True)
+        code = proc.wait()
+    if code != 0:
+        raise SystemExit(f"{workdir}: snakemake failed (exit {code}); see {workdir / 'snakemake.log'}")
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- measuring
+
+def _json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def generator_cameras(generated: Path) -> tuple[ProceduralScene, dict[str, Camera]]:
+    """The generator's scene and its cameras (full resolution) by view name."""
+    meta = _json(generated / "innout_generator.json")
+    scene = ProceduralScene(meta["variant"], meta["seed"])
+    w, h, focal = meta["width"], meta["height"], meta["focal"]
+    cams = scene.cameras(meta["n_test"], w, h, "test", focal) + scene.cameras(meta["n_train"], w, h, "train", focal)
+    names = [Path(n).stem for n in meta["names"]["test"] + meta["names"]["train"]]
+    return scene, dict(zip(names, cams))
+
+
+def true_background(workdir: Path, scene: str, names: list[str]) -> dict[str, dict]:
+    """Per train view: the generator's object-free colour (uint8) and distance along each
+    ray, at the working resolution, the distance in the scene's units."""
+    transforms = workdir / "results" / scene / ("poses" if SCENES[scene]["poses"] == "colmap" else "scene") / "transforms.json"
+    _, frames, train, _ = read_scene(transforms)
+    generator, cams = generator_cameras(workdir / "results" / "generated" / scene)
+    common = [f.name for f in frames if f.name in cams]
+    # the generator's world -> the scene's frame (COLMAP's, or the importer's normalisation)
+    scale, _, _ = umeyama_similarity(np.stack([cams[n].center for n in common]),
+                                     np.stack([next(f for f in frames if f.name == n).camera.center for n in common]))
+    out = {}
+    by_name = {f.name: f for f in train}
+    for name in names:
+        k = by_name[name].camera.intrinsics
+        cam = Camera(cams[name].c2w, cams[name].intrinsics.scaled_to(k.width, k.height))
+        truth = generator.render(cam, with_object=False, supersample=2)
+        out[name] = {"rgb": (np.clip(truth["rgb"], 0, 1) * 255 + 0.5).astype(np.uint8),
+                     "distance": truth["distance"].astype(np.float64) * scale}
+    return out
+
+
+def depth_prior_errors(workdir: Path, scene: str) -> dict:
+    """Median relative error of the aligned depth prior against the true distance, inside
+    the base view's mask and over the view; and the base stage's verdict."""
+    base = workdir / "results" / scene / "base"
+    summary = _json(base / "summary.json")
+    winner = summary["winner"]
+    prior = np.load(base / "depth_prior.npy").astype(np.float64)
+    mask = np.asarray(Image.open(base / "mask.png").convert("L")) > 127
+    truth = true_background(workdir, scene, [winner])[winner]["distance"]
+    ok = np.isfinite(truth) & (truth > 0) & np.isfinite(prior)
+    rel = np.abs(prior - truth) / np.where(ok, truth, 1.0)
+    verdict = summary.get("depth_prior", {})
+    return {"mask": float(np.median(rel[ok & mask])), "all": float(np.median(rel[ok])),
+            "plausible": verdict.get("plausible"), "used": verdict.get("used"), "nerf_rel_error": verdict.get("rel_error")}
+
+
+def measure(root: Path, scenes: list[str], default_interp: str) -> dict:
+    """Every figure of the table, by scene."""
+    figures = {}
+    for scene in scenes:
+        f = {}
+        inpaint = {r: _json(root / r / "results" / scene / "inpaint" / "summary.json") for r in ("bilinear", "nearest")}
+        f["consistency"] = inpaint[default_interp]["consistency"]
+        f["consistency_by_interp"] = {r: inpaint[r]["consistency"] for r in inpaint}
+        metrics = {r: _json(root / r / "results" / scene / "eval" / "metrics.json") for r in ("bilinear", "nearest", "random")}
+        f["box"] = {r: {"psnr": m["psnr"], "ssim": m["ssim"]} for r, m in metrics.items()}
+        f["box"]["before"] = {"psnr": metrics["bilinear"]["before"]["psnr"], "ssim": metrics["bilinear"]["before"]["ssim"]}
+        f["weights"] = {r: m.get("weights") for r, m in metrics.items()}
+        f["depth"] = depth_prior_errors(root / default_interp, scene)
+        f["base_view"] = _json(root / default_interp / "results" / scene / "base" / "summary.json")["winner"]
+        figures[scene] = f
+    return figures
+
+
+# --------------------------------------------------------------------------- table
+
+def _n(x, digits=2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def table(figures: dict, default_interp: str) -> str:
+    scenes = list(figures)
+    rows: list[tuple[str, list[str]]] = []
+    for v in VARIANTS:
+        rows.append((f"consistency `{v}` (grey levels; / independent)",
+                     [f"{_n(f['consistency'][v])} ({_n(f['consistency'][v] / f['consistency']['independent'])})" for f in figures.values()]))
+    for interp in ("bilinear", "nearest"):
+        rows.append((f"ELA {interp}: consistency `ela` / `ela_ila`",
+                     [f"{_n(f['consistency_by_interp'][interp]['ela'])} / {_n(f['consistency_by_interp'][interp]['ela_ila'])}"
+                      for f in figures.values()]))
+        rows.append((f"ELA {interp}: box PSNR (dB) / SSIM after refine",
+                     [f"{_n(f['box'][interp]['psnr'])} / {_n(f['box'][interp]['ssim'], 3)}" for f in figures.values()]))
+    for key, label in ((default_interp, "after (trained models)"), ("before", "before (pre-trained NeRF, object in it)"),
+                       ("random", "after, random weights (`tiny`)")):
+        rows.append((f"box PSNR (dB) / SSIM {label}", [f"{_n(f['box'][key]['psnr'])} / {_n(f['box'][key]['ssim'], 3)}"
+                                                      for f in figures.values()]))
+    rows.append(("depth prior vs true depth: median rel. error in mask / whole view",
+                 [f"{_n(f['depth']['mask'], 3)} / {_n(f['depth']['all'], 3)}" for f in figures.values()]))
+    rows.append(("depth prior vs NeRF outside mask (base stage): rel. error, plausible",
+                 [f"{_n(f['depth']['nerf_rel_error'], 3)}, {f['depth']['plausible']}" for f in figures.values()]))
+    lines = ["| measure | " + " | ".join(scenes) + " |", "|---" * (len(scenes) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+    return "\n".join(lines)
+
+
+def bars(demo: dict, default_interp: str) -> list[str]:
+    """The issue's acceptance bars on the demo, each with its figures and verdict."""
+    c = demo["consistency"]
+    after, before, rnd = (demo["box"][k]["psnr"] for k in (default_interp, "before", "random"))
+    checks = [
+        (f"consistency.ila {c['ila']:.2f} <= 0.85 x independent {c['independent']:.2f} = {0.85 * c['independent']:.2f}",
+         c["ila"] <= 0.85 * c["independent"]),
+        (f"consistency.ela_ila {c['ela_ila']:.2f} <= 0.6 x independent = {0.6 * c['independent']:.2f}",
+         c["ela_ila"] <= 0.6 * c["independent"]),
+        (f"ela_ila the lowest of the four ({', '.join(f'{v} {c[v]:.2f}' for v in VARIANTS)})",
+         c["ela_ila"] == min(c.values())),
+        (f"box PSNR after {after:.2f} >= before {before:.2f} dB", after >= before),
+        (f"box PSNR after {after:.2f} >= random {rnd:.2f} + 1 dB", after >= rnd + 1.0),
+    ]
+    return [f"- [{'x' if ok else ' '}] {text}: {'holds' if ok else 'DOES NOT HOLD'}" for text, ok in checks]
+
+
+# --------------------------------------------------------------------------- pictures
+
+def _spread(names: list[str], base: str, count: int = 2) -> list[str]:
+    others = [n for n in sorted(names) if n != base]
+    picks = sorted(set(np.linspace(0, len(others) - 1, count + 2)[1:-1].round().astype(int))) if others else []
+    return [base] + [others[i] for i in picks]
+
+
+def picture_sheet(root: Path, scene: str, default_interp: str, model_set: str, out_png: Path) -> None:
+    trained, rnd = root / default_interp / "results" / scene, root / "random" / "results" / scene
+    base = _json(trained / "base" / "summary.json")["winner"]
+    transforms = trained / ("poses" if SCENES[scene]["poses"] == "colmap" else "scene") / "transforms.json"
+    _, _, train, _ = read_scene(transforms)
+    frames = {f.name: f for f in train}
+    names = _spread(list(frames), base)
+    truth = true_background(root / default_interp, scene, names)
+    tiles = []
+    for name in names:
+        image = np.asarray(Image.open(frames[name].image).convert("RGB"))
+        mask = np.asarray(Image.open(frames[name].object_mask).convert("L")) > 127
+        size = (image.shape[1], image.shape[0])
+
+        def load(path: Path) -> np.ndarray:
+            return np.asarray(Image.open(path).convert("RGB").resize(size, Image.BICUBIC))
+
+        label = f"{name} (base)" if name == base else name
+        tiles += [(overlay_mask(image, mask), f"{label}: input, mask"),
+                  (load(trained / "inpaint" / "images" / f"{name}.png"), "aligned fill (ELA+ILA)"),
+                  (load(trained / "render" / "train" / "rgb" / f"{name}.png"), "final render"),
+                  (load(rnd / "render" / "train" / "rgb" / f"{name}.png"), "final render, RANDOM weights"),
+                  (truth[name]["rgb"], "ground truth, no object")]
+    sheet = with_weights_banner(contact_sheet(tiles, columns=5, tile_width=200), "procedural", model_set)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out_png, optimize=True)
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "results-measure", help="scratch folder of the runs")
+    ap.add_argument("--model", default="procedural", help="the trained model set (method.model)")
+    ap.add_argument("--scenes", nargs="+", default=list(SCENES), choices=list(SCENES))
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--sheets", type=Path, default=REPO / "docs" / "measurements", help="where the picture sheets go")
+    ap.add_argument("--runs", nargs="+", choices=["random", "bilinear", "nearest"], default=None,
+                    help="run only these configurations (default: all), then print the table if every run is finished")
+    ap.add_argument("--table-only", action="store_true", help="only reprint from finished runs")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    default_interp = str(load_method_config("smoke", model="tiny").inpaint.ela_interpolation)
+    configurations = runs(args.model)
+    seconds = {}
+    if not args.table_only:
+        for name, run in configurations.items():
+            if args.runs and name not in args.runs:
+                continue
+            workdir = args.out / name
+            prepare_workdir(workdir, run, args.scenes)
+            for other in configurations:  # the model-free stages another configuration finished
+                if other != name:
+                    seed_upstream(args.out / other, workdir, args.scenes)
+            print(f"{name}: model {run['model']}, overrides {run['overrides']}", flush=True)
+            seconds[name] = run_workflow(workdir, args.cores)
+    missing = [str(args.out / r / "results" / s / "eval" / "metrics.json") for r in configurations for s in args.scenes
+               if not (args.out / r / "results" / s / "eval" / "metrics.json").is_file()]
+    if missing:
+        print(f"not every run is finished (e.g. {missing[0]}): no table yet")
+        print(f"Total time: {time.perf_counter() - t0:.0f} s")
+        return 1
+    figures = measure(args.out, args.scenes, default_interp)
+    for scene in args.scenes:
+        picture_sheet(args.out, scene, default_interp, args.model, args.sheets / f"{scene}.png")
+    print()
+    print(f"Trained model set `{args.model}` (ELA `{default_interp}` reads where not said otherwise), `smoke` preset, "
+          f"2 inpaint shards; box = SPIn-NeRF protocol on the {DEMO_SIZE['n_test']} ground-truth test views.\n")
+    print(table(figures, default_interp))
+    if "demo" in figures:
+        print("\nBars on the demo:")
+        print("\n".join(bars(figures["demo"], default_interp)))
+    print("\nPicture sheets: " + ", ".join(str((args.sheets / f"{s}.png").relative_to(REPO)) if (args.sheets / f"{s}.png").is_relative_to(REPO)
+                                             else str(args.sheets / f"{s}.png") for s in args.scenes))
+    if seconds:
+        print("Workflow runs: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    print(f"Total time: {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
