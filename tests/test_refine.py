@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_pretrain import offline, scene, trained  # noqa: F401  (session fixtures shared with the pretrain tests)
+from test_pretrain import offline, scene, train_renders, trained  # noqa: F401  (session fixtures shared with the pretrain tests)
 
 from innout.cameras import Camera, Intrinsics, look_at
 from innout.refine import (
@@ -398,7 +398,7 @@ STAGE_OVERRIDES = [
 ]
 
 
-def make_stage_inputs(root, trained) -> dict:
+def make_stage_inputs(root, trained, renders) -> dict:
     """``root/base`` and ``root/inpaint`` as the base and inpaint stages write them."""
     import json
     import shutil
@@ -408,7 +408,6 @@ def make_stage_inputs(root, trained) -> dict:
     from innout.pretrain import read_scene
 
     _, _, train, _ = read_scene(trained["scene"])
-    renders = trained["out_dir"] / "renders" / "train"
     base = train[len(train) // 2]
     base_dir, inpaint_dir = root / "base", root / "inpaint"
     (base_dir / "nerf").mkdir(parents=True)
@@ -431,9 +430,9 @@ _STAGE: dict = {}
 
 
 @pytest.fixture(scope="module")
-def stage_inputs(tmp_path_factory, trained):  # noqa: F811
+def stage_inputs(tmp_path_factory, trained, train_renders):  # noqa: F811
     if "inputs" not in _STAGE:
-        _STAGE["inputs"] = make_stage_inputs(tmp_path_factory.mktemp("refine_inputs"), trained)
+        _STAGE["inputs"] = make_stage_inputs(tmp_path_factory.mktemp("refine_inputs"), trained, train_renders)
     return _STAGE["inputs"]
 
 

@@ -20,8 +20,21 @@ def test_default_target_chains_every_stage_of_the_demo(tmp_path):
     assert result.returncode == 0, result.stderr
     assert planned_rules(result) == {
         "generate": 1, "scene": 1, "poses": 1, "pretrain": 1, "models": 1, "base": 1, "inpaint_shard": 2,
-        "inpaint": 1, "refine": 1, "render": 1, "evaluate": 1, "metrics": 1, "all": 1,
+        "inpaint": 1, "refine": 1, "render_pretrain": 1, "render": 1, "evaluate": 1, "metrics": 1, "all": 1,
     }
+
+
+def test_user_camera_paths_add_one_video_job_each(tmp_path):
+    """config camera_paths: each file of a scene is one render_camera_path job (its name
+    from the file); a scene that is not in the sheet is a one-line error."""
+    work = workflow_copy(tmp_path / "wf")
+    (work / "orbit.json").write_text("{}")
+    (work / "dolly.json").write_text("{}")
+    result = snakemake(work, "-n", "--quiet", "rules", "--config", "camera_paths={demo: [orbit.json, dolly.json]}")
+    assert result.returncode == 0, result.stderr
+    assert planned_rules(result)["render_camera_path"] == 2
+    result = snakemake(work, "-n", "--config", "camera_paths={nosuch: orbit.json}")
+    assert result.returncode != 0 and "camera_paths: 'nosuch' is not a scene" in result.stdout + result.stderr
 
 
 def _write_sheet(work, rows):
