@@ -407,6 +407,14 @@ def render_test_boxes(renderer: "NerfRenderer", frames: list, folder: Path, what
     return {"views": len(boxes), "empty_masks": empty, "rays": int(rays), "fraction_of_full_views": rays / max(full, 1)}
 
 
+def _no_boxes(folder: Path) -> dict:
+    """The test folder of a scene without ground-truth test views: no box rendered."""
+    from innout.boxes import write_boxes
+
+    write_boxes(folder, {}, {})
+    return {"views": 0, "empty_masks": [], "rays": 0, "fraction_of_full_views": 0.0}
+
+
 def render_train_views(renderer: "NerfRenderer", frames: list, folder: Path, scale: float, log: Any) -> dict:
     """rgb/<view>.png, depth/<view>.npy (float32 distance along the ray, scene units) and
     depth/<view>.png (colourised) of each frame's camera at ``scale`` times its size."""
@@ -533,7 +541,7 @@ def run_render(transforms: Path, nerf_path: Path, out_dir: Path, cfg: Any, log: 
     seconds: dict[str, float] = {}
     with atomic_dir(out_dir) as tmp:
         t = time.perf_counter()
-        tests = render_test_boxes(renderer, test, tmp / "test", "render test boxes", log) if test else {"views": 0, "rays": 0}
+        tests = render_test_boxes(renderer, test, tmp / "test", "render test boxes", log) if test else _no_boxes(tmp / "test")
         seconds["test"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -594,14 +602,13 @@ def run_render_pretrain(transforms: Path, nerf_path: Path, out_dir: Path, cfg: A
     t0 = time.perf_counter()
     _, _, _, test = read_scene(Path(transforms))
     with atomic_dir(out_dir) as tmp:
-        (tmp / "test").mkdir()
         if test:
             renderer = _load_renderer(nerf_path, cfg)
             boxes = render_test_boxes(renderer, test, tmp / "test", "render test boxes (pre-trained NeRF)", log)
             device = str(renderer.device)
         else:
             log.info("the scene has no ground-truth test views: nothing to render")
-            boxes, device = {"views": 0, "rays": 0}, None
+            boxes, device = _no_boxes(tmp / "test"), None
         total = time.perf_counter() - t0
         summary = {
             "what": "the pre-trained NeRF (trained without the masked pixels) at the evaluation box of each ground-truth "
