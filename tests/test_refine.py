@@ -510,14 +510,17 @@ class _Killed(Exception):
 
 def test_run_refine_resumes_after_a_kill_to_the_same_result(stage_inputs, tmp_path, offline):  # noqa: F811
     """A run killed after its step-3 checkpoint and rerun ends exactly where an
-    uninterrupted run ends; the output is a NeRF folder the renderer loads."""
+    uninterrupted run ends; the output is a NeRF folder the renderer loads, with the
+    training curves (TensorBoard scalars of every step once, curves.png)."""
     import json
+
+    from test_training_log import _scalars
 
     from innout.pretrain import read_scene
     from innout.refine import run_refine
     from innout.render import NerfRenderer
 
-    cfg = stage_cfg("refine.iterations=6")
+    cfg = stage_cfg("refine.iterations=6", "refine.tensorboard=true")
     args = (stage_inputs["transforms"], stage_inputs["base_dir"], stage_inputs["inpaint_dir"])
 
     def kill(step):
@@ -540,6 +543,9 @@ def test_run_refine_resumes_after_a_kill_to_the_same_result(stage_inputs, tmp_pa
     summary = json.loads((tmp_path / "a" / "refine" / "summary.json").read_text())
     assert summary["random_weights"] is True and summary["lpips_random_backbone"] is True
     assert summary["iterations"] == 6 and summary["patch_views"] and summary["base_view"] == stage_inputs["base"]
+    scalars = _scalars(tmp_path / "a" / "refine" / "tensorboard")
+    assert [step for step, _ in scalars["loss/loss"]] == list(range(1, 7)) and "lr" in scalars and "psnr_rec" in scalars
+    assert (tmp_path / "a" / "refine" / "curves.png").is_file() and summary["tensorboard"] == "tensorboard"
     renderer = NerfRenderer.from_config(tmp_path / "a" / "refine" / "nerf", device="cpu")
     _, _, train, _ = read_scene(stage_inputs["transforms"])
     out = renderer.render_camera(train[0].camera, return_samples=False)

@@ -374,6 +374,7 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
         state = extra["fit"]
         if curves is not None:
             curves.load_state(extra.get("curves"))
+            curves.start_at(tuner.step)
         resumed_from = tuner.step
         log.info("prior fit: resuming at step %d", tuner.step)
 
@@ -547,7 +548,7 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
 
     # ---- prior fit ----------------------------------------------------------------------
     fingerprint = _fit_fingerprint(cfg, nerf_config, winner, inpainted[winner], prior_depth, transforms.read_bytes())
-    curves = TrainingLog(work_dir / "fit" / "tensorboard" if bool(cfg.base.tensorboard) else None)
+    curves = TrainingLog(work_dir / "tensorboard" if bool(cfg.base.tensorboard) else None)
     fit = fit_prior(tuner, views, base, inpainted[winner], prior_depth, cfg.base, work_dir / "fit", fingerprint, seed, log, on_step,
                     curves)
     after = tuner.renderer.render_camera(base.camera, return_samples=False)
