@@ -14,6 +14,11 @@ and depths (expected distance along the unit ray: ``depth_nerf / scale``).
 ``NerfRenderer.from_config(path)`` loads what :func:`innout.pretrain.run_pretrain` writes
 (nerfstudio's ``config.yml`` + checkpoint) without touching the dataset, so it works on a
 machine where the scene's images are not present.
+
+The render stages (rules ``render_pretrain``, ``render``, ``render_camera_path``) render
+each view set once, at the size it is read, with progress lines (:mod:`innout.progress`):
+test views only at their evaluation box (:mod:`innout.boxes`), a few train views for the
+report, and videos along nerfstudio camera paths (:mod:`innout.camera_path`).
 """
 
 from __future__ import annotations
