@@ -18,6 +18,12 @@ subprocesses one after the other on the same scene, with ``--threads`` torch thr
     .venv/bin/python tools/bench_render.py --before-ref HEAD~3 --work /tmp/bench
     .venv/bin/python tools/bench_render.py chain                # the whole smoke chain, through Snakemake
 
+``--estimate`` is for a machine too loaded to render millions of rays: each code's stages
+run with one training step and a renderer that only counts the rays it is asked for
+(exact per-stage ray counts of each design), and the training and rendering rates of the
+smoke NeRF are measured on the scene (a few training steps, one full view); seconds are
+rays / rate. The table then says "estimated". The full mode measures the stages themselves.
+
 ``chain`` runs the workflow of this checkout on the same scene (``snakemake --cores 2`` to
 ``results/metrics.tsv``, poses provided as a SPIn-NeRF scene would have them) and prints
 each rule's seconds (its ``benchmarks/`` file) and the total wall time.
@@ -114,18 +120,107 @@ def run_stages(transforms: Path, out: Path, threads: int) -> dict:
     return result
 
 
-def measure(label: str, src: Path, transforms: Path, out: Path, threads: int) -> dict:
+def count_rays(transforms: Path, out: Path) -> dict:
+    """Rays each stage of whichever innout is importable asks the renderer for (the
+    renderer only counts: the outputs are blank), training cut to one step."""
+    import logging
+
+    import torch
+
+    from innout import render
+    from innout.config import load_method_config
+    from innout.pretrain import run_pretrain
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    counted = {"rays": 0}
+
+    def blank(self, origins, directions, *args, **kwargs):
+        shape = torch.broadcast_shapes(torch.as_tensor(origins).shape, torch.as_tensor(directions).shape)[:-1]
+        n = int(torch.Size(shape).numel())
+        counted["rays"] += n
+        if kwargs.get("progress") is not None:
+            kwargs["progress"](n)
+        return {"rgb": torch.full((*shape, 3), 0.5), "depth": torch.ones(shape), "accumulation": torch.ones(shape)}
+
+    render.NerfRenderer.render_rays = blank
+    cfg = load_method_config("smoke", ["device=cpu", "pretrain.iterations=1"], model="tiny")
+    full = load_method_config("smoke", ["device=cpu"], model="tiny").pretrain
+    log = logging.getLogger("bench")
+    result = {"train": int(full.iterations) * int(full.rays_per_batch)}
+    run_pretrain(transforms, out / "pretrain", out / "work", cfg, log)
+    result["pretrain_render"], counted["rays"] = counted["rays"], 0
+    nerf = out / "pretrain" / "innout-nerfacto" / "config.yml"
+    (out / "refine.json").write_text(json.dumps({"random_weights": True}))
+    if hasattr(render, "run_render_pretrain"):
+        render.run_render_pretrain(transforms, nerf, out / "render_pretrain", cfg, log)
+    result["render_pretrain"], counted["rays"] = counted["rays"], 0
+    render.run_render(transforms, nerf, out / "render", cfg, log, upstream_summary=out / "refine.json")
+    result["render"] = counted["rays"]
+    return result
+
+
+def measure_rates(transforms: Path, out: Path, threads: int, steps: int = 40) -> dict:
+    """Training and rendering rays per second of the smoke NeRF on the scene, back to
+    back: ``steps`` training steps (after a warm-up step), then one full train view."""
+    import logging
+
+    import torch
+
+    from innout.config import load_method_config
+    from innout.pretrain import read_scene, run_pretrain
+    from innout.render import NerfRenderer
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    cfg = load_method_config("smoke", ["device=cpu", f"pretrain.iterations={steps + 1}", "pretrain.eval_patches_per_view=0"],
+                             model="tiny")
+    times: list[float] = []
+    run_pretrain(transforms, out / "pretrain", out / "work", cfg, logging.getLogger("bench"),
+                 on_step=lambda step: times.append(time.perf_counter()))
+    train_rate = steps * int(cfg.pretrain.rays_per_batch) / (times[-1] - times[0])
+    _, _, train, _ = read_scene(transforms)
+    renderer = NerfRenderer.from_config(out / "pretrain", device="cpu")
+    camera = train[0].camera
+    t = time.perf_counter()
+    renderer.render_camera(camera, return_samples=False)
+    render_rate = camera.intrinsics.width * camera.intrinsics.height / (time.perf_counter() - t)
+    return {"train_rays_per_s": train_rate, "render_rays_per_s": render_rate}
+
+
+def _subprocess(label: str, src: Path, args: list[str], out: Path, threads: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     print(f"[{label}] code {src}, output {out}", flush=True)
     with open(out / "bench.log", "w") as log_file:
-        done = subprocess.run([_python(), __file__, "_stages", str(transforms), str(out), "--threads", str(threads)],
-                              env=env, cwd=out, stdout=subprocess.PIPE, stderr=log_file, text=True)
+        done = subprocess.run([_python(), __file__, *args], env=env, cwd=out, stdout=subprocess.PIPE, stderr=log_file, text=True)
     if done.returncode != 0:
         raise SystemExit(f"[{label}] failed; see {out / 'bench.log'}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def estimate(before_src: Path, transforms: Path, work: Path, threads: int) -> tuple[dict, dict]:
+    """Seconds of each stage of both codes from their ray counts and the measured rates."""
+    before = _subprocess("before: ray counts", before_src, ["_count", str(transforms), str(work / "before-count")],
+                         work / "before-count", threads)
+    after = _subprocess("after: ray counts", REPO / "src", ["_count", str(transforms), str(work / "after-count")],
+                        work / "after-count", threads)
+    rates = _subprocess("rates", REPO / "src", ["_rates", str(transforms), str(work / "rates"), "--threads", str(threads)],
+                        work / "rates", threads)
+    print(f"rays: before {before}\n      after  {after}")
+    print(f"rates: training {rates['train_rays_per_s']:.0f} rays/s, rendering {rates['render_rays_per_s']:.0f} rays/s")
+    out = []
+    for counts in (before, after):
+        seconds = {key: counts[key] / rates["render_rays_per_s"] for key in ("pretrain_render", "render_pretrain", "render")}
+        seconds["train"] = counts["train"] / rates["train_rays_per_s"]
+        seconds["pretrain_stage"] = seconds["train"] + seconds["pretrain_render"]  # + setup, not counted here
+        out.append(seconds)
+    return out[0], out[1]
+
+
+def measure(label: str, src: Path, transforms: Path, out: Path, threads: int) -> dict:
+    return _subprocess(label, src, ["_stages", str(transforms), str(out), "--threads", str(threads)], out, threads)
 
 
 def print_table(before: dict, after: dict, load: tuple[float, float]) -> None:
@@ -191,12 +286,25 @@ def main(argv: list[str] | None = None) -> int:
         a = p.parse_args(argv[1:])
         print(json.dumps(run_stages(a.transforms.resolve(), a.out.resolve(), a.threads)))
         return 0
+    if argv[:1] in (["_count"], ["_rates"]):
+        p = argparse.ArgumentParser()
+        p.add_argument("transforms", type=Path)
+        p.add_argument("out", type=Path)
+        p.add_argument("--threads", type=int, default=2)
+        a = p.parse_args(argv[1:])
+        if argv[0] == "_count":
+            print(json.dumps(count_rays(a.transforms.resolve(), a.out.resolve())))
+        else:
+            print(json.dumps(measure_rates(a.transforms.resolve(), a.out.resolve(), a.threads)))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", choices=["stages", "chain"], default="stages")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "innout-bench-render")
     parser.add_argument("--before-ref", default="main", help="git ref of the 'before' code (default: main)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each stage (stages mode)")
     parser.add_argument("--cores", type=int, default=2, help="snakemake --cores (chain mode)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="seconds from exact ray counts x measured rates (for a machine too loaded to render it all)")
     args = parser.parse_args(argv)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -206,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load0 = os.getloadavg()[0]
     before_src = checkout(args.before_ref, work / "before-code")
+    if args.estimate:
+        before, after = estimate(before_src, transforms, work, args.threads)
+        print("\nESTIMATED: seconds = rays the code asks for / rays per second measured on this scene "
+              "(the stages' setup and I/O are not included)")
+        print_table(before, after, (load0, os.getloadavg()[0]))
+        return 0
     before = measure(f"before ({args.before_ref})", before_src, transforms, work / "before", args.threads)
     after = measure("after (this checkout)", REPO / "src", transforms, work / "after", args.threads)
     print_table(before, after, (load0, os.getloadavg()[0]))
