@@ -29,6 +29,12 @@ rule base:
         noise="results/{scene}/base/noise.pt",
         depth_prior="results/{scene}/base/depth_prior.npy",
         nerf_config="results/{scene}/base/nerf/innout-nerfacto/config.yml",
+        curves=report(
+            "results/{scene}/base/curves.png",
+            caption="../workflow/report/curves.rst",
+            category="{scene}",
+            subcategory="4. base view",
+        ),
     params:
         method=base_stage_params(METHOD),
         weights=WEIGHTS,

@@ -62,6 +62,26 @@ scenes = load_scene_sheet(config["scenes"], config.get("data_root"))
 GENERATED = config.get("generated", {})
 
 
+def load_camera_paths(paths_by_scene):
+    """{scene: {name: camera_path.json}} from config `camera_paths` (a file or a list of
+    files per scene; the name is the file's stem); one-line errors naming the key."""
+    out = {}
+    for scene, files in (paths_by_scene or {}).items():
+        if scene not in scenes.index:
+            raise WorkflowError(f"config camera_paths: {scene!r} is not a scene of {config['scenes']}")
+        named = {}
+        for path in [files] if isinstance(files, str) else list(files):
+            name = Path(path).stem
+            if not SAFE_NAME.match(name) or name in named:
+                raise WorkflowError(f"config camera_paths.{scene}: {path}: file names must be unique and use letters, digits, '-', '_'")
+            named[name] = path
+        out[scene] = named
+    return out
+
+
+CAMERA_PATHS = load_camera_paths(config.get("camera_paths"))
+
+
 def method_config():
     method = config.get("method", {})
     return load_method_config(method.get("preset", "smoke"), method.get("overrides", []), method.get("model", "sd2"))
@@ -79,6 +99,7 @@ WEIGHTS = report_weights(METHOD.models)
 wildcard_constraints:
     scene="|".join(re.escape(name) for name in scenes.index) or "^$",
     generated="|".join(re.escape(name) for name in GENERATED) or "^$",
+    path=r"[A-Za-z0-9_-]+",
 
 
 ##### input functions #####
@@ -117,6 +138,11 @@ def scene_uses_colmap(name):
     return scene_format(name) == "images"
 
 
+def get_user_camera_path(wildcards):
+    """The user's camera_path.json behind results/{scene}/camera_paths/{path}.mp4."""
+    return CAMERA_PATHS[wildcards.scene][wildcards.path]
+
+
 def get_posed_transforms(wildcards):
     """transforms.json with poses: COLMAP's when the scene uses it, else the scene's own."""
     if scene_uses_colmap(wildcards.scene):
@@ -136,5 +162,6 @@ def get_final_output():
         targets.append(f"results/{name}/inpaint/summary.json")
         targets.append(f"results/{name}/eval/metrics.json")
         targets.append(f"results/{name}/render/video.mp4")
+        targets += [f"results/{name}/camera_paths/{path}.mp4" for path in CAMERA_PATHS.get(name, {})]
     targets.append("results/metrics.tsv")
     return targets

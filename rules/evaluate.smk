@@ -1,12 +1,15 @@
 # Metrics of the final NeRF against ground truth (SPIn-NeRF protocol, innout.evaluate),
-# the pre-trained NeRF's as "before", and the workflow-level table of every scene.
+# the pre-trained NeRF's (trained without the masked pixels) as "before", and the
+# workflow-level table of every scene. Renders come from rules render / render_pretrain.
 
 
 rule evaluate:
     input:
         transforms=get_posed_transforms,
         render="results/{scene}/render/summary.json",
-        pretrain="results/{scene}/pretrain/summary.json",
+        # the evaluation boxes of the test views: final NeRF ("after") and pre-trained NeRF
+        after="results/{scene}/render/test",
+        before="results/{scene}/render_pretrain/test",
         # LPIPS and FID networks come from the models cache (nothing is downloaded here)
         models=MODELS_MANIFEST,
     output:

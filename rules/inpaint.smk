@@ -56,6 +56,8 @@ rule inpaint:
             category="{scene}",
             subcategory="5. inpainting",
         ),
+        # every train view's aligned inpainting (refine trains on them, render shows them)
+        images=directory("results/{scene}/inpaint/images"),
     params:
         method=stage_params(METHOD, "inpaint", "models"),
         weights=WEIGHTS,

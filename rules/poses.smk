@@ -9,6 +9,12 @@ rule poses:
             subcategory="2. poses",
         ),
         transforms="results/{scene}/poses/transforms.json",
+        cameras=report(
+            "results/{scene}/poses/cameras.png",
+            caption="../workflow/report/poses.rst",
+            category="{scene}",
+            subcategory="2. poses",
+        ),
     params:
         method=stage_params(METHOD, "poses"),
     log:

@@ -9,6 +9,12 @@ rule pretrain:
             subcategory="3. geometry",
         ),
         nerf_config="results/{scene}/pretrain/innout-nerfacto/config.yml",
+        curves=report(
+            "results/{scene}/pretrain/curves.png",
+            caption="../workflow/report/curves.rst",
+            category="{scene}",
+            subcategory="3. geometry",
+        ),
     params:
         method=stage_params(METHOD, "pretrain"),
         # checkpoints live outside the output: Snakemake deletes incomplete outputs

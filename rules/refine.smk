@@ -7,6 +7,7 @@ rule refine:
         transforms=get_posed_transforms,
         base="results/{scene}/base/summary.json",
         inpaint="results/{scene}/inpaint/summary.json",
+        inpaint_images="results/{scene}/inpaint/images",
         # LPIPS' backbone comes from the models cache (nothing is downloaded here)
         models=MODELS_MANIFEST,
     output:
@@ -17,6 +18,12 @@ rule refine:
             subcategory="6. refinement",
         ),
         nerf_config="results/{scene}/refine/nerf/innout-nerfacto/config.yml",
+        curves=report(
+            "results/{scene}/refine/curves.png",
+            caption="../workflow/report/curves.rst",
+            category="{scene}",
+            subcategory="6. refinement",
+        ),
     params:
         method=stage_params(METHOD, "refine", "models"),
         weights=WEIGHTS,

@@ -147,11 +147,11 @@ STAGES_WITH_MODELS = ("inpaint", "refine", "render", "evaluate", "metrics")
 
 
 def test_report_opens_in_a_browser_with_every_picture(demo):
-    """`snakemake --report`: per scene the input views, the base view's candidates, the
-    inpaintings, renders beside ground truth, the video and the metrics table; every
-    picture loads in headless Chromium and every result made with models carries its
-    weights' label (random weights: the warning; never "random" otherwise, except the
-    LPIPS/FID backbone note)."""
+    """`snakemake --report`: per scene the input views, COLMAP's cameras, training curves,
+    the base view's candidates, the inpaintings, the train views before/after, renders
+    beside ground truth, the video and the metrics table; every picture loads in headless
+    Chromium and every result made with models carries its weights' label (random
+    weights: the warning; never "random" otherwise, except the LPIPS/FID backbone note)."""
     from innout.provenance import METRIC_BACKBONES_NOTE, weights_label
 
     from report_check import check_report, find_chromium
@@ -161,6 +161,8 @@ def test_report_opens_in_a_browser_with_every_picture(demo):
     result = snakemake(demo, "--report", "report.zip", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     found = check_report(demo / "report.zip", min_images=4)
+    assert "results/demo/render/train_views.png" in found["images"]  # the removal on the train views
+    assert {"results/demo/pretrain/curves.png", "results/demo/refine/curves.png", "results/demo/poses/cameras.png"} <= set(found["images"])
     rules = {r["rule"] for r in found["results"].values()}
     assert {"scene", "base", "inpaint", "evaluate", "render", "metrics"} <= rules, rules
     videos = [p for p in found["pages"].values() if p and p["videos"]]

@@ -365,23 +365,42 @@ def _stage_cfg(tmp_path):
     return load_method_config("smoke", ["device=cpu", f"models.cache_dir={tmp_path / 'models'}"], model="tiny")
 
 
+def _write_box_renders(folder: Path, images: dict, masks: dict) -> None:
+    """Renders of each view's evaluation box as innout.render writes them."""
+    from PIL import Image
+
+    from innout.boxes import write_boxes
+
+    boxes = {name: ev.mask_bbox(masks[name]) for name in images}
+    for name, image in images.items():
+        (folder / "rgb").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ev.crop(image, boxes[name])).save(folder / "rgb" / f"{name}.png")
+    write_boxes(folder, boxes, {name: (image.shape[1], image.shape[0]) for name, image in images.items()})
+
+
+def _scene_images(root: Path, n: int) -> tuple[dict, dict]:
+    from PIL import Image
+
+    names = [f"t{i}" for i in range(n)]
+    return ({k: np.asarray(Image.open(root / "images" / f"{k}.png")) for k in names},
+            {k: np.asarray(Image.open(root / "masks" / f"{k}.png")) > 0 for k in names})
+
+
 def test_run_evaluate_writes_the_protocol(tmp_path, offline):
     """Perfect final renders (PSNR inf, LPIPS 0 in every box), noisy "before" renders;
     metrics.json carries both, per view, with the weights' provenance; the TSV row and the
-    comparison picture follow."""
+    comparison picture follow. The renders hold the boxes only (innout.render)."""
     import json
 
     from PIL import Image
 
     rng = np.random.default_rng(11)
     transforms = _write_scene(tmp_path / "scene", 3, rng)
+    photos, masks = _scene_images(tmp_path / "scene", 3)
+    noisy = {k: np.clip(v.astype(int) + rng.integers(-40, 41, v.shape), 0, 255).astype(np.uint8) for k, v in photos.items()}
     after, before = tmp_path / "after", tmp_path / "before"
-    after.mkdir(), before.mkdir()
-    for i in range(3):
-        gt = np.asarray(Image.open(tmp_path / "scene" / "images" / f"t{i}.png"))
-        Image.fromarray(gt).save(after / f"t{i}.png")
-        noisy = np.clip(gt.astype(int) + rng.integers(-40, 41, gt.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(noisy).save(before / f"t{i}.png")
+    _write_box_renders(after, photos, masks)
+    _write_box_renders(before, noisy, masks)
     out = tmp_path / "eval" / "metrics.json"
     metrics = ev.run_evaluate(transforms, after, before, out, _stage_cfg(tmp_path), comparison_png=tmp_path / "eval" / "cmp.png")
     stored = json.loads(out.read_text())
@@ -393,12 +412,33 @@ def test_run_evaluate_writes_the_protocol(tmp_path, offline):
     assert stored["lpips_backbone"] == stored["fid_backbone"] == "random" and stored["metrics_note"]
     b = stored["before"]
     assert 0 < b["lpips"] and b["psnr"] < 25 and b["ssim"] < 0.99 and b["fid"] > 0 and set(b["per_view"]) == {"t0", "t1", "t2"}
+    assert "without the masked pixels" in b["what"]
     assert Image.open(tmp_path / "eval" / "cmp.png").size[0] == 3 * 240
     rows = ev.write_metrics_table({"s": out}, tmp_path / "metrics.tsv", tmp_path / "metrics.html")
     assert rows[0]["psnr"] == math.inf and rows[0]["psnr_before"] == b["psnr"]
     line = (tmp_path / "metrics.tsv").read_text().splitlines()[1].split("\t")
     assert line[0] == "s" and line[1] == "0" and line[3] == "inf" and line[-3:] == ["random", "random", "random"]
-    assert "RANDOM" in (tmp_path / "metrics.html").read_text()
+    page = (tmp_path / "metrics.html").read_text()
+    assert "RANDOM" in page and "<td>mean</td>" in page
+
+
+def test_box_renders_of_other_boxes_are_refused(tmp_path, offline):
+    """Renders made for other masks (a stale render folder) are a one-line input error."""
+    from innout.boxes import write_boxes
+    from innout.errors import InputError
+
+    transforms = _write_scene(tmp_path / "scene", 2, np.random.default_rng(0))
+    photos, masks = _scene_images(tmp_path / "scene", 2)
+    _write_box_renders(tmp_path / "r", photos, masks)
+    write_boxes(tmp_path / "r", {"t0": (0, 24, 0, 32), "t1": ev.mask_bbox(masks["t1"])}, {"t0": (32, 24), "t1": (32, 24)})
+    with pytest.raises(InputError, match=r"boxes\.json: final NeRF: view t0 was rendered at box"):
+        ev.run_evaluate(transforms, tmp_path / "r", tmp_path / "r", tmp_path / "m.json", _stage_cfg(tmp_path))
+
+
+def test_mean_row_over_the_scenes_with_a_value():
+    row = ev.mean_row([{"scene": "a", "psnr": 20.0, "lpips": None, "weights": "procedural"},
+                       {"scene": "b", "psnr": 30.0, "lpips": None, "weights": "random"}])
+    assert row["scene"] == "mean" and row["psnr"] == 25.0 and row["lpips"] is None and row["weights"] == "random"
 
 
 def _evaluate_with(root: Path, overrides: list[str], upstream_weights: str) -> dict:
@@ -477,7 +517,9 @@ def test_run_evaluate_missing_render_is_one_line(tmp_path, offline):
     from innout.errors import InputError
 
     transforms = _write_scene(tmp_path / "scene", 2, np.random.default_rng(0))
-    (tmp_path / "r").mkdir()
+    photos, masks = _scene_images(tmp_path / "scene", 2)
+    _write_box_renders(tmp_path / "r", photos, masks)
+    (tmp_path / "r" / "rgb" / "t0.png").unlink()
     with pytest.raises(InputError, match=r"t0\.png: render not found"):
         ev.run_evaluate(transforms, tmp_path / "r", tmp_path / "r", tmp_path / "m.json", _stage_cfg(tmp_path))
     assert not (tmp_path / "m.json").exists()

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_pretrain import offline, scene, trained  # noqa: F401  (session fixtures shared with the pretrain tests)
+from test_pretrain import offline, scene, train_renders, trained  # noqa: F401  (session fixtures shared with the pretrain tests)
 
 from innout.cameras import Camera, Intrinsics, look_at
 from innout.refine import (
@@ -472,7 +472,7 @@ STAGE_OVERRIDES = [
 ]
 
 
-def make_stage_inputs(root, trained) -> dict:
+def make_stage_inputs(root, trained, renders) -> dict:
     """``root/base`` and ``root/inpaint`` as the base and inpaint stages write them."""
     import json
     import shutil
@@ -482,7 +482,6 @@ def make_stage_inputs(root, trained) -> dict:
     from innout.pretrain import read_scene
 
     _, _, train, _ = read_scene(trained["scene"])
-    renders = trained["out_dir"] / "renders" / "train"
     base = train[len(train) // 2]
     base_dir, inpaint_dir = root / "base", root / "inpaint"
     (base_dir / "nerf").mkdir(parents=True)
@@ -505,9 +504,9 @@ _STAGE: dict = {}
 
 
 @pytest.fixture(scope="module")
-def stage_inputs(tmp_path_factory, trained):  # noqa: F811
+def stage_inputs(tmp_path_factory, trained, train_renders):  # noqa: F811
     if "inputs" not in _STAGE:
-        _STAGE["inputs"] = make_stage_inputs(tmp_path_factory.mktemp("refine_inputs"), trained)
+        _STAGE["inputs"] = make_stage_inputs(tmp_path_factory.mktemp("refine_inputs"), trained, train_renders)
     return _STAGE["inputs"]
 
 
@@ -585,14 +584,17 @@ class _Killed(Exception):
 
 def test_run_refine_resumes_after_a_kill_to_the_same_result(stage_inputs, tmp_path, offline):  # noqa: F811
     """A run killed after its step-3 checkpoint and rerun ends exactly where an
-    uninterrupted run ends; the output is a NeRF folder the renderer loads."""
+    uninterrupted run ends; the output is a NeRF folder the renderer loads, with the
+    training curves (TensorBoard scalars of every step once, curves.png)."""
     import json
+
+    from test_training_log import _scalars
 
     from innout.pretrain import read_scene
     from innout.refine import run_refine
     from innout.render import NerfRenderer
 
-    cfg = stage_cfg("refine.iterations=6")
+    cfg = stage_cfg("refine.iterations=6", "refine.tensorboard=true")
     args = (stage_inputs["transforms"], stage_inputs["base_dir"], stage_inputs["inpaint_dir"])
 
     def kill(step):
@@ -618,6 +620,9 @@ def test_run_refine_resumes_after_a_kill_to_the_same_result(stage_inputs, tmp_pa
     _, _, train_views, _ = read_scene(stage_inputs["transforms"])
     assert set(summary["patch_view_ranking"]["score"]) == {f.name for f in train_views} - {stage_inputs["base"]}
     assert summary["iterations"] == 6 and summary["patch_views"] and summary["base_view"] == stage_inputs["base"]
+    scalars = _scalars(tmp_path / "a" / "refine" / "tensorboard")
+    assert [step for step, _ in scalars["loss/loss"]] == list(range(1, 7)) and "lr" in scalars and "psnr_rec" in scalars
+    assert (tmp_path / "a" / "refine" / "curves.png").is_file() and summary["tensorboard"] == "tensorboard"
     renderer = NerfRenderer.from_config(tmp_path / "a" / "refine" / "nerf", device="cpu")
     _, _, train, _ = read_scene(stage_inputs["transforms"])
     out = renderer.render_camera(train[0].camera, return_samples=False)

@@ -1,5 +1,7 @@
-"""The render stage: every camera, depth maps, a smooth closed camera path and its MP4,
-on the tiny NeRF trained once per session by ``tests/test_pretrain.py``'s fixture."""
+"""The render stages: the test views' evaluation boxes, the report's train views with depth,
+a smooth closed camera path in nerfstudio's format and its MP4, progress lines while
+rendering; on the tiny NeRF trained once per session by ``tests/test_pretrain.py``'s
+fixture."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import pytest
 from test_pretrain import offline, scene, trained  # noqa: F401  (session fixtures shared with the pretrain tests)
 
 from innout.cameras import Camera, Intrinsics, look_at
-from innout.render import camera_path, encode_mp4, path_keyframes
+from innout.camera_path import path_keyframes, smooth_path
+from innout.render import encode_mp4
 
 K = Intrinsics(50.0, 50.0, 32.0, 24.0, 64, 48)
 
@@ -46,7 +49,7 @@ def test_keyframes_go_around_the_capture():
 
 def test_camera_path_is_smooth_closed_and_through_keyframes():
     keys = _ring(6)
-    path = camera_path(keys, 60)
+    path = smooth_path(keys, 60)
     assert len(path) == 60
     np.testing.assert_allclose(path[0].c2w, keys[0].c2w, atol=1e-9)  # starts on the first keyframe
     centres = np.stack([c.c2w[:3, 3] for c in path])
@@ -78,61 +81,197 @@ def test_mp4_is_decodable_and_deterministic(tmp_path):
         encode_mp4(frames[:, :23], tmp_path / "c.mp4")
 
 
+def _render_cfg(*extra: str):
+    from innout.config import load_method_config
+
+    return load_method_config("smoke", ["device=cpu", "render.video_frames=6", "render.video_fps=3", "render.train_scale=0.5",
+                                        "render.train_views=3", "render.video_scale=1.0", *extra], model="tiny")
+
+
 def test_run_render(trained, tmp_path, offline):  # noqa: F811
+    """What the render stage writes: the evaluation box of every test view at full
+    resolution (what evaluate reads), the chosen train views (base first) with depth at
+    train_scale, the report's sheet, camera_path.json and a video rendered from it."""
     import av
     from PIL import Image
 
-    from innout.config import load_method_config
+    from innout.boxes import mask_bbox, read_boxes
     from innout.pretrain import read_scene
-    from innout.render import run_render
+    from innout.render import NerfRenderer, run_render
 
-    cfg = load_method_config("smoke", ["device=cpu", "render.video_frames=6", "render.video_fps=3", "render.train_scale=0.5"], model="tiny")
+    _, _, train, test = read_scene(trained["scene"])
+    base = train[len(train) // 2].name
     (tmp_path / "refine").mkdir()
     (tmp_path / "refine" / "summary.json").write_text(json.dumps({"weights": "random"}))
+    (tmp_path / "base.json").write_text(json.dumps({"winner": base}))
     nerf = trained["out_dir"] / "innout-nerfacto" / "config.yml"
-    summary = run_render(trained["scene"], nerf, tmp_path / "render", cfg, upstream_summary=tmp_path / "refine" / "summary.json")
+    summary = run_render(trained["scene"], nerf, tmp_path / "render", _render_cfg(), upstream_summary=tmp_path / "refine" / "summary.json",
+                         base_summary=tmp_path / "base.json", inpaint_images=None)
     out = tmp_path / "render"
-    _, _, train, test = read_scene(trained["scene"])
     w, h = train[0].camera.intrinsics.width, train[0].camera.intrinsics.height
+    boxes = read_boxes(out / "test")
     for f in test:
-        assert Image.open(out / "test" / "rgb" / f"{f.name}.png").size == (w, h)
-        depth = np.load(out / "test" / "depth" / f"{f.name}.npy")
-        assert depth.shape == (h, w) and np.isfinite(depth).all() and (depth > 0).all()
-        assert (out / "test" / "depth" / f"{f.name}.png").is_file()
-    for f in train:
-        assert Image.open(out / "train" / "rgb" / f"{f.name}.png").size == (w // 2, h // 2)
-        assert np.load(out / "train" / "depth" / f"{f.name}.npy").shape == (h // 2, w // 2)
+        mask = np.asarray(Image.open(f.object_mask)) > 0
+        box = mask_bbox(mask)
+        assert boxes[f.name] == box
+        assert Image.open(out / "test" / "rgb" / f"{f.name}.png").size == (box[3] - box[2], box[1] - box[0])
+    assert summary["test_boxes"]["rays"] < 0.5 * len(test) * w * h  # the boxes, not the views
+    assert summary["train_views"][0] == base and len(summary["train_views"]) == 3
+    assert sorted(p.stem for p in (out / "train" / "rgb").glob("*.png")) == sorted(summary["train_views"])
+    for name in summary["train_views"]:
+        assert Image.open(out / "train" / "rgb" / f"{name}.png").size == (w // 2, h // 2)
+        assert np.load(out / "train" / "depth" / f"{name}.npy").shape == (h // 2, w // 2)
+    sheet = Image.open(out / "train_views.png")
+    assert sheet.size[0] == 3 * 240 and sheet.size[1] > 3 * 100  # three views, three columns, a warning banner
     with av.open(str(out / "video.mp4")) as container:
         frames = [fr.to_ndarray(format="rgb24") for fr in container.decode(video=0)]
     assert len(frames) == 6 and frames[0].shape == (h - h % 2, w - w % 2, 3)
     assert np.std(frames[0]) > 5  # the scene, not a blank frame
     page = (out / "video.html").read_text()
     assert "data:video/mp4;base64," in page and "RANDOM" in page
-    path = json.loads((out / "path.json").read_text())
-    assert len(path["c2w"]) == 6 and set(path["keyframes"]) <= {f.name for f in train}
-    assert summary["weights"] == "random" and summary["n_test_views"] == len(test) and summary["video"]["frames"] == 6
-    # the renders are the NeRF's (rendered again through the API: the same pixels)
-    from innout.render import NerfRenderer
-
+    path = json.loads((out / "camera_path.json").read_text())
+    assert len(path["camera_path"]) == 6 and path["render_width"] == frames[0].shape[1]
+    assert set(summary["video"]["keyframes"]) <= {f.name for f in train}
+    assert summary["random_weights"] is True and summary["n_test_views"] == len(test) and summary["video"]["frames"] == 6
+    # the box renders are the NeRF's pixels there (rendered again through the API: the same)
+    y0, y1, x0, x1 = boxes[test[0].name]
     again = NerfRenderer.from_config(nerf, device="cpu").render_camera(test[0].camera, return_samples=False)["rgb"].numpy()
     ours = np.asarray(Image.open(out / "test" / "rgb" / f"{test[0].name}.png"), dtype=float)
-    assert np.abs(np.clip(again, 0, 1) * 255 - ours).max() <= 0.5 + 1e-6
+    assert np.abs(np.clip(again[y0:y1, x0:x1], 0, 1) * 255 - ours).max() <= 0.5 + 1e-6
 
 
-def test_renders_of_trained_weights_carry_their_label(trained, tmp_path, offline, procedural_like):  # noqa: F811
-    from provenance_check import random_mentions
+def test_render_pretrain_boxes_only_with_ground_truth(trained, tmp_path, offline):  # noqa: F811
+    """The "before" renders: the same boxes from the pre-trained NeRF; a scene without
+    ground-truth test views renders nothing (and never loads the NeRF)."""
+    from innout.boxes import read_boxes
+    from innout.render import run_render_pretrain
 
-    from innout.config import load_method_config
-    from innout.provenance import PROCEDURAL_LABEL
-    from innout.render import run_render
-
-    cfg = load_method_config("smoke", ["device=cpu", "render.video_frames=2", "render.video_fps=2", "render.train_scale=0.25",
-                                       *procedural_like], model="tiny")
-    (tmp_path / "refine.json").write_text(json.dumps({"weights": "procedural"}))
     nerf = trained["out_dir"] / "innout-nerfacto" / "config.yml"
-    summary = run_render(trained["scene"], nerf, tmp_path / "render", cfg, upstream_summary=tmp_path / "refine.json")
-    assert summary["weights"] == "procedural" and summary["weights_label"] == PROCEDURAL_LABEL and summary["warning"] is None
-    assert random_mentions(json.loads((tmp_path / "render" / "summary.json").read_text())) == []
-    page = (tmp_path / "render" / "video.html").read_text()
-    without_video = re.sub(r'src="data:[^"]*"', "", page)  # base64 may spell anything
-    assert PROCEDURAL_LABEL in page and "random" not in without_video.lower()
+    summary = run_render_pretrain(trained["scene"], nerf, tmp_path / "before", _render_cfg())
+    assert summary["test_boxes"]["views"] == summary["n_test_views"] > 0
+    assert set(read_boxes(tmp_path / "before" / "test")) == {p.stem for p in (tmp_path / "before" / "test" / "rgb").glob("*.png")}
+    meta = json.loads(trained["scene"].read_text())
+    meta["frames"] = [f for f in meta["frames"] if f["innout_split"] == "train"]
+    own = trained["scene"].parent / "no_ground_truth.json"
+    own.write_text(json.dumps(meta))
+    summary = run_render_pretrain(own, tmp_path / "no-such-nerf", tmp_path / "own", _render_cfg())
+    assert summary["n_test_views"] == 0 and summary["reason"] and summary["device"] is None
+    assert [p.name for p in (tmp_path / "own" / "test").iterdir()] == ["boxes.json"]
+
+
+def test_camera_path_round_trip_through_nerfstudio(trained, tmp_path, offline):  # noqa: F811
+    """camera_path.json is nerfstudio's format: nerfstudio's own loader
+    (get_path_from_json, what ns-render camera-path uses) gives back the path's cameras
+    (poses in the NeRF's frame, square pixels, centred principal point), and the viewer's
+    keyframe fields are there."""
+    import torch
+    from nerfstudio.cameras.camera_paths import get_path_from_json
+
+    from innout.camera_path import from_nerfstudio, path_intrinsics, read_nerfstudio, to_nerfstudio
+    from innout.pretrain import read_scene
+    from innout.render import NerfRenderer
+
+    renderer = NerfRenderer.from_config(trained["out_dir"], device="cpu")
+    _, _, train, _ = read_scene(trained["scene"])
+    intr = path_intrinsics(train[0].camera.intrinsics, 40, 30)
+    keys = [f.camera.with_intrinsics(intr) for f in train[:4]]
+    path = smooth_path(keys, 9, intr)
+    data = to_nerfstudio(path, renderer.frame, 12.0, keys)
+    (tmp_path / "camera_path.json").write_text(json.dumps(data))
+    loaded = read_nerfstudio(tmp_path / "camera_path.json")
+    cams = get_path_from_json(loaded)
+    assert cams.shape[0] == 9 and int(cams.width[0]) == 40 and int(cams.height[0]) == 30
+    for i, cam in enumerate(path):
+        expected = torch.from_numpy(renderer.frame.c2w_to_nerf(cam.c2w)).float()
+        torch.testing.assert_close(cams.camera_to_worlds[i], expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(cams.fx[:, 0].double().numpy(), intr.fx, atol=1e-3)
+    np.testing.assert_allclose(cams.fy[:, 0].double().numpy(), intr.fy, atol=1e-3)
+    assert float(cams.cx[0]) == 20.0 and float(cams.cy[0]) == 15.0
+    back = from_nerfstudio(loaded, renderer.frame)
+    for a, b in zip(back, path):
+        np.testing.assert_allclose(a.c2w, b.c2w, atol=1e-5)
+        assert a.intrinsics.width == 40 and abs(a.intrinsics.fy - intr.fy) < 1e-3
+    assert loaded["seconds"] == pytest.approx(9 / 12.0) and len(loaded["keyframes"]) == 4
+    assert all(len(k["matrix"]) == 16 and k["aspect"] == pytest.approx(40 / 30) for k in loaded["keyframes"])
+
+
+def test_user_camera_path_renders_a_video(trained, tmp_path, offline):  # noqa: F811
+    import av
+
+    from innout.camera_path import path_intrinsics, to_nerfstudio
+    from innout.errors import InputError
+    from innout.pretrain import read_scene
+    from innout.render import NerfRenderer, run_camera_path
+
+    renderer = NerfRenderer.from_config(trained["out_dir"], device="cpu")
+    _, _, train, _ = read_scene(trained["scene"])
+    intr = path_intrinsics(train[0].camera.intrinsics, 32, 24)
+    data = to_nerfstudio([f.camera.with_intrinsics(intr) for f in train[:3]], renderer.frame, 2.0)
+    (tmp_path / "mine.json").write_text(json.dumps(data))
+    nerf = trained["out_dir"] / "innout-nerfacto" / "config.yml"
+    info = run_camera_path(tmp_path / "mine.json", nerf, tmp_path / "mine.mp4", tmp_path / "mine.html", _render_cfg())
+    with av.open(str(tmp_path / "mine.mp4")) as container:
+        frames = [fr.to_ndarray(format="rgb24") for fr in container.decode(video=0)]
+    assert len(frames) == 3 and frames[0].shape == (24, 32, 3) and info["fps"] == 2
+    assert "RANDOM" in (tmp_path / "mine.html").read_text()
+    (tmp_path / "bad.json").write_text(json.dumps({"camera_path": []}))
+    with pytest.raises(InputError, match="bad.json"):
+        run_camera_path(tmp_path / "bad.json", nerf, tmp_path / "bad.mp4", tmp_path / "bad.html", _render_cfg())
+    assert not (tmp_path / "bad.mp4").exists()
+
+
+class FakeClock:
+    """Monotonic seconds that advance by ``step`` at every reading (a slow machine)."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_a_progress_line_within_the_first_10_s_of_rendering(trained, monkeypatch, offline):  # noqa: F811
+    """Rendering on a machine where every chunk of rays takes 3 s: the render log gets a
+    progress line (views done/total, rays/s, ETA) within the first 10 s and then at
+    least every 10 s, not only at the end."""
+    import logging
+
+    from innout import progress
+    from innout.pretrain import read_scene
+    from innout.render import NerfRenderer, render_test_boxes
+
+    clock = FakeClock(3.0)
+    monkeypatch.setattr(progress, "CLOCK", clock)
+    lines: list[tuple[float, str]] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record):
+            lines.append((clock.now, record.getMessage()))
+
+    log = logging.getLogger("innout.test.progress")
+    log.setLevel(logging.INFO)
+    log.addHandler(Lines())
+    renderer = NerfRenderer.from_config(trained["out_dir"], device="cpu", chunk=64)
+    _, _, _, test = read_scene(trained["scene"])
+    start = clock.now
+    with tempfile_dir() as folder:
+        render_test_boxes(renderer, test, folder, "render test boxes", log)
+    progress_lines = [(t, m) for t, m in lines if "ETA" in m]
+    assert progress_lines, lines
+    assert progress_lines[0][0] - start <= 10.0, progress_lines[0]
+    times = [start] + [t for t, _ in progress_lines]
+    assert max(np.diff(times)) <= 10.0, times
+    t, message = progress_lines[0]
+    assert f"/{len(test)} views" in message and "rays/s" in message, message
+
+
+def tempfile_dir():
+    import tempfile
+    from pathlib import Path
+
+    class _Dir(tempfile.TemporaryDirectory):
+        def __enter__(self):
+            return Path(super().__enter__())
+
+    return _Dir()

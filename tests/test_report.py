@@ -1,12 +1,15 @@
-"""The HTML report check itself, on a small report (good and broken). The demo's own
-report is checked in tests/test_demo_workflow.py."""
+"""The HTML report check itself, on a small report (good and broken), and the workflow's
+report for a scene without ground truth (the report rules run for real on stand-ins of
+the earlier stages). The demo's own report is checked in tests/test_demo_workflow.py."""
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
 import pytest
+from test_pretrain import offline, scene, train_renders, trained  # noqa: F401  (session fixtures)
 
 from report_check import check_report, find_chromium
 from workflow_helpers import snakemake, workflow_copy
@@ -58,3 +61,108 @@ def test_check_catches_a_broken_picture(mini_report, tmp_path):
         check_report(broken)
 
 # The whole demo's report is checked in tests/test_demo_workflow.py (it reuses that run).
+
+
+# -------------------------------------------------------------------------------------------
+# A scene without ground truth (your own photos): the report still shows the removal, on
+# the train views. The rules that make and show renders run for real (render_pretrain,
+# render, evaluate, metrics) on stand-in outputs of the stages before them: the tiny NeRF
+# of tests/test_pretrain.py as pretrained and refined NeRF, its renders as inpaintings.
+
+STAND_IN_OUTPUTS = {  # rule -> its declared outputs (rules/*.smk), made in this order
+    "scene": ["scene/summary.json", "scene/transforms.json", "scene/overview.png"],
+    "pretrain": ["pretrain/summary.json", "pretrain/innout-nerfacto/config.yml", "pretrain/curves.png"],
+    "base": ["base/summary.json", "base/overview.png", "base/base.png", "base/mask.png", "base/noise.pt",
+             "base/depth_prior.npy", "base/nerf/innout-nerfacto/config.yml", "base/curves.png"],
+    "inpaint": ["inpaint/summary.json", "inpaint/comparison.png", "inpaint/images"],
+    "refine": ["refine/summary.json", "refine/nerf/innout-nerfacto/config.yml", "refine/curves.png"],
+}
+
+
+def _stand_in_results(work: Path, trained: dict, renders: Path) -> str:  # noqa: F811
+    """results/own/ as the stages up to refine leave it, for a scene without test views;
+    returns the base view's name. Files are made (and dated) in the order of the chain."""
+    import os
+    import shutil
+    import time
+
+    from PIL import Image
+
+    from innout.pretrain import read_scene
+
+    own = work / "results" / "own"
+    source = work / "own_photos"
+    shutil.copytree(trained["scene"].parent, source)
+    meta = json.loads((source / "transforms.json").read_text())
+    meta["frames"] = [f for f in meta["frames"] if f.get("innout_split", "train") == "train"]  # no ground truth
+    meta.pop("test_filenames", None), meta.pop("val_filenames", None)
+    (source / "transforms.json").write_text(json.dumps(meta))
+    shutil.copytree(source, own / "scene")
+    _, _, train, test = read_scene(own / "scene" / "transforms.json")
+    assert train and not test
+    base = train[len(train) // 2].name
+    picture = Image.new("RGB", (64, 48), "grey")
+    for nerf in ("pretrain", "base/nerf", "refine/nerf"):
+        shutil.copytree(trained["out_dir"] / "innout-nerfacto", own / nerf / "innout-nerfacto", dirs_exist_ok=True)
+    (own / "inpaint" / "images").mkdir(parents=True)
+    for f in train:
+        shutil.copy2(renders / "rgb" / f"{f.name}.png", own / "inpaint" / "images" / f"{f.name}.png")
+    summaries = {"base": {"winner": base, "weights": "random"}, "inpaint": {"base_view": base, "weights": "random"},
+                 "refine": {"weights": "random"}, "scene": {}, "pretrain": {}}
+    models = work / "resources" / "models" / "manifest.json"
+    models.parent.mkdir(parents=True)
+    models.write_text(json.dumps({"model_set": "tiny"}))
+    stamp = time.time() - 1000
+    os.utime(source / "transforms.json", (stamp, stamp))
+    for rule, outputs in STAND_IN_OUTPUTS.items():
+        stamp += 10
+        for name in outputs:
+            path = own / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if name.endswith("summary.json"):
+                path.write_text(json.dumps(summaries[rule]))
+            elif name.endswith(".png") and not path.exists():
+                picture.save(path)
+            elif not path.exists():
+                path.write_bytes(b"stand-in")
+            os.utime(path, (stamp, stamp))
+        if rule == "pretrain":
+            os.utime(models, (stamp, stamp))
+    return base
+
+
+@needs_chromium
+def test_report_shows_the_removal_on_train_views_without_ground_truth(tmp_path, trained, train_renders, offline):  # noqa: F811
+    """A scene without ground-truth test views: the report holds the train-view
+    before/after sheet (input with the object, aligned inpainting, final render; base view
+    first), the video, a note instead of test metrics, and every picture loads in headless
+    Chromium."""
+    import yaml
+
+    from report_check import check_report
+
+    work = workflow_copy(tmp_path / "wf")
+    base = _stand_in_results(work, trained, train_renders)
+    (work / "config" / "own.tsv").write_text("scene\tpath\tformat\tposes\tprompt\nown\town_photos\tnerfstudio\tprovided\t\n")
+    config = yaml.safe_load((work / "config" / "config.yaml").read_text())
+    config["scenes"] = "config/own.tsv"
+    config["method"]["overrides"] = ["render.train_views=3", "render.video_frames=4", "render.video_scale=0.5"]
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(work, "--cores", "2", timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ran = {line.split()[1].rstrip(":") for line in result.stderr.splitlines() if line.startswith(("rule ", "localrule "))}
+    assert ran - {"all"} == {"render_pretrain", "render", "evaluate", "metrics"}, ran  # the stand-ins are up to date
+    result = snakemake(work, "--report", "report.zip", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = check_report(work / "report.zip", min_images=4)
+    sheet = "results/own/render/train_views.png"
+    assert sheet in found["images"], sorted(found["images"])
+    width, height = found["images"][sheet]
+    assert width == 3 * 240 and height > 3 * 100  # three columns, one row per view
+    assert found["results"][sheet]["rule"] == "render" and "input photo" in found["results"][sheet]["caption"]
+    render = json.loads((work / "results" / "own" / "render" / "summary.json").read_text())
+    assert render["train_views"][0] == base and render["n_test_views"] == 0
+    videos = [p for p in found["pages"].values() if p and p["videos"]]
+    assert videos
+    metrics = json.loads((work / "results" / "own" / "eval" / "metrics.json").read_text())
+    assert metrics["psnr"] is None and "no ground-truth" in metrics["reason"]

@@ -22,8 +22,21 @@ def test_default_target_chains_every_stage_of_the_demo(tmp_path):
     assert result.returncode == 0, result.stderr
     assert planned_rules(result) == {
         "generate": 1, "scene": 1, "poses": 1, "pretrain": 1, "models": 1, "base": 1, "inpaint_shard": 2,
-        "inpaint": 1, "refine": 1, "render": 1, "evaluate": 1, "metrics": 1, "all": 1,
+        "inpaint": 1, "refine": 1, "render_pretrain": 1, "render": 1, "evaluate": 1, "metrics": 1, "all": 1,
     }
+
+
+def test_user_camera_paths_add_one_video_job_each(tmp_path):
+    """config camera_paths: each file of a scene is one render_camera_path job (its name
+    from the file); a scene that is not in the sheet is a one-line error."""
+    work = workflow_copy(tmp_path / "wf")
+    (work / "orbit.json").write_text("{}")
+    (work / "dolly.json").write_text("{}")
+    result = snakemake(work, "-n", "--quiet", "rules", "--config", "camera_paths={demo: [orbit.json, dolly.json]}")
+    assert result.returncode == 0, result.stderr
+    assert planned_rules(result)["render_camera_path"] == 2
+    result = snakemake(work, "-n", "--config", "camera_paths={nosuch: orbit.json}")
+    assert result.returncode != 0 and "camera_paths: 'nosuch' is not a scene" in result.stdout + result.stderr
 
 
 def _write_sheet(work, rows):
@@ -112,7 +125,7 @@ def _planned_jobs(result) -> list[tuple[str, dict]]:
     return jobs
 
 
-GPU_RULES = {"pretrain", "base", "inpaint_shard", "refine", "render", "evaluate"}
+GPU_RULES = {"pretrain", "base", "inpaint_shard", "refine", "render_pretrain", "render", "evaluate"}
 
 
 def test_paper_config_plans_every_gpu_stage_on_a_gpu(tmp_path):
@@ -132,7 +145,7 @@ def test_paper_config_plans_every_gpu_stage_on_a_gpu(tmp_path):
     for rule, _ in jobs:
         counts[rule] = counts.get(rule, 0) + 1
     assert counts == {"models": 1, "scene": 2, "pretrain": 2, "base": 2, "inpaint_shard": 8, "inpaint": 2,
-                      "refine": 2, "render": 2, "evaluate": 2, "metrics": 1, "all": 1}
+                      "refine": 2, "render_pretrain": 2, "render": 2, "evaluate": 2, "metrics": 1, "all": 1}
     for rule, resources in jobs:
         assert resources.get("gpu") == ("1" if rule in GPU_RULES else None), (rule, resources)
     assert "results/sa/scene/summary.json" in result.stdout and str(tmp_path / "data" / "a") not in result.stderr
@@ -156,7 +169,7 @@ def test_scene_named_mean_is_refused(tmp_path):
     result = snakemake(work, "-n")
     assert result.returncode != 0
     assert any("scenes.tsv" in l and "mean row" in l for l in (result.stdout + result.stderr).splitlines())
-CAPTIONS_WITH_MODELS = ("base", "inpaint", "refine", "render", "evaluate", "metrics", "models")
+CAPTIONS_WITH_MODELS = ("base", "inpaint", "refine", "render", "render_train", "camera_path", "evaluate", "metrics", "models")
 
 
 def _captions(method) -> dict[str, str]:

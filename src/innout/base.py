@@ -28,6 +28,7 @@ NeRF holds an object-free surface there. Outputs (``results/{scene}/base/``)::
     overview.png            contact sheet: candidates, winner, depth prior, base view
                             rendered before / after the prior fit
     renders/{before,after}.png   the base view rendered before / after the prior fit
+    curves.png, tensorboard/ the prior fit's losses, PSNR and learning rate (base.tensorboard)
     nerf/innout-nerfacto/   the NeRF after the prior fit (NerfRenderer.from_config)
     config.yaml             the resolved method config
 
@@ -158,7 +159,9 @@ NS_DIR = "innout-nerfacto"
 # base view's fill and noise are those the aligned views will be denoised beside).
 BASE_INPAINT_KEYS = ("steps", "guidance_scale", "resolution", "scheduler", "skip_identical_guidance")
 # settings that do not change the fitted NeRF: changing them keeps a fit resumable
-_NOT_IN_FIT_FINGERPRINT = ("steps_per_checkpoint", "log_every_steps")
+FIT_CURVE_PANELS = {"losses": ["loss/total", "loss/rec", "loss/prior_colour", "loss/prior_depth"],
+                    "PSNR of the L_rec rays (dB)": ["psnr_rec"], "learning rate": ["lr"]}
+_NOT_IN_FIT_FINGERPRINT = ("steps_per_checkpoint", "log_every_steps", "tensorboard")
 DEPTH_PRIOR_DEFINITION = ("distance along the unit ray through each pixel centre, in scene units "
                           "(the frame of transforms.json), float32 (H, W) at the working resolution")
 VOTE_DEFINITION = ("summed Hamming distance between the candidate's pHash and the others' (pHash of the "
@@ -355,7 +358,7 @@ def depth_prior_decision(alignment: Mapping[str, Any], fit: Any) -> dict:
 
 def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np.ndarray, prior_depth: np.ndarray,
               fit: Any, work: Path, fingerprint: str, seed: int, log: logging.Logger = _log,
-              on_step: Optional[Callable[[int], None]] = None, use_depth: bool = True) -> dict:
+              on_step: Optional[Callable[[int], None]] = None, use_depth: bool = True, curves: Any = None) -> dict:
     """Fine-tune ``tuner`` (an :class:`innout.finetune.NerfTuner` on the pre-trained NeRF)
     for ``fit.prior_iterations`` steps of
 
@@ -370,7 +373,9 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
 
     Checkpoints every ``fit.steps_per_checkpoint`` steps (and at the end) into ``work``;
     a rerun with the same ``fingerprint`` resumes there, other fingerprints start over.
-    ``on_step(step)`` runs after every step (tests interrupt from it). Returns the fit's
+    ``on_step(step)`` runs after every step (tests interrupt from it); ``curves``: an
+    :class:`innout.training_log.TrainingLog` that gets the losses, PSNR and learning rate
+    at every logged step (its history is part of the resumable state). Returns the fit's
     statistics."""
     import torch
 
@@ -409,11 +414,15 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
     if extra is not None:
         rng.bit_generator.state = extra["numpy_rng"]
         state = extra["fit"]
+        if curves is not None:
+            curves.load_state(extra.get("curves"))
+            curves.start_at(tuner.step)
         resumed_from = tuner.step
         log.info("prior fit: resuming at step %d", tuner.step)
 
     def extra_state() -> dict:
-        return {"numpy_rng": rng.bit_generator.state, "fit": dict(state, seconds=state["seconds"] + time.perf_counter() - t_run)}
+        return {"numpy_rng": rng.bit_generator.state, "fit": dict(state, seconds=state["seconds"] + time.perf_counter() - t_run),
+                "curves": curves.state() if curves is not None else []}
 
     dev = tuner.device
     start = tuner.step
@@ -447,6 +456,10 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
                      done, iterations, losses["total"], losses["rec"], losses["prior_colour"], losses["prior_depth"],
                      rays_per_s, (iterations - done) * (n_rec + n_prior) / max(rays_per_s, 1e-9))
             window_t, window_steps = now, 0
+            if curves is not None:
+                lr = float(next(iter(tuner.optimizers.values())).param_groups[0]["lr"])
+                curves.add(done, {**{f"loss/{k}": v for k, v in losses.items()}, "lr": lr,
+                                  "psnr_rec": -10.0 * math.log10(max(losses["rec"], 1e-12))})
         if done % every == 0 or done == iterations:
             tuner.save_checkpoint(ckpt_dir, extra_state())
         if on_step is not None:
@@ -476,22 +489,6 @@ def _fit_fingerprint(cfg: Any, nerf_config: Path, winner: str, inpainted: np.nda
     ckpt = latest_checkpoint(nerf_config.parent / "nerfstudio_models")
     return _digest(fit, int(cfg.seed), winner, inpainted.tobytes(), prior_depth.tobytes(), transforms_bytes,
                    hashlib.sha256(ckpt.read_bytes()).hexdigest(), bool(use_depth))
-
-
-def _retarget_nerf_config(config_yml: Path, final_out_dir: Path) -> None:
-    """NerfTuner.export wrote absolute paths of the temporary output folder into
-    nerfstudio's config.yml; point them at where the folder will live (the renderer
-    reads paths relative to the file, nerfstudio's viewer reads these)."""
-    import yaml
-
-    config = yaml.load(config_yml.read_text(), Loader=yaml.Loader)
-    final_out_dir = Path(final_out_dir).resolve()
-    config.output_dir = final_out_dir
-    config.experiment_name = "nerf"
-    if (config_yml.parent / "transforms.json").is_file():
-        data = final_out_dir / "nerf" / NS_DIR / "transforms.json"
-        config.data = config.pipeline.datamanager.data = config.pipeline.datamanager.dataparser.data = data
-    config_yml.write_text(yaml.dump(config), "utf8")
 
 
 # -------------------------------------------------------------------------- run
@@ -530,6 +527,7 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     from innout.models import check_manifest, load_depth_model, load_inpainter, manifest_item
     from innout.pretrain import colourise_depth
     from innout.stage import atomic_dir
+    from innout.training_log import TrainingLog
 
     log = log or _log
     t_stage = time.perf_counter()
@@ -595,8 +593,9 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     # ---- prior fit ----------------------------------------------------------------------
     use_depth = depth_check["used"]
     fingerprint = _fit_fingerprint(cfg, nerf_config, winner, inpainted[winner], prior_depth, transforms.read_bytes(), use_depth)
+    curves = TrainingLog(work_dir / "tensorboard" if bool(cfg.base.tensorboard) else None)
     fit = fit_prior(tuner, views, base, inpainted[winner], prior_depth, cfg.base, work_dir / "fit", fingerprint, seed, log, on_step,
-                    use_depth=use_depth)
+                    use_depth=use_depth, curves=curves)
     after = tuner.renderer.render_camera(base.camera, return_samples=False)
     errors_after = base_view_errors(after, base, inpainted[winner], prior_depth)
     for key in errors_before:
@@ -648,8 +647,9 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
                                                                           for r in (rgb_before, rgb_after)),
                           use_depth, weights, str(cfg.models.name))
         sheet.save(tmp / "overview.png")
-        config_yml = tuner.export(tmp / "nerf", extra_meta={"stage": STAGE, "base_view": winner})
-        _retarget_nerf_config(config_yml, out_dir)
+        tuner.export(tmp / "nerf", extra_meta={"stage": STAGE, "base_view": winner}, final_dir=out_dir / "nerf")
+        curves.plot(tmp / "curves.png", f"base view {winner}: prior fit", FIT_CURVE_PANELS)
+        curves.export(tmp)
         summary["stage_seconds"] = round(time.perf_counter() - t_stage, 3)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         write_resolved(cfg, tmp / "config.yaml")

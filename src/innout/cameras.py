@@ -39,6 +39,13 @@ class Intrinsics:
         sx, sy = width / self.width, height / self.height
         return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height))
 
+    def cropped(self, y0: int, y1: int, x0: int, x1: int) -> "Intrinsics":
+        """The pixels ``[y0, y1) x [x0, x1)`` of this image as an image of their own (its
+        rays are exactly those pixels' rays)."""
+        if not (0 <= y0 < y1 <= self.height and 0 <= x0 < x1 <= self.width):
+            raise ValueError(f"box rows {y0}:{y1}, columns {x0}:{x1} is not inside a {self.width}x{self.height} image")
+        return Intrinsics(self.fx, self.fy, self.cx - x0, self.cy - y0, int(x1 - x0), int(y1 - y0))
+
     def matrix(self) -> np.ndarray:
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 

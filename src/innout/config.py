@@ -76,6 +76,11 @@ class PretrainConfig:
     pose_scale_factor: float = 1.0
     steps_per_checkpoint: int = 500  # resumable checkpoints in the stage's work dir
     log_every_steps: int = 100
+    # quality check of the summary: PSNR/SSIM estimated on random patches of every view
+    # (rendering whole views costs far more than training on a CPU; nothing reads them)
+    eval_patches_per_view: int = 3
+    eval_patch_size: int = 32
+    tensorboard: bool = True  # scalars into the stage's folder (tensorboard/); the import costs seconds
 
 
 @dataclass
@@ -145,6 +150,7 @@ class BaseViewConfig:
     warmup_steps: int = 100
     steps_per_checkpoint: int = 200  # resumable checkpoints in the stage's work dir
     log_every_steps: int = 50
+    tensorboard: bool = True  # the prior fit's scalars into base/tensorboard/
 
 
 @dataclass
@@ -219,6 +225,7 @@ class RefineConfig:
     disc_lr: float = 2e-3
     r1_gamma: float = 0.2  # R1 = gamma / 2 * E||grad D(real)||^2 (images in [-1, 1]); released code: 0.2
     r1_every: int = 1  # lazy R1: every k D steps, scaled by k (StyleGAN2 uses 16)
+    tensorboard: bool = True  # scalars into refine/tensorboard/
 
 
 @dataclass
@@ -234,10 +241,13 @@ class EvaluateConfig:
 
 @dataclass
 class RenderConfig:
-    """Renders of the final NeRF: every test and train camera, depth maps and a video along
-    a smooth closed camera path through some train cameras (``innout.render.run_render``)."""
+    """What is rendered of the final NeRF (``innout.render.run_render``): the evaluation box
+    of every ground-truth test view, a few train views with depth (the report's
+    before/after), and a video along a smooth closed camera path through train cameras
+    (written as nerfstudio's camera_path.json)."""
 
-    train_scale: float = 1.0  # resolution of the train-camera renders relative to the working one
+    train_views: int = 6  # train views rendered (base view first, the rest evenly spread); -1: all
+    train_scale: float = 1.0  # resolution of the train-view renders relative to the working one
     video_keyframes: int = 8  # train cameras the path passes through (ordered around their centre)
     video_frames: int = 120
     video_fps: int = 30

@@ -71,6 +71,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from innout.boxes import Bbox, crop, mask_bbox, read_object_mask  # noqa: F401  (the protocol's box: part of this API)
 from innout.errors import StageError
 from innout.devices import resolve_device
 from innout.models import ALEXNET_URL, INCEPTION_URL, VGG16_URL, torch_home
@@ -110,32 +111,6 @@ METRIC_VALUE_COLUMNS = METRICS_COLUMNS[1:9]  # the numbers the mean row averages
 MEAN_ROW = "mean"
 """The ``scene`` of the table's last row: per metric, the mean over the scenes that have it
 (the paper reports the mean over its scenes); a scene sheet cannot use this name."""
-
-Bbox = tuple[int, int, int, int]
-
-
-# --------------------------------------------------------------------------- boxes
-
-def mask_bbox(mask: np.ndarray, name: str = "mask") -> Bbox:
-    """The bounding box ``(y0, y1, x0, x1)`` (half-open: rows ``y0..y1-1``) of the nonzero
-    pixels of an ``HxW`` mask (an ``HxWxC`` mask counts a pixel when any channel is set).
-    An empty mask raises ``ValueError`` naming ``name``."""
-    m = np.asarray(mask)
-    if m.ndim == 3:
-        m = m.any(axis=2)
-    if m.ndim != 2:
-        raise ValueError(f"{name}: expected an HxW mask, got shape {np.asarray(mask).shape}")
-    m = m.astype(bool)
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    if rows.size == 0:
-        raise ValueError(f"{name}: the mask is empty, it has no bounding box")
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
-def crop(img: np.ndarray, bbox: Sequence[int]) -> np.ndarray:
-    """``img[y0:y1, x0:x1]`` for a box from :func:`mask_bbox`."""
-    y0, y1, x0, x1 = (int(v) for v in bbox)
-    return np.asarray(img)[y0:y1, x0:x1]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -655,6 +630,8 @@ def _table_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
 # --------------------------------------------------------------------------- the stage
 
 METRIC_KEYS = ("lpips", "psnr", "ssim", "fid")
+BEFORE_WHAT = ("the pre-trained NeRF, trained without the masked pixels (no inpainting): what a NeRF shows where "
+               "the object was when it never saw those pixels")
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -667,40 +644,47 @@ def _read_rgb(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def _read_mask(path: Path | None, frame_name: str, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    from innout.errors import InputError
-
-    if path is None or not Path(path).is_file():
-        raise InputError(path or frame_name, f"test view {frame_name} has no object mask: the protocol's box comes from it")
-    m = np.asarray(Image.open(path))
-    m = (m[..., 0] if m.ndim == 3 else m) > 0
-    if m.shape != shape:
-        raise InputError(path, f"mask is {m.shape[1]}x{m.shape[0]}, its image {shape[1]}x{shape[0]}")
-    return m
-
-
 def _scene_metrics(result: Mapping[str, Any]) -> dict:
     return {"lpips": result["lpips"], "psnr": result["psnr"], "ssim": result["ssim"], "fid": result["fid"],
             "per_view": result["views"], "n_views": result["n_views"]}
+
+
+def _read_box_renders(folder: Path, boxes: Mapping[str, Bbox], what: str) -> dict[str, np.ndarray]:
+    """The renders of each view's evaluation box (``folder/rgb/<view>.png``, as
+    ``innout.render`` writes them), checked against the boxes the masks give now."""
+    from innout.boxes import read_boxes
+    from innout.errors import InputError
+
+    rendered = read_boxes(folder)
+    out = {}
+    for name, box in boxes.items():
+        if tuple(rendered.get(name, ())) != tuple(box):
+            raise InputError(Path(folder) / "boxes.json", f"{what}: view {name} was rendered at box {rendered.get(name)}, "
+                                                          f"its mask's box is {list(box)}: render it again")
+        image = _read_rgb(Path(folder) / "rgb" / f"{name}.png")
+        if image.shape[:2] != (box[1] - box[0], box[3] - box[2]):
+            raise InputError(Path(folder) / "rgb" / f"{name}.png", f"{what}: {image.shape[1]}x{image.shape[0]} px, "
+                                                                   f"its box is {box[3] - box[2]}x{box[1] - box[0]}")
+        out[name] = image
+    return out
 
 
 def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json: Path, cfg: Any, log: Any = None,
                  comparison_png: Path | None = None, upstream_summary: Path | None = None) -> dict:
     """The SPIn-NeRF metrics of a scene (module docstring) into ``out_json``.
 
-    ``renders_dir``: the final NeRF's renders of the ground-truth test cameras
-    (``<name>.png``, the render stage's ``test/rgb``); ``before_dir``: the same for the
-    comparison run, the pre-trained NeRF (pretrain's ``renders/test/rgb``). Ground truth:
-    the test views' photos, the box: each test view's object mask. Views with an empty
-    mask have no box and are left out (listed in ``skipped_views``). A scene without
-    ground-truth test views gets every metric None and a ``reason``.
+    ``renders_dir``: the final NeRF's renders of the evaluation box of every ground-truth
+    test view (the render stage's ``test/``: ``rgb/<view>.png`` and ``boxes.json``);
+    ``before_dir``: the same for the comparison run, the pre-trained NeRF, trained
+    without the masked pixels (``render_pretrain/test/``). Ground truth: the test views'
+    photos, the box: each test view's object mask. Views with an empty mask have no box
+    and are left out (listed in ``skipped_views``). A scene without ground-truth test
+    views gets every metric None and a ``reason``.
 
-    ``comparison_png``: also draw ground truth | before | after of a few test views with
-    the box outlined (the report's picture). ``upstream_summary``: a summary.json whose
-    weights provenance carries over (the render stage's): the result's ``weights`` is the
-    weakest of it and the model set's (:mod:`innout.provenance`)."""
+    ``comparison_png``: also draw ground truth | before | after of a few test views, the
+    renders in their box over the photo (the report's picture). ``upstream_summary``: a
+    summary.json whose weights provenance carries over (the render stage's): the result's
+    ``weights`` is the weakest of it and the model set's (:mod:`innout.provenance`)."""
     import json
     import logging
 
@@ -712,17 +696,20 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
     _, _, _, test = read_scene(Path(transforms))
     upstream = json.loads(Path(upstream_summary).read_text()) if upstream_summary and Path(upstream_summary).is_file() else {}
     provenance = provenance_fields(weakest(weights_provenance(cfg.models), summary_provenance(upstream)))
-    gts, masks, after, before, skipped = {}, {}, {}, {}, []
+    photos, boxes, skipped = {}, {}, []
     for f in test:
-        gt = _read_rgb(f.image)
-        mask = _read_mask(f.object_mask, f.name, gt.shape[:2])
+        photo = _read_rgb(f.image)
+        mask = read_object_mask(f.object_mask, f.name, photo.shape[:2])
         if not mask.any():
             log.warning("test view %s: empty mask, no box to evaluate in; left out", f.name)
             skipped.append(f.name)
             continue
-        gts[f.name], masks[f.name] = gt, mask
-        after[f.name] = _read_rgb(Path(renders_dir) / f"{f.name}.png")
-        before[f.name] = _read_rgb(Path(before_dir) / f"{f.name}.png")
+        photos[f.name], boxes[f.name] = photo, mask_bbox(mask, f"{f.name} mask")
+    after = _read_box_renders(Path(renders_dir), boxes, "final NeRF") if boxes else {}
+    before = _read_box_renders(Path(before_dir), boxes, "pre-trained NeRF") if boxes else {}
+    # the protocol compares inside each box only: the crops are what every metric sees
+    gts = {name: crop(photos[name], box) for name, box in boxes.items()}
+    masks = {name: np.ones(gt.shape[:2], bool) for name, gt in gts.items()}
     if not gts:
         reason = "the scene has no ground-truth test views" if not test else "every test view's mask is empty"
         log.info("evaluate: %s; metrics are null", reason)
@@ -736,6 +723,9 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
         log.info("evaluate: %d test views; %s", len(gts), lpips.description)
         result_after = evaluate_views(after, gts, masks, lpips, fid)
         result_before = evaluate_views(before, gts, masks, lpips, fid)
+        for result in (result_after, result_before):  # boxes in the full image, not in the crop
+            for name, view in result["views"].items():
+                view["bbox"] = list(boxes[name])
         metrics = {
             **_scene_metrics(result_after),
             "reason": None,
@@ -744,7 +734,7 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
             "protocol": "SPIn-NeRF: renders of the ground-truth test cameras against the photos, inside the bounding box "
                         "of each test view's mask; LPIPS/PSNR/SSIM per view and their mean, FID over the scene's crops",
             "metrics": result_after["metrics"],
-            "before": {**_scene_metrics(result_before), "what": "the pre-trained NeRF (geometry stage, object still in it)"},
+            "before": {**_scene_metrics(result_before), "what": BEFORE_WHAT},
             "skipped_views": skipped,
         }
         log.info("after: LPIPS %s PSNR %s SSIM %s FID %s | before: LPIPS %s PSNR %s SSIM %s FID %s",
@@ -752,7 +742,7 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
     metrics["device"], metrics["device_warning"] = str(device), device_warning
     write_text_atomic(out_json, json.dumps(metrics, indent=1) + "\n")  # PSNR inf is written as Infinity
     if comparison_png is not None:
-        comparison_sheet(gts, masks, before, after, metrics, Path(comparison_png))
+        comparison_sheet(photos, boxes, before, after, metrics, Path(comparison_png))
     return metrics
 
 
@@ -760,31 +750,34 @@ def _fmt(value: Any) -> str:
     return "NA" if value is None else f"{value:.4g}"
 
 
-def comparison_sheet(gts: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], before: Mapping[str, np.ndarray],
+def comparison_sheet(photos: Mapping[str, np.ndarray], boxes: Mapping[str, Bbox], before: Mapping[str, np.ndarray],
                      after: Mapping[str, np.ndarray], metrics: Mapping[str, Any], out_png: Path, n_views: int = 6) -> None:
-    """ground truth | pre-trained NeRF | final NeRF for up to ``n_views`` test views, the
-    evaluation box drawn in red on each, per-view PSNR/LPIPS in the captions; a banner
-    with the weights' label (:func:`innout.provenance.banner_text`) and, under it, the
-    note on random LPIPS/FID backbones. A placeholder picture saying so when there is
-    nothing to compare."""
+    """For up to ``n_views`` test views: the ground-truth photo, the NeRF without the
+    masked pixels (the pre-trained one) and the final NeRF, each render shown inside its
+    evaluation box (drawn in red) over the photo, which is all the renders hold and all
+    the protocol scores; per-view PSNR/LPIPS in the captions; a banner with the weights'
+    label (:func:`innout.provenance.banner_text`) and, under it, the note on random
+    LPIPS/FID backbones. A picture saying so when there is nothing to compare."""
     from PIL import Image, ImageDraw
 
     from innout.viz import contact_sheet, with_banner, with_weights_banner
 
-    names = sorted(gts)
+    names = sorted(photos)
     if len(names) > n_views:
         names = [names[i] for i in np.linspace(0, len(names) - 1, n_views).round().astype(int)]
     tiles = []
     for name in names:
-        y0, y1, x0, x1 = mask_bbox(masks[name])
-        per_view = metrics["per_view"][name]
-        per_before = metrics["before"]["per_view"][name]
-        for img, label, m in ((gts[name], f"{name}: ground truth", None), (before[name], "before", per_before),
-                              (after[name], "after", per_view)):
-            shown = Image.fromarray(np.asarray(img, dtype=np.uint8))
-            ImageDraw.Draw(shown).rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 40, 40))
+        y0, y1, x0, x1 = boxes[name]
+        for box_image, label, m in ((None, f"{name}: ground truth", None),
+                                    (before[name], "NeRF w/o masked px", metrics["before"]["per_view"][name]),
+                                    (after[name], "final NeRF", metrics["per_view"][name])):
+            shown = np.array(photos[name], dtype=np.uint8)
+            if box_image is not None:
+                shown[y0:y1, x0:x1] = box_image
+            picture = Image.fromarray(shown)
+            ImageDraw.Draw(picture).rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 40, 40))
             text = label if m is None else f"{label}: {m['psnr']:.1f} dB, LPIPS {_fmt(m['lpips'])}"
-            tiles.append((np.asarray(shown), text))
+            tiles.append((np.asarray(picture), text))
     sheet = contact_sheet(tiles, columns=3, tile_width=240) if tiles else Image.new("RGB", (480, 60), "white")
     if not tiles:
         ImageDraw.Draw(sheet).text((8, 24), f"no comparison: {metrics.get('reason')}", fill="black")
@@ -824,7 +817,7 @@ def metrics_html(rows: Sequence[Mapping[str, Any]], networks: Sequence[str] = ()
             "table{border-collapse:collapse}</style></head>\n<body>\n" + banner +
             "<p>SPIn-NeRF protocol: test renders against ground truth inside each test view's mask box. "
             "LPIPS and FID: lower is better; PSNR (dB) and SSIM: higher is better. <i>_before</i>: the pre-trained "
-            "NeRF with the object still in it.</p>\n"
+            "NeRF, trained without the masked pixels (no inpainting).</p>\n"
             + "".join(f"<p>{html.escape(n)}</p>\n" for n in networks) +
             f"<table id=\"metrics\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n{note}</body></html>\n")
 

@@ -203,28 +203,29 @@ class NerfTuner:
 
     # -- the result ----------------------------------------------------------------------
 
-    def export(self, out_dir: Path, extra_meta: Optional[dict] = None) -> Path:
-        """Write the NeRF as ``out_dir/innout-nerfacto/`` (config.yml, dataparser
-        transforms, sidecar, one checkpoint), the layout the pretrain stage writes."""
+    def export(self, out_dir: Path, extra_meta: Optional[dict] = None, final_dir: Optional[Path] = None) -> Path:
+        """Write the NeRF as ``out_dir/innout-nerfacto/`` (config.yml, training data,
+        dataparser transforms, sidecar, one checkpoint), the layout the pretrain stage
+        writes (:mod:`innout.nerf`: nerfstudio's tools open it, paths relative).
+        ``final_dir``: where ``out_dir`` will be renamed to (default: ``out_dir``)."""
+        from innout.nerf import rebase_transforms, write_folder_config
+
         src = self.source_config.parent
         dst = Path(out_dir) / src.name
+        final_ns_dir = Path(final_dir or out_dir) / src.name
         (dst / "nerfstudio_models").mkdir(parents=True, exist_ok=True)
         config = yaml.load(self.source_config.read_text(), Loader=yaml.Loader)
-        config.output_dir = Path(out_dir).resolve().parent
-        config.experiment_name = Path(out_dir).name
+        # the training data the config names, with paths relative to the new folder, so the
+        # folder opens in nerfstudio's viewer on its own
         if (src / "transforms.json").is_file():
-            data = (dst / "transforms.json").resolve()
-            config.data = config.pipeline.datamanager.data = config.pipeline.datamanager.dataparser.data = data
-        (dst / "config.yml").write_text(yaml.dump(config), "utf8")
+            data = json.loads((src / "transforms.json").read_text())
+            (dst / "transforms.json").write_text(json.dumps(rebase_transforms(data, src, final_ns_dir), indent=1))
+        write_folder_config(config, dst, final_ns_dir)
         shutil.copy2(src / "dataparser_transforms.json", dst / "dataparser_transforms.json")
         meta = json.loads((src / SIDECAR).read_text()) if (src / SIDECAR).is_file() else {}
         total = self.start_step + self.step
         meta.update(extra_meta or {}, step=total)
         (dst / SIDECAR).write_text(json.dumps(meta, indent=1))
-        # the data the config names lives with the pretrain output; copy it so the folder
-        # is self-contained for nerfstudio's viewer
-        if (src / "transforms.json").is_file():
-            shutil.copy2(src / "transforms.json", dst / "transforms.json")
         self.model.eval()
         pipeline_state = {f"_model.{k}": v.detach().cpu() for k, v in self.model.state_dict().items()}
         torch.save({"step": total, "pipeline": pipeline_state}, dst / "nerfstudio_models" / f"step-{total:09d}.ckpt")

@@ -603,3 +603,70 @@ innout_nerfacto = MethodSpecification(
     description="In-N-Out geometry NeRF: nerfacto on unmasked pixels, view-independent colour, offline metrics.",
 )
 """Entry point ``nerfstudio.method_configs: innout-nerfacto`` (the paper's settings)."""
+
+
+# --------------------------------------------------------------------------------------
+# NeRF folders: the layout every NeRF stage writes (pretrain, base/nerf, refine/nerf)
+# --------------------------------------------------------------------------------------
+#
+# <folder>/innout-nerfacto/config.yml      nerfstudio's TrainerConfig (yaml.dump)
+#                          transforms.json  the training data, paths relative to this folder
+#                          dataparser_transforms.json, innout_nerf.json
+#                          nerfstudio_models/step-NNNNNNNNN.ckpt
+#
+# nerfstudio's tools (eval_setup, ns-viewer, ns-render) read config.yml's output_dir and
+# data relative to the directory they run in, as ns-train writes them. So config.yml holds
+# them relative to the working directory the stage ran in (the workflow's folder, the
+# parent of results/) when the folder lies below it, and the data's file paths are
+# relative to the data's own folder: results/ can be moved or copied and still opens
+# from its new parent (absolute paths remain only for folders outside the working one).
+
+PATH_KEYS = ("file_path", "mask_path", "innout_object_mask", "depth_file_path")
+"""Per-frame keys of a transforms.json that hold file paths."""
+SPLIT_KEYS = ("train_filenames", "val_filenames", "test_filenames")
+
+
+def workdir_relative(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    absolute = Path(path).resolve()
+    try:
+        return absolute.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return absolute
+
+
+def rebase_transforms(data: Dict[str, Any], from_dir: Path, to_dir: Path) -> Dict[str, Any]:
+    """A transforms.json dict with every file path (the frames' and the split lists')
+    relative to ``to_dir``; relative paths in ``data`` are taken relative to ``from_dir``."""
+    import os
+
+    def rebase(value: str) -> str:
+        source = Path(value) if Path(value).is_absolute() else Path(from_dir) / value
+        return os.path.relpath(Path(os.path.abspath(source)).resolve(), Path(to_dir).resolve())
+
+    out = dict(data)
+    out["frames"] = [{k: (rebase(v) if k in PATH_KEYS and isinstance(v, str) else v) for k, v in frame.items()}
+                     for frame in data.get("frames", [])]
+    for key in SPLIT_KEYS:
+        if key in data:
+            out[key] = [rebase(v) for v in data[key]]
+    return out
+
+
+def write_folder_config(config: TrainerConfig, ns_dir: Path, final_ns_dir: Path) -> Path:
+    """Write ``config`` as ``ns_dir/config.yml`` naming the folder ``final_ns_dir`` it will
+    live in (``ns_dir`` may be a temporary sibling renamed into place later): output_dir,
+    experiment_name and data as nerfstudio's tools resolve them (see above)."""
+    import yaml
+
+    final_ns_dir = Path(final_ns_dir)
+    config.method_name = METHOD_NAME
+    config.output_dir = workdir_relative(final_ns_dir.parent.parent)
+    config.experiment_name = final_ns_dir.parent.name
+    config.timestamp = ""
+    config.load_dir = None
+    data = workdir_relative(final_ns_dir / "transforms.json")
+    config.data = config.pipeline.datamanager.data = config.pipeline.datamanager.dataparser.data = data
+    path = Path(ns_dir) / "config.yml"
+    path.write_text(yaml.dump(config), "utf8")
+    return path

@@ -6,6 +6,7 @@ Input is a canonical scene (``docs/scene-format.md``); output is a folder ::
       sparse/0/          COLMAP binary model (cameras.bin, images.bin, points3D.bin, ...)
       transforms.json    the scene's transforms.json with COLMAP poses and intrinsics
       summary.json       registration counts, reprojection error, time, pose accuracy
+      cameras.png        camera centres from above: COLMAP's (aligned) beside the reference
 
 What is run, and why:
 
@@ -83,6 +84,7 @@ from PIL import Image
 
 from innout.cameras import Intrinsics, opencv_w2c_to_opengl_c2w, rotation_angle_deg, umeyama_similarity
 from innout.errors import InputError, StageError
+from innout.viz import pose_plot
 
 STAGE = "poses"
 MATCHERS = ("auto", "sequential", "exhaustive")
@@ -119,6 +121,8 @@ def compare_poses(est: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dic
     * relative translation error: ``|aligned centre - reference centre|`` divided by the
       mean distance of the reference centres from their centroid.
 
+    ``aligned_centres``: the estimated centres after the alignment, by view.
+
     Returns ``rotation_error_deg_mean/max``, ``translation_error_rel_mean/max``,
     ``num_compared``, ``scale`` (of the alignment) and ``per_view``
     (``{name: [rotation_deg, translation_rel]}``). Needs three views in common whose
@@ -147,10 +151,21 @@ def compare_poses(est: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dic
         "translation_error_rel_max": float(t_err.max()),
         "scale": float(scale),
         "per_view": {n: [float(r), float(t)] for n, r, t in zip(names, r_err, t_err)},
+        "aligned_centres": {n: c.tolist() for n, c in zip(names, aligned_c)},
     }
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _pose_caption(summary: dict) -> str:
+    text = (f"registered {summary['registered']}/{summary['total']} train, {summary['registered_test']}/{summary['total_test']} "
+            f"test views; reprojection error {summary['mean_reprojection_error_px']:.2f} px")
+    if summary.get("rotation_error_deg_mean") is not None:
+        text += (f"\nvs reference poses: rotation error {summary['rotation_error_deg_mean']:.3f} deg mean "
+                 f"({summary['rotation_error_deg_max']:.3f} max), translation {100 * summary['translation_error_rel_mean']:.2f} % "
+                 "of the camera spread")
+    return text
 
 
 def _read_scene(scene_dir: Path) -> dict:
@@ -598,6 +613,9 @@ def estimate_poses(
             "cpu_seconds": round(time.process_time() - cpu0, 2),
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        pose_plot(comparison["aligned_centres"] if comparison else {n: m[:3, 3].tolist() for n, m in est.items()},
+                  {n: ref[n][:3, 3].tolist() for n in ref} if comparison else None, unregistered,
+                  _pose_caption(summary), tmp / "cameras.png")
         shutil.rmtree(work)
         _replace_dir(tmp, out_dir)
     except BaseException:

@@ -5,18 +5,20 @@
 (``results/{scene}/poses/transforms.json``, absolute paths) and writes::
 
     out_dir/
-      innout-nerfacto/            nerfstudio's run folder
+      innout-nerfacto/            a nerfstudio run folder (innout.nerf: paths relative)
         config.yml                ns-viewer --load-config out_dir/innout-nerfacto/config.yml
         nerfstudio_models/step-NNNNNNNNN.ckpt   the final checkpoint
         dataparser_transforms.json              scene frame -> nerfstudio frame
-        transforms.json           the training data as nerfstudio reads it (absolute paths)
+        transforms.json           the training data as nerfstudio reads it (paths relative to it)
         innout_nerf.json          what the renderer needs besides the checkpoint
-      renders/train/rgb/{name}.png              every train view, rendered
-      renders/train/depth/{name}.npy            expected distance along the unit ray (scene units, float32)
-      renders/train/depth/{name}.png            the same, colourised (turbo; near = blue)
-      renders/test/rgb/{name}.png               ground-truth test views (when the scene has them)
-      summary.json                iterations, seconds, rays_per_second, PSNR/SSIM ...
+      curves.png                  loss, batch PSNR and learning rates over the steps
+      tensorboard/                the same as TensorBoard scalars (pretrain.tensorboard)
+      summary.json                iterations, seconds, rays_per_second, PSNR/SSIM estimates ...
       config.yaml                 the resolved method config
+
+Nothing is rendered in full here: later stages render what they read (rule
+render_pretrain: the test views' evaluation boxes); the quality figures of the summary
+come from a few random patches per view (:func:`patch_quality`).
 
 Training runs in ``work_dir`` (persistent across reruns, unlike Snakemake outputs): a
 checkpoint every ``pretrain.steps_per_checkpoint`` steps (model, optimisers, schedulers,
@@ -192,13 +194,6 @@ def load_keep_mask(frame: Frame, shape: tuple[int, int]) -> np.ndarray:
     return keep
 
 
-def psnr_masked(pred: np.ndarray, gt: np.ndarray, keep: np.ndarray) -> Optional[float]:
-    if not keep.any():
-        return None
-    mse = float(np.mean((pred[keep] - gt[keep]) ** 2))
-    return float(10.0 * math.log10(1.0 / max(mse, 1e-12)))
-
-
 def ssim_map(pred: np.ndarray, gt: np.ndarray, window: int = 11, sigma: float = 1.5) -> np.ndarray:
     """Per-pixel SSIM (H, W), averaged over channels: Gaussian window, reflect padding,
     the usual constants for images in [0, 1]."""
@@ -227,13 +222,6 @@ def ssim_map(pred: np.ndarray, gt: np.ndarray, window: int = 11, sigma: float = 
     return s[0].mean(0).numpy()
 
 
-def ssim_masked(pred: np.ndarray, gt: np.ndarray, keep: np.ndarray) -> Optional[float]:
-    """SSIM of the whole image, averaged over the ``keep`` pixels only."""
-    if not keep.any():
-        return None
-    return float(ssim_map(pred, gt)[keep].mean())
-
-
 def colourise_depth(depth: np.ndarray, accumulation: Optional[np.ndarray] = None) -> np.ndarray:
     """uint8 RGB of a depth map (turbo colormap, 1st-99th percentile range)."""
     from nerfstudio.utils import colormaps
@@ -248,12 +236,6 @@ def colourise_depth(depth: np.ndarray, accumulation: Optional[np.ndarray] = None
         a = np.clip(accumulation, 0, 1)[..., None]
         rgb = rgb * a + (1 - a)
     return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def _save_png(path: Path, rgb01: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = rgb01 if rgb01.dtype == np.uint8 else (np.clip(rgb01, 0, 1) * 255 + 0.5).astype(np.uint8)
-    Image.fromarray(arr).save(path)
 
 
 # --------------------------------------------------------------------------------------
@@ -292,7 +274,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 # settings that do not change the trained model: changing them keeps a run resumable
-_NOT_IN_FINGERPRINT = ("steps_per_checkpoint", "log_every_steps", "eval_rays_per_chunk")
+_NOT_IN_FINGERPRINT = ("steps_per_checkpoint", "log_every_steps", "eval_rays_per_chunk", "eval_patches_per_view",
+                       "eval_patch_size", "tensorboard")
 
 
 def _fingerprint(cfg: Any, transforms_bytes: bytes) -> str:
@@ -370,6 +353,87 @@ class _Quiet:
         return False
 
 
+CURVE_POINTS = 200
+"""About this many points of each training curve (TensorBoard and curves.png)."""
+CURVE_PANELS = {"losses": ["loss/total", "loss/rgb_loss", "loss/interlevel_loss", "loss/distortion_loss"],
+                "PSNR of the training batch (dB)": ["psnr/train_batch"],
+                "learning rate": ["lr/fields", "lr/proposal_networks"]}
+
+
+def _curve_scalars(loss: torch.Tensor, loss_dict: dict, metrics: dict, optimizers: Any) -> dict:
+    """Losses, the batch PSNR and every optimiser's learning rate at one step."""
+    out = {"loss/total": float(loss.detach())}
+    out.update({f"loss/{k}": float(v.detach()) for k, v in loss_dict.items()})
+    if "psnr" in metrics:
+        out["psnr/train_batch"] = float(metrics["psnr"].detach())
+    for name, optimizer in optimizers.optimizers.items():
+        out[f"lr/{name}"] = float(optimizer.param_groups[0]["lr"])
+    return out
+
+
+def sample_patches(width: int, height: int, count: int, size: int, rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+    """``count`` boxes ``(y0, y1, x0, x1)`` of ``size`` x ``size`` px (clipped to the image)
+    at uniformly random places inside a ``width`` x ``height`` image."""
+    pw, ph = min(size, width), min(size, height)
+    return [(int(y), int(y) + ph, int(x), int(x) + pw)
+            for y, x in zip(rng.integers(0, height - ph + 1, count), rng.integers(0, width - pw + 1, count))]
+
+
+def patch_quality(renderer: Any, train: list[Frame], test: list[Frame], per_view: int, size: int, seed: int,
+                  log: logging.Logger) -> dict:
+    """How well the NeRF reproduces what it was allowed to see, estimated from
+    ``per_view`` random ``size`` px patches of every view instead of whole renders:
+
+    * ``psnr_train_unmasked``: per train view the PSNR over its patches' unmasked pixels,
+      mean over the views;
+    * ``psnr_test_outside_mask`` / ``ssim_test_outside_mask`` (scenes with ground-truth
+      test views): the same outside the test views' masks, and SSIM (11x11 Gaussian,
+      sigma 1.5) of the patch pixels whose window lies inside the patch.
+
+    Patches fall uniformly over each view, so these are unbiased estimates of the
+    full-view values (SSIM: of its value away from the image border) at a fraction of the
+    cost; same seed, same patches."""
+    from innout.progress import Progress
+
+    rng = np.random.default_rng(seed)
+    margin = 5  # half of SSIM's 11 px window
+    jobs = [(f, sample_patches(f.camera.intrinsics.width, f.camera.intrinsics.height, per_view, size, rng))
+            for f in [*train, *test]]
+    rays = sum((b[1] - b[0]) * (b[3] - b[2]) for _, boxes in jobs for b in boxes)
+    psnr_train, psnr_test, ssim_test = [], [], []
+    with Progress("pretrain quality patches", len(jobs), rays, log=log) as progress:
+        for f, boxes in jobs:
+            gt = load_rgb(f.image)
+            keep = load_keep_mask(f, gt.shape[:2])
+            errors, ssims = [], []
+            for y0, y1, x0, x1 in boxes:
+                cam = f.camera.with_intrinsics(f.camera.intrinsics.cropped(y0, y1, x0, x1))
+                rgb = renderer.render_camera(cam, return_samples=False, progress=progress.advance)["rgb"].cpu().numpy()
+                gt_patch, keep_patch = gt[y0:y1, x0:x1], keep[y0:y1, x0:x1]
+                errors.append(((rgb - gt_patch) ** 2)[keep_patch])
+                if f.split == "test" and min(y1 - y0, x1 - x0) > 2 * margin:
+                    inner = (slice(margin, -margin), slice(margin, -margin))
+                    ssims.append(ssim_map(rgb, gt_patch)[inner][keep_patch[inner]])
+            progress.item_done()
+            squared = np.concatenate(errors) if errors else np.zeros((0, 3))
+            if squared.size:
+                value = float(10.0 * math.log10(1.0 / max(float(squared.mean()), 1e-12)))
+                (psnr_test if f.split == "test" else psnr_train).append(value)
+            kept = np.concatenate(ssims) if ssims else np.zeros(0)
+            if kept.size:
+                ssim_test.append(float(kept.mean()))
+    return {
+        "psnr_train_unmasked": _mean(psnr_train),
+        "psnr_test_outside_mask": _mean(psnr_test) if test else None,
+        "ssim_test_outside_mask": _mean(ssim_test) if test else None,
+        "quality_patches": {"per_view": per_view, "size": size, "rays": int(rays)},
+        "psnr_definition": f"mean over views of the PSNR over the unmasked pixels (test: outside the object mask) of "
+                           f"{per_view} random {size} px patches per view (an estimate of the full-view value)",
+        "ssim_definition": "SSIM (11x11 Gaussian, sigma 1.5) of the same test patches at the pixels whose window lies "
+                           "inside the patch and outside the mask, mean over pixels, then over views",
+    }
+
+
 def run_pretrain(
     transforms: Path,
     out_dir: Path,
@@ -389,9 +453,10 @@ def run_pretrain(
     from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
     from nerfstudio.engine.optimizers import Optimizers
 
-    from innout.nerf import NerfSettings, make_trainer_config, resolve_implementation
+    from innout.nerf import NerfSettings, make_trainer_config, rebase_transforms, resolve_implementation, write_folder_config
     from innout.render import SIDECAR, NerfRenderer, SceneFrame, latest_checkpoint
     from innout.stage import atomic_dir
+    from innout.training_log import TrainingLog
 
     log = log or _log
     t_stage = time.perf_counter()
@@ -451,7 +516,7 @@ def run_pretrain(
     model = pipeline.model
 
     # ---- resume ------------------------------------------------------------------------
-    start, train_seconds, resumed_from = 0, 0.0, None
+    start, train_seconds, resumed_from, history = 0, 0.0, None, []
     last = latest_checkpoint(ckpt_dir)
     if last is not None:
         state = torch.load(last, map_location="cpu", weights_only=False)
@@ -467,13 +532,17 @@ def run_pretrain(
             model.proposal_sampler._steps_since_update = int(ps["steps_since_update"])
             model.proposal_sampler._step = int(ps["step"])
         train_seconds = float(extra.get("train_seconds", 0.0))
+        history = extra.get("curves", [])
         start = int(state["step"]) + 1
         resumed_from = start
         log.info("resuming from step %d (checkpoint %s)", start, last.name)
         del state
 
     # ---- train ---------------------------------------------------------------------------
+    curves = TrainingLog(work_dir / "tensorboard" if bool(cfg.pretrain.tensorboard) else None, start_step=start)
+    curves.load_state(history)
     n_iter = settings.iterations
+    curve_every = max(1, n_iter // CURVE_POINTS)
     rays = settings.rays_per_batch
     log_every = max(1, int(_cfg_get(cfg.pretrain, "log_every_steps", 50)))
     every_ckpt = max(1, settings.steps_per_checkpoint)
@@ -489,6 +558,7 @@ def run_pretrain(
             "rng": _rng_state(),
             "train_seconds": seconds_before + (time.perf_counter() - t_train),
             "fingerprint": fingerprint,
+            "curves": curves.state(),
             "proposal_sampler": {
                 "steps_since_update": int(model.proposal_sampler._steps_since_update),
                 "step": int(model.proposal_sampler._step),
@@ -516,6 +586,8 @@ def run_pretrain(
             cb.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
         window_steps += 1
         done = step + 1
+        if done % curve_every == 0 or done == n_iter:
+            curves.add(done, _curve_scalars(loss, loss_dict, metrics, optimizers))
         if done % log_every == 0 or done == n_iter or step == start:
             loss_val = float(loss.detach())
             psnr_val = float(metrics["psnr"].detach()) if "psnr" in metrics else float("nan")
@@ -539,20 +611,21 @@ def run_pretrain(
     log.info("training: %d steps in %.1f s (%d this run)", n_iter, train_seconds, ran)
 
     # ---- outputs ---------------------------------------------------------------------------
+    # nothing is rendered in full here: the "before" of the metrics is rule render_pretrain's
+    # (test-view boxes), and the quality check below renders a few patches per view
     renderer = NerfRenderer(model, frame_map, device=device, chunk=int(settings.eval_rays_per_chunk))
+    t_quality = time.perf_counter()
+    quality = patch_quality(renderer, train, test, int(cfg.pretrain.eval_patches_per_view), int(cfg.pretrain.eval_patch_size),
+                            seed, log)
+    quality_seconds = time.perf_counter() - t_quality
     with atomic_dir(out_dir) as tmp:
         ns_base = tmp / NS_DIR
+        final_ns = out_dir / NS_DIR
         (ns_base / "nerfstudio_models").mkdir(parents=True)
-        final_data = out_dir / NS_DIR / "transforms.json"
-        (ns_base / "transforms.json").write_text(ns_data_text)
-        out_cfg = make_trainer_config(
-            settings, data=final_data, output_dir=out_dir.parent, experiment_name=out_dir.name, timestamp="", device=dev_type
-        )
+        (ns_base / "transforms.json").write_text(json.dumps(rebase_transforms(ns_data, transforms.parent, final_ns), indent=1))
+        out_cfg = make_trainer_config(settings, device=dev_type)
         out_cfg.max_num_iterations = n_iter
-        out_cfg.load_dir = None
-        import yaml
-
-        (ns_base / "config.yml").write_text(yaml.dump(out_cfg), "utf8")
+        write_folder_config(out_cfg, ns_base, final_ns)
         dp_out.save_dataparser_transform(ns_base / "dataparser_transforms.json")
         (ns_base / SIDECAR).write_text(
             json.dumps(
@@ -571,45 +644,15 @@ def run_pretrain(
         state.pop("innout", None)
         torch.save(plain_state(state), ns_base / "nerfstudio_models" / final_ckpt.name)
         del state
-
-        t_render = time.perf_counter()
-        psnrs_train = []
-        for f in train:
-            gt = load_rgb(f.image)
-            keep = load_keep_mask(f, gt.shape[:2])
-            out = renderer.render_camera(f.camera, return_samples=False)
-            rgb = out["rgb"].cpu().numpy()
-            depth = out["depth"].cpu().numpy()
-            acc = out["accumulation"].cpu().numpy()
-            _save_png(tmp / "renders" / "train" / "rgb" / f"{f.name}.png", rgb)
-            (tmp / "renders" / "train" / "depth").mkdir(parents=True, exist_ok=True)
-            np.save(tmp / "renders" / "train" / "depth" / f"{f.name}.npy", depth.astype(np.float32))
-            _save_png(tmp / "renders" / "train" / "depth" / f"{f.name}.png", colourise_depth(depth, acc))
-            p = psnr_masked(rgb, gt, keep)
-            if p is not None:
-                psnrs_train.append(p)
-        psnrs_test, ssims_test = [], []
-        for f in test:
-            gt = load_rgb(f.image)
-            keep = load_keep_mask(f, gt.shape[:2])
-            out = renderer.render_camera(f.camera, return_samples=False)
-            rgb = out["rgb"].cpu().numpy()
-            _save_png(tmp / "renders" / "test" / "rgb" / f"{f.name}.png", rgb)
-            p, s = psnr_masked(rgb, gt, keep), ssim_masked(rgb, gt, keep)
-            if p is not None:
-                psnrs_test.append(p)
-                ssims_test.append(s)
-        render_seconds = time.perf_counter() - t_render
-        log.info("rendered %d train + %d test views in %.1f s", len(train), len(test), render_seconds)
+        curves.plot(tmp / "curves.png", f"pretrain: {len(train)} train views, {n_iter} steps of {rays} rays", CURVE_PANELS)
+        curves.export(tmp)
 
         summary = {
             "iterations": n_iter,
             "seconds": round(train_seconds, 3),
             "rays_per_second": round(n_iter * rays / max(train_seconds, 1e-9), 1),
             "rays_per_batch": rays,
-            "psnr_train_unmasked": _mean(psnrs_train),
-            "psnr_test_outside_mask": _mean(psnrs_test) if test else None,
-            "ssim_test_outside_mask": _mean(ssims_test) if test else None,
+            **quality,
             "n_train_views": len(train),
             "n_test_views": len(test),
             "resolution": [w, h],
@@ -621,13 +664,12 @@ def run_pretrain(
             "resumed_from_step": resumed_from,
             "steps_this_run": ran,
             "final_loss": None if math.isnan(loss_val) else loss_val,
-            "render_seconds": round(render_seconds, 3),
+            "quality_seconds": round(quality_seconds, 3),
             "stage_seconds": round(time.perf_counter() - t_stage, 3),
             "dataparser_scale": frame_map.scale,
             "nerfstudio_config": f"{NS_DIR}/config.yml",
             "checkpoint": f"{NS_DIR}/nerfstudio_models/{final_ckpt.name}",
-            "psnr_definition": "mean over views of PSNR on the view's unmasked pixels (test: outside the object mask)",
-            "ssim_definition": "SSIM map (11x11 Gaussian, sigma 1.5) of the whole image, mean over pixels outside the mask, mean over views",
+            "tensorboard": "tensorboard" if curves.tensorboard_dir is not None else None,
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         from innout.config import write_resolved

@@ -824,6 +824,9 @@ def discriminator_step(
 # and the pixels of the patches, so nerfacto's proposal regularisers see all of them.
 
 REFINE_LOSS_KEYS = ("loss", "rec", "prior_rgb", "prior_depth", "l1", "lpips", "adv", "d_real", "d_fake", "d_r1")
+CURVE_PANELS = {"losses": ["loss", "rec", "prior_rgb", "prior_depth"], "patch loss": ["l1", "lpips", "adv"],
+                "discriminator": ["d_real", "d_fake"], "PSNR of the L_rec rays (dB)": ["psnr_rec"],
+                "learning rate": ["lr"]}
 
 
 @dataclass
@@ -1002,7 +1005,7 @@ def _fingerprint(cfg: Any, inputs: "RefineInputs", nerf_config: Path) -> str:
     from omegaconf import OmegaConf
 
     section = OmegaConf.to_container(cfg.refine, resolve=True) if hasattr(cfg.refine, "_metadata") else dict(cfg.refine)
-    for key in ("steps_per_checkpoint", "log_every_steps"):  # do not change the result
+    for key in ("steps_per_checkpoint", "log_every_steps", "tensorboard"):  # do not change the result
         section.pop(key, None)
     digest = hashlib.sha256()
     digest.update(repr(sorted(section.items())).encode())
@@ -1161,22 +1164,6 @@ def _curve_summary(history: list[dict]) -> dict:
     return out
 
 
-def _retarget_nerf_config(config_path: Path, final_dir: Path) -> None:
-    """Point the exported nerfstudio config at the folder it will live in (it was written
-    into atomic_dir's temporary sibling; innout reads paths relative to the config, but
-    nerfstudio's own viewer follows the absolute ones)."""
-    import yaml
-
-    config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
-    final_dir = Path(final_dir).resolve()
-    config.output_dir = final_dir.parent
-    config.experiment_name = final_dir.name
-    data = final_dir / config_path.parent.name / "transforms.json"
-    if (config_path.parent / "transforms.json").is_file():
-        config.data = config.pipeline.datamanager.data = config.pipeline.datamanager.dataparser.data = data
-    config_path.write_text(yaml.dump(config), "utf8")
-
-
 def run_refine(
     transforms: Path,
     base_dir: Path,
@@ -1208,6 +1195,8 @@ def run_refine(
     from innout.finetune import NerfTuner
     from innout.render import find_nerf_config
     from innout.stage import atomic_dir
+    from innout.training_log import TrainingLog
+    from innout.viz import plot_curves
 
     log = log or logging.getLogger("innout.refine")
     t_stage = time.perf_counter()
@@ -1260,6 +1249,7 @@ def run_refine(
         log.info("resuming at step %d", tuner.step)
 
     # ---- train -------------------------------------------------------------------------
+    tensorboard = TrainingLog(work_dir / "tensorboard" if bool(rc.tensorboard) else None, start_step=tuner.step)
     log_every = max(1, int(rc.log_every_steps))
     every_ckpt = max(1, int(rc.steps_per_checkpoint))
     t_train, start = time.perf_counter(), tuner.step
@@ -1271,7 +1261,10 @@ def run_refine(
         losses = refiner.step()
         done = tuner.step
         if done % log_every == 0 or done == iterations or done == start + 1:
-            refiner.history.append({"step": done, **losses})
+            point = {**losses, "psnr_rec": -10.0 * math.log10(max(losses["rec"], 1e-12)),
+                     "lr": float(next(iter(tuner.optimizers.values())).param_groups[0]["lr"])}
+            refiner.history.append({"step": done, **point})
+            tensorboard.add(done, {(k if k in ("lr", "psnr_rec") else f"loss/{k}"): v for k, v in point.items()})
             eta = (iterations - done) * (time.perf_counter() - t_train) / max(1, done - start)
             log.info("step %d/%d loss %.5f rec %.5f prior %.5f/%.4f patch l1 %.4f lpips %.4f adv %.3f | D real %.3f fake %.3f | eta %.0f s",
                      done, iterations, losses["loss"], losses["rec"], losses["prior_rgb"], losses["prior_depth"],
@@ -1288,8 +1281,9 @@ def run_refine(
     # ---- outputs -----------------------------------------------------------------------
     weights = weakest(weights_provenance(cfg.models), inputs.upstream_weights)
     with atomic_dir(out_dir) as tmp:
-        config_path = tuner.export(tmp / "nerf", extra_meta={"stage": "refine", "refine_iterations": iterations})
-        _retarget_nerf_config(config_path, out_dir / "nerf")
+        tuner.export(tmp / "nerf", extra_meta={"stage": "refine", "refine_iterations": iterations}, final_dir=out_dir / "nerf")
+        plot_curves(refiner.history, CURVE_PANELS, tmp / "curves.png", f"refine: {iterations} steps")
+        tensorboard.export(tmp)
         summary = {
             "iterations": iterations,
             "seconds": round(train_seconds, 3),
@@ -1321,6 +1315,7 @@ def run_refine(
             "seed": int(cfg.seed),
             "preset": cfg.get("preset") if hasattr(cfg, "get") else None,
             "nerfstudio_config": "nerf/innout-nerfacto/config.yml",
+            "tensorboard": "tensorboard" if tensorboard.tensorboard_dir is not None else None,
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         write_resolved(cfg, tmp / "config.yaml")

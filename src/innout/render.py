@@ -14,6 +14,11 @@ and depths (expected distance along the unit ray: ``depth_nerf / scale``).
 ``NerfRenderer.from_config(path)`` loads what :func:`innout.pretrain.run_pretrain` writes
 (nerfstudio's ``config.yml`` + checkpoint) without touching the dataset, so it works on a
 machine where the scene's images are not present.
+
+The render stages (rules ``render_pretrain``, ``render``, ``render_camera_path``) render
+each view set once, at the size it is read, with progress lines (:mod:`innout.progress`):
+test views only at their evaluation box (:mod:`innout.boxes`), a few train views for the
+report, and videos along nerfstudio camera paths (:mod:`innout.camera_path`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -216,8 +221,10 @@ class NerfRenderer:
         chunk: Optional[int] = None,
         return_samples: bool = True,
         pixel_area: Optional[Any] = None,
+        progress: Optional[Callable[[int], None]] = None,
     ) -> Dict[str, torch.Tensor]:
-        """Render rays (..., 3) given in the scene frame; directions need not be unit."""
+        """Render rays (..., 3) given in the scene frame; directions need not be unit.
+        ``progress(n)`` is called after every chunk of ``n`` rays (see innout.progress)."""
         from nerfstudio.cameras.rays import RayBundle
 
         o = origins if isinstance(origins, torch.Tensor) else torch.from_numpy(np.array(origins, dtype=np.float64))
@@ -257,6 +264,8 @@ class NerfRenderer:
                         parts.setdefault("weights", []).append(out["sample_weights"])
                         parts.setdefault("positions", []).append(self.frame.points_to_scene(out["sample_positions"]))
                         parts.setdefault("distances", []).append(out["sample_distances"] / self.frame.scale)
+                    if progress is not None:
+                        progress(sl.stop - sl.start)
         finally:
             self.model.keep_samples = False
             self.model.train(was_training)
@@ -266,14 +275,16 @@ class NerfRenderer:
             result[key] = value.reshape(*batch_shape, *value.shape[1:])
         return result
 
-    def render_camera(self, camera: Camera, chunk: Optional[int] = None, return_samples: bool = True) -> Dict[str, torch.Tensor]:
+    def render_camera(self, camera: Camera, chunk: Optional[int] = None, return_samples: bool = True,
+                      progress: Optional[Callable[[int], None]] = None) -> Dict[str, torch.Tensor]:
         """Render every pixel of ``camera`` (scene-frame c2w, intrinsics at any resolution):
         ``rgb`` (H, W, 3), ``depth`` (H, W), ``accumulation`` (H, W) and with
         ``return_samples`` ``positions`` (H, W, S, 3), ``weights`` (H, W, S),
         ``distances`` (H, W, S)."""
         origins, dirs = camera.rays()
         k = camera.intrinsics
-        return self.render_rays(origins, dirs, chunk=chunk, return_samples=return_samples, pixel_area=1.0 / (k.fx * k.fy))
+        return self.render_rays(origins, dirs, chunk=chunk, return_samples=return_samples, pixel_area=1.0 / (k.fx * k.fy),
+                                progress=progress)
 
     def camera_from_nerf(self, camera_index: int, cameras: Any) -> Camera:
         """A nerfstudio ``Cameras`` entry (normalised frame) as a scene-frame Camera."""
@@ -296,69 +307,17 @@ def to_numpy(outputs: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------
-# the render stage: every camera, depth maps and a camera-path video
+# the render stages: what later stages and the user read, each rendered once, at the
+# size it is read
 # --------------------------------------------------------------------------------------
 
 
-def path_keyframes(cameras: "list[Camera]", count: int) -> list[int]:
-    """Indices of up to ``count`` cameras that a closed path visits in order around the
-    capture: the camera centres are projected on their two main axes (PCA), and for
-    ``count`` directions evenly spread over the circle the camera furthest along that
-    direction is taken (the extreme points of the capture, in angular order), repeats
-    dropped. A ring of cameras (360 capture) gives points on the ring, a forward-facing
-    grid the points of its outline."""
-    centres = np.stack([np.asarray(c.c2w, float)[:3, 3] for c in cameras])
-    if len(cameras) <= 2:
-        return list(range(len(cameras)))
-    offsets = centres - centres.mean(axis=0)
-    _, _, axes = np.linalg.svd(offsets, full_matrices=False)
-    uv = offsets @ axes[:2].T
-    uv /= np.maximum(np.abs(uv).max(axis=0), 1e-12)  # equal weight to both axes
-    picked: list[int] = []
-    for k in range(max(2, int(count))):
-        angle = 2.0 * np.pi * k / max(2, int(count))
-        best = int(np.argmax(uv @ np.array([np.cos(angle), np.sin(angle)])))
-        if best not in picked:
-            picked.append(best)
-    return picked
-
-
-def camera_path(keyframes: "list[Camera]", n_frames: int, intrinsics: Any = None) -> "list[Camera]":
-    """A smooth closed path through the keyframe cameras: centres on a periodic cubic
-    spline (parameterised by chord length), orientations on a rotation spline (scipy's
-    ``RotationSpline``: continuous angular velocity) through the keyframes' rotations,
-    ``n_frames`` cameras evenly spaced in the parameter. ``intrinsics``: of every frame
-    (default: the first keyframe's)."""
-    from scipy.interpolate import CubicSpline
-    from scipy.spatial.transform import Rotation, RotationSpline
-
-    if not keyframes:
-        raise ValueError("a camera path needs at least one keyframe")
-    intr = intrinsics or keyframes[0].intrinsics
-    c2ws = [np.asarray(c.c2w, float) for c in keyframes]
-    if len(c2ws) == 1:
-        return [Camera(c2ws[0].copy(), intr) for _ in range(n_frames)]
-    closed = c2ws + [c2ws[0]]
-    centres = np.stack([m[:3, 3] for m in closed])
-    chord = np.linalg.norm(np.diff(centres, axis=0), axis=1)
-    chord = np.where(chord > 1e-9, chord, 1e-9)  # two keyframes at one place still get distinct times
-    times = np.concatenate([[0.0], np.cumsum(chord)])
-    position = CubicSpline(times, centres, bc_type="periodic")
-    rotations = Rotation.from_matrix(np.stack([m[:3, :3] for m in closed]))
-    orientation = RotationSpline(times, rotations)
-    ts = np.linspace(0.0, times[-1], int(n_frames), endpoint=False)
-    out = []
-    for t, p, r in zip(ts, position(ts), orientation(ts).as_matrix()):
-        m = np.eye(4)
-        m[:3, :3], m[:3, 3] = r, p
-        out.append(Camera(m, intr))
-    return out
-
-
-def encode_mp4(frames: Any, path: Path, fps: int = 30, crf: int = 18) -> dict:
+def encode_mp4(frames: Any, path: Path, fps: float = 30, crf: int = 18) -> dict:
     """H.264 (libx264, yuv420p, constant rate factor ``crf``) MP4 of uint8 RGB frames
     (N, H, W, 3) with even H and W, through PyAV. The same frames give the same bytes
-    (no timestamps or encoder randomness are written)."""
+    (no timestamps or encoder randomness are written). ``fps`` is rounded to a fraction."""
+    from fractions import Fraction
+
     import av
 
     frames = np.asarray(frames)
@@ -367,10 +326,11 @@ def encode_mp4(frames: Any, path: Path, fps: int = 30, crf: int = 18) -> dict:
     n, h, w = frames.shape[:3]
     if h % 2 or w % 2:
         raise ValueError(f"H.264 in yuv420p needs even sizes, got {w}x{h}")
+    rate = Fraction(fps).limit_denominator(1001)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=int(fps))
+        stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         # one thread: x264's output does not depend on it, but its lookahead timing does
         # not either; deterministic and small anyway at these sizes
@@ -380,7 +340,8 @@ def encode_mp4(frames: Any, path: Path, fps: int = 30, crf: int = 18) -> dict:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return {"frames": int(n), "fps": int(fps), "width": int(w), "height": int(h), "codec": "h264 (libx264)", "crf": int(crf)}
+    fps_out: float | int = int(rate) if rate.denominator == 1 else float(rate)
+    return {"frames": int(n), "fps": fps_out, "width": int(w), "height": int(h), "codec": "h264 (libx264)", "crf": int(crf)}
 
 
 def video_page(video: Path, title: str, caption: str, weights: Optional[str] = None) -> str:
@@ -403,7 +364,8 @@ def video_page(video: Path, title: str, caption: str, weights: Optional[str] = N
     )
 
 
-def _scaled_intrinsics(intr: Any, scale: float, even: bool = False) -> Any:
+def scaled_intrinsics(intr: Any, scale: float, even: bool = False) -> Any:
+    """``intr`` at ``scale`` times its size (rounded; ``even``: rounded down to even sizes)."""
     w = max(2, int(round(intr.width * scale)))
     h = max(2, int(round(intr.height * scale)))
     if even:
@@ -411,104 +373,221 @@ def _scaled_intrinsics(intr: Any, scale: float, even: bool = False) -> Any:
     return intr if (w, h) == (intr.width, intr.height) else intr.scaled_to(w, h)
 
 
-def _render_views(renderer: "NerfRenderer", frames: list, folder: Path, scale: float, log: Any) -> int:
-    """rgb/<name>.png, depth/<name>.npy (float32 distance along the ray, scene units) and
-    depth/<name>.png (colourised) of each frame's camera; returns the rays rendered."""
-    from innout.pretrain import _save_png, colourise_depth
+def spread_views(names: "list[str]", count: int, first: Optional[str] = None) -> "list[str]":
+    """``count`` names (all when ``count`` < 0 or there are fewer): ``first`` (if given and
+    present) then the others evenly spread over the name-sorted list."""
+    names = sorted(names)
+    if count < 0 or count >= len(names):
+        rest = [n for n in names if n != first]
+        return ([first] if first in names else []) + rest
+    chosen = [first] if first in names and count > 0 else []
+    rest = [n for n in names if n != first]
+    need = count - len(chosen)
+    if need > 0 and rest:
+        chosen += [rest[i] for i in np.unique(np.linspace(0, len(rest) - 1, need).round().astype(int))]
+    return chosen
 
-    rays = 0
+
+def _uint8(rgb: np.ndarray) -> np.ndarray:
+    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def render_test_boxes(renderer: "NerfRenderer", frames: list, folder: Path, what: str, log: Any) -> dict:
+    """Render the evaluation box of every ground-truth test view (:mod:`innout.boxes`) at
+    full resolution: ``folder/rgb/<view>.png`` (the box only) and ``folder/boxes.json``.
+    Views with an empty mask have no box and are not rendered. Returns counts and rays."""
+    from innout.boxes import test_view_boxes, write_boxes
+    from innout.progress import Progress
+    from innout.viz import save_png
+
+    boxes, empty = test_view_boxes(frames)
+    by_name = {f.name: f for f in frames}
+    cameras = {name: by_name[name].camera.with_intrinsics(by_name[name].camera.intrinsics.cropped(*box))
+               for name, box in boxes.items()}
+    rays = sum(c.intrinsics.width * c.intrinsics.height for c in cameras.values())
+    full = sum(f.camera.intrinsics.width * f.camera.intrinsics.height for f in frames if f.name in boxes)
+    log.info("%s: %d test-view boxes, %d rays (%.0f %% of the full views)%s", what, len(boxes), rays,
+             100.0 * rays / max(full, 1), f"; empty masks, not scored: {', '.join(empty)}" if empty else "")
+    with Progress(what, len(cameras), rays, log=log) as progress:
+        for name, cam in cameras.items():
+            rgb = renderer.render_camera(cam, return_samples=False, progress=progress.advance)["rgb"].cpu().numpy()
+            save_png(folder / "rgb" / f"{name}.png", _uint8(rgb))
+            progress.item_done()
+    write_boxes(folder, boxes, {n: (by_name[n].camera.intrinsics.width, by_name[n].camera.intrinsics.height) for n in boxes})
+    return {"views": len(boxes), "empty_masks": empty, "rays": int(rays), "fraction_of_full_views": rays / max(full, 1)}
+
+
+def _no_boxes(folder: Path) -> dict:
+    """The test folder of a scene without ground-truth test views: no box rendered."""
+    from innout.boxes import write_boxes
+
+    write_boxes(folder, {}, {})
+    return {"views": 0, "empty_masks": [], "rays": 0, "fraction_of_full_views": 0.0}
+
+
+def render_train_views(renderer: "NerfRenderer", frames: list, folder: Path, scale: float, log: Any) -> dict:
+    """rgb/<view>.png, depth/<view>.npy (float32 distance along the ray, scene units) and
+    depth/<view>.png (colourised) of each frame's camera at ``scale`` times its size."""
+    from innout.pretrain import colourise_depth
+    from innout.progress import Progress
+    from innout.viz import save_png
+
+    cameras = [f.camera.with_intrinsics(scaled_intrinsics(f.camera.intrinsics, scale)) for f in frames]
+    rays = sum(c.intrinsics.width * c.intrinsics.height for c in cameras)
     (folder / "depth").mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(frames):
-        cam = f.camera.with_intrinsics(_scaled_intrinsics(f.camera.intrinsics, scale)) if scale != 1.0 else f.camera
-        out = renderer.render_camera(cam, return_samples=False)
-        rgb, depth, acc = (out[k].cpu().numpy() for k in ("rgb", "depth", "accumulation"))
-        _save_png(folder / "rgb" / f"{f.name}.png", rgb)
-        np.save(folder / "depth" / f"{f.name}.npy", depth.astype(np.float32))
-        _save_png(folder / "depth" / f"{f.name}.png", colourise_depth(depth, acc))
-        rays += depth.size
-        if (i + 1) % 10 == 0 or i + 1 == len(frames):
-            log.info("rendered %d/%d views into %s", i + 1, len(frames), folder)
-    return rays
+    with Progress("render train views", len(frames), rays, log=log) as progress:
+        for f, cam in zip(frames, cameras):
+            out = renderer.render_camera(cam, return_samples=False, progress=progress.advance)
+            rgb, depth, acc = (out[k].cpu().numpy() for k in ("rgb", "depth", "accumulation"))
+            save_png(folder / "rgb" / f"{f.name}.png", _uint8(rgb))
+            np.save(folder / "depth" / f"{f.name}.npy", depth.astype(np.float32))
+            save_png(folder / "depth" / f"{f.name}.png", colourise_depth(depth, acc))
+            progress.item_done()
+    return {"views": len(frames), "rays": int(rays)}
+
+
+def render_path_frames(renderer: "NerfRenderer", cameras: "list[Camera]", what: str, log: Any) -> np.ndarray:
+    """uint8 RGB frames (N, H, W, 3) of a camera path."""
+    from innout.progress import Progress
+
+    rays = sum(c.intrinsics.width * c.intrinsics.height for c in cameras)
+    frames = []
+    with Progress(what, len(cameras), rays, item="frames", log=log) as progress:
+        for cam in cameras:
+            frames.append(_uint8(renderer.render_camera(cam, return_samples=False, progress=progress.advance)["rgb"].cpu().numpy()))
+            progress.item_done()
+    return np.stack(frames)
+
+
+def default_camera_path(renderer: "NerfRenderer", train: list, rc: Any) -> tuple[dict, "list[str]"]:
+    """The video's camera path in nerfstudio's format (:mod:`innout.camera_path`): a smooth
+    closed path through ``rc.video_keyframes`` train cameras at the edge of the capture,
+    ``rc.video_frames`` frames at ``rc.video_fps``, ``rc.video_scale`` times the working
+    size (even). Returns it and the keyframes' view names."""
+    from innout.camera_path import path_intrinsics, path_keyframes, smooth_path, to_nerfstudio
+
+    cams = [f.camera for f in train]
+    keys = path_keyframes(cams, int(rc.video_keyframes))
+    size = scaled_intrinsics(cams[keys[0]].intrinsics, float(rc.video_scale), even=True)
+    intr = path_intrinsics(cams[keys[0]].intrinsics, size.width, size.height)
+    keyframes = [cams[k].with_intrinsics(intr) for k in keys]
+    path = smooth_path(keyframes, int(rc.video_frames), intr)
+    return to_nerfstudio(path, renderer.frame, float(rc.video_fps), keyframes), [train[k].name for k in keys]
+
+
+def video_from_camera_path(renderer: "NerfRenderer", data: dict, out_mp4: Path, crf: int, what: str, log: Any) -> dict:
+    """Render a nerfstudio camera path (through nerfstudio's own loader) into an MP4."""
+    from innout.camera_path import fps_of, from_nerfstudio
+
+    cameras = from_nerfstudio(data, renderer.frame)
+    even = [c.with_intrinsics(scaled_intrinsics(c.intrinsics, 1.0, even=True)) for c in cameras]
+    frames = render_path_frames(renderer, even, what, log)
+    return encode_mp4(frames, out_mp4, fps_of(data), crf)
+
+
+def _weights(cfg: Any, upstream_summary: Optional[Path]) -> str:
+    """The provenance of what is rendered: the weakest of the model set's and the upstream
+    summary's (:mod:`innout.provenance`)."""
+    import json
+
+    from innout.provenance import summary_provenance, weakest, weights_provenance
+
+    upstream = json.loads(Path(upstream_summary).read_text()) if upstream_summary and Path(upstream_summary).is_file() else {}
+    return weakest(weights_provenance(cfg.models), summary_provenance(upstream))
+
+
+def _load_renderer(nerf_path: Path, cfg: Any, device: Any) -> "NerfRenderer":
+    from innout.errors import InputError
+
+    try:
+        return NerfRenderer.from_config(nerf_path, device=device, chunk=int(cfg.render.chunk) or None)
+    except FileNotFoundError as err:
+        raise InputError(nerf_path, str(err)) from None
 
 
 def run_render(transforms: Path, nerf_path: Path, out_dir: Path, cfg: Any, log: Any = None,
-               upstream_summary: Optional[Path] = None) -> dict:
-    """Render the final NeRF and write ``out_dir``::
+               upstream_summary: Optional[Path] = None, base_summary: Optional[Path] = None,
+               inpaint_images: Optional[Path] = None) -> dict:
+    """Render the final NeRF: what evaluation, the report and the user read, once each.
+    Writes ``out_dir``::
 
-        test/rgb/<name>.png, test/depth/<name>.{npy,png}    ground-truth test cameras (if any)
-        train/rgb/<name>.png, train/depth/<name>.{npy,png}  every train camera (render.train_scale)
-        video.mp4       a closed smooth path through render.video_keyframes train cameras
-        video.html      the same video in a page (the report shows it inline)
-        path.json       the keyframes and every frame's c2w and intrinsics
-        summary.json    counts, seconds, rays/s, the weights' provenance (the weakest of the
-                        model set's and ``upstream_summary``'s)
+        test/rgb/<view>.png, test/boxes.json   the evaluation box of every ground-truth
+                        test view (innout.boxes), full resolution: what evaluate scores
+        train/rgb/<view>.png, train/depth/<view>.{npy,png}   ``render.train_views`` train
+                        views (base view first, the rest evenly spread; -1: all) at
+                        ``render.train_scale``
+        train_views.png the report's before/after sheet of those views: input with the
+                        object, its aligned inpainting (``inpaint_images``), final render
+        camera_path.json  the video's path in nerfstudio's format (ns-render camera-path
+                        replays it, ns-viewer loads it)
+        video.mp4, video.html   the video rendered from camera_path.json (and its page)
+        summary.json    counts, rays and seconds of each part, the weights' provenance (the
+                        weakest of the model set's and ``upstream_summary``'s)
 
-    ``cfg``: the method config (``render``, ``seed``, ``device``, ``models``)."""
+    ``cfg``: the method config (``render``, ``seed``, ``device``, ``models``);
+    ``upstream_summary``: a summary whose weights provenance carries over (refine's);
+    ``base_summary``: the base stage's (its ``winner`` is shown first);
+    ``inpaint_images``: the inpaint stage's ``images/`` (the sheet's middle column)."""
     import json
     import logging
     import time
 
     from innout.errors import InputError
     from innout.pretrain import read_scene
-    from innout.provenance import provenance_fields, summary_provenance, weakest, weights_provenance
+    from innout.provenance import provenance_fields
     from innout.stage import atomic_dir
+    from innout.viz import train_view_sheet
 
     log = log or logging.getLogger("innout.render")
     rc = cfg.render
     t0 = time.perf_counter()
     _, _, train, test = read_scene(Path(transforms))
+    if int(rc.video_frames) < 2 or float(rc.video_fps) <= 0:
+        raise InputError("render.video_frames", "the video needs at least 2 frames and a positive frame rate")
     device, device_warning = stage_device(cfg, "render")
-    try:
-        renderer = NerfRenderer.from_config(nerf_path, device=device, chunk=int(rc.chunk) or None)
-    except FileNotFoundError as err:
-        raise InputError(nerf_path, str(err)) from None
-    upstream = json.loads(Path(upstream_summary).read_text()) if upstream_summary and Path(upstream_summary).is_file() else {}
-    weights = weakest(weights_provenance(cfg.models), summary_provenance(upstream))
-    if int(rc.video_frames) < 2 or int(rc.video_fps) < 1:
-        raise InputError("render.video_frames", "the video needs at least 2 frames and 1 frame per second")
-    log.info("render: %d test + %d train cameras, a %d-frame video, on %s", len(test), len(train), int(rc.video_frames), renderer.device)
+    renderer = _load_renderer(nerf_path, cfg, device)
+    weights = _weights(cfg, upstream_summary)
+    base_view = json.loads(Path(base_summary).read_text()).get("winner") if base_summary else None
+    by_name = {f.name: f for f in train}
+    shown = [by_name[n] for n in spread_views(list(by_name), int(rc.train_views), base_view)]
+    log.info("render: %d ground-truth test views (boxes only), %d of %d train views at %.2gx, a %d-frame video, on %s",
+             len(test), len(shown), len(train), float(rc.train_scale), int(rc.video_frames), renderer.device)
+    seconds: dict[str, float] = {}
     with atomic_dir(out_dir) as tmp:
-        rays = 0
-        t_views = time.perf_counter()
-        if test:
-            rays += _render_views(renderer, test, tmp / "test", 1.0, log)
-        rays += _render_views(renderer, train, tmp / "train", float(rc.train_scale), log)
-        view_seconds = time.perf_counter() - t_views
+        t = time.perf_counter()
+        tests = render_test_boxes(renderer, test, tmp / "test", "render test boxes", log) if test else _no_boxes(tmp / "test")
+        seconds["test"] = time.perf_counter() - t
 
-        cams = [f.camera for f in train]
-        keys = path_keyframes(cams, int(rc.video_keyframes))
-        intr = _scaled_intrinsics(cams[keys[0]].intrinsics, float(rc.video_scale), even=True)
-        path = camera_path([cams[k] for k in keys], int(rc.video_frames), intr)
-        t_video = time.perf_counter()
-        frames = []
-        for i, cam in enumerate(path):
-            rgb = renderer.render_camera(cam, return_samples=False)["rgb"].cpu().numpy()
-            frames.append((np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
-            if (i + 1) % 20 == 0 or i + 1 == len(path):
-                log.info("video frame %d/%d", i + 1, len(path))
-        rays += len(path) * intr.width * intr.height
-        video = encode_mp4(np.stack(frames), tmp / "video.mp4", int(rc.video_fps), int(rc.video_crf))
-        video_seconds = time.perf_counter() - t_video
+        t = time.perf_counter()
+        trains = render_train_views(renderer, shown, tmp / "train", float(rc.train_scale), log)
+        sheet = train_view_sheet(shown, tmp / "train" / "rgb", inpaint_images, base_view, weights, str(cfg.models.name))
+        sheet.save(tmp / "train_views.png")
+        seconds["train"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        path, keys = default_camera_path(renderer, train, rc)
+        (tmp / "camera_path.json").write_text(json.dumps(path, indent=1) + "\n")
+        video = video_from_camera_path(renderer, path, tmp / "video.mp4", int(rc.video_crf), "render video", log)
         (tmp / "video.html").write_text(video_page(
             tmp / "video.mp4", "Camera path through the final NeRF",
             f"{video['frames']} frames at {video['fps']} fps, {video['width']}x{video['height']}, a closed path through "
-            f"{len(keys)} train cameras ({', '.join(train[k].name for k in keys)}).",
+            f"{len(keys)} train cameras ({', '.join(keys)}); camera_path.json holds it in nerfstudio's format.",
             weights))
-        (tmp / "path.json").write_text(json.dumps({
-            "keyframes": [train[k].name for k in keys],
-            "intrinsics": {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy, "width": intr.width, "height": intr.height},
-            "c2w": [np.round(c.c2w, 9).tolist() for c in path],
-        }, indent=1))
-        seconds = time.perf_counter() - t0
+        seconds["video"] = time.perf_counter() - t
+        rays = tests["rays"] + trains["rays"] + video["frames"] * video["width"] * video["height"]
+        total = time.perf_counter() - t0
         summary = {
             "n_test_views": len(test),
+            "test_boxes": tests,
             "n_train_views": len(train),
+            "train_views": [f.name for f in shown],
             "train_scale": float(rc.train_scale),
-            "video": {**video, "keyframes": [train[k].name for k in keys]},
-            "seconds": round(seconds, 3),
-            "view_seconds": round(view_seconds, 3),
-            "video_seconds": round(video_seconds, 3),
-            "rays_per_second": round(rays / max(seconds, 1e-9), 1),
+            "base_view": base_view,
+            "video": {**video, "keyframes": keys, "camera_path": "camera_path.json"},
+            "seconds": round(total, 3),
+            "part_seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "rays": int(rays),
+            "rays_per_second": round(rays / max(sum(seconds.values()), 1e-9), 1),
             "depth_definition": "expected distance along the unit ray, scene units (float32 .npy); .png: turbo, 1st-99th percentile",
             **provenance_fields(weights),
             "device": str(renderer.device),
@@ -516,5 +595,66 @@ def run_render(transforms: Path, nerf_path: Path, out_dir: Path, cfg: Any, log: 
             "seed": int(cfg.seed),
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-    log.info("render done in %.1f s (%d rays, %.0f rays/s)", seconds, rays, rays / max(seconds, 1e-9))
+    log.info("render done in %.1f s (%d rays, %.0f rays/s)", total, rays, summary["rays_per_second"])
     return summary
+
+
+def run_render_pretrain(transforms: Path, nerf_path: Path, out_dir: Path, cfg: Any, log: Any = None) -> dict:
+    """Render the pre-trained NeRF (trained without the masked pixels) at the evaluation
+    box of every ground-truth test view: the "before" the metrics compare the final NeRF
+    with. Writes ``out_dir/test/`` (as :func:`run_render`) and ``out_dir/summary.json``. A
+    scene without ground-truth test views renders nothing (the NeRF is not even loaded)."""
+    import json
+    import logging
+    import time
+
+    from innout.pretrain import read_scene
+    from innout.stage import atomic_dir
+
+    log = log or logging.getLogger("innout.render")
+    t0 = time.perf_counter()
+    _, _, _, test = read_scene(Path(transforms))
+    with atomic_dir(out_dir) as tmp:
+        if test:
+            renderer = _load_renderer(nerf_path, cfg, stage_device(cfg, "render")[0])
+            boxes = render_test_boxes(renderer, test, tmp / "test", "render test boxes (pre-trained NeRF)", log)
+            device = str(renderer.device)
+        else:
+            log.info("the scene has no ground-truth test views: nothing to render")
+            boxes, device = _no_boxes(tmp / "test"), None
+        total = time.perf_counter() - t0
+        summary = {
+            "what": "the pre-trained NeRF (trained without the masked pixels) at the evaluation box of each ground-truth "
+                    "test view: the 'before' of the metrics",
+            "n_test_views": len(test),
+            "test_boxes": boxes,
+            "reason": None if test else "the scene has no ground-truth test views",
+            "seconds": round(total, 3),
+            "rays_per_second": round(boxes["rays"] / max(total, 1e-9), 1),
+            "device": device,
+        }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def run_camera_path(camera_path: Path, nerf_path: Path, out_mp4: Path, out_html: Path, cfg: Any, log: Any = None,
+                    upstream_summary: Optional[Path] = None) -> dict:
+    """A video of the final NeRF along a user's camera path (nerfstudio's camera_path.json,
+    e.g. made in ns-viewer's render panel on this NeRF): ``out_mp4`` and its page."""
+    import logging
+
+    from innout.camera_path import read_nerfstudio
+    from innout.provenance import provenance_fields
+
+    log = log or logging.getLogger("innout.render")
+    data = read_nerfstudio(Path(camera_path))
+    renderer = _load_renderer(nerf_path, cfg, stage_device(cfg, "render")[0])
+    weights = _weights(cfg, upstream_summary)
+    tmp_mp4 = out_mp4.with_name(f".{out_mp4.name}.tmp.mp4")
+    video = video_from_camera_path(renderer, data, tmp_mp4, int(cfg.render.video_crf), f"render {Path(camera_path).name}", log)
+    tmp_mp4.replace(out_mp4)
+    out_html.write_text(video_page(
+        out_mp4, f"Camera path {Path(camera_path).name} through the final NeRF",
+        f"{video['frames']} frames at {video['fps']} fps, {video['width']}x{video['height']}, from {camera_path}.",
+        weights))
+    return {**video, "camera_path": str(camera_path), **provenance_fields(weights)}

@@ -16,8 +16,8 @@ if __name__ == "__main__":
         limit_threads(snakemake.threads)
         run_evaluate(
             Path(snakemake.input.transforms),
-            Path(snakemake.input.render).parent / "test" / "rgb",
-            Path(snakemake.input.pretrain).parent / "renders" / "test" / "rgb",
+            Path(snakemake.input.after),
+            Path(snakemake.input.before),
             outputs[0],
             config_from_params(snakemake.params.method),
             log=log,

@@ -1,4 +1,5 @@
-"""Rule render: every camera, depth maps and a camera-path video of the final NeRF."""
+"""Rule render: the final NeRF at the test views' evaluation boxes, the report's train
+views and the camera-path video (innout.render.run_render)."""
 from innout.gpulock import pin_job_gpu
 
 # first, before anything imports torch: a GPU of this machine for this job (innout.gpulock)
@@ -21,4 +22,6 @@ if __name__ == "__main__":
             config_from_params(snakemake.params.method),
             log=log,
             upstream_summary=Path(snakemake.input.refine),
+            base_summary=Path(snakemake.input.base),
+            inpaint_images=Path(snakemake.input.inpaint_images),
         )
