@@ -76,8 +76,11 @@ def _abs(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def read_scene(transforms: Path) -> tuple[dict, list[Frame], list[Frame], list[Frame]]:
-    """(meta, all frames, train frames, ground-truth test frames) of a canonical scene."""
+def read_scene(transforms: Path, allow_missing_masks: bool = False) -> tuple[dict, list[Frame], list[Frame], list[Frame]]:
+    """(meta, all frames, train frames, ground-truth test frames) of a canonical scene.
+
+    A scene that gives masks of some views only (frames marked ``innout_mask``) is an
+    InputError unless ``allow_missing_masks`` (the masks stage reads it)."""
     transforms = Path(transforms)
     try:
         meta = json.loads(transforms.read_text())
@@ -133,7 +136,12 @@ def read_scene(transforms: Path) -> tuple[dict, list[Frame], list[Frame], list[F
     if not train:
         raise InputError(transforms, "no train views")
     test = [f for f in frames if f.split == "test"]
-    masked = [f.nerf_mask is not None for f in frames]
+    unmasked = [f.name for f in frames if f.nerf_mask is None and f.raw.get("innout_mask") in ("annotation", "missing")]
+    if unmasked and not allow_missing_masks:
+        raise InputError(transforms, f"{len(unmasked)} views have no object mask yet ({unmasked[0]}, ...): the scene "
+                                     "gives masks of some views only; the masks stage makes the others "
+                                     "(results/<scene>/masks/transforms.json)")
+    masked = [f.nerf_mask is not None for f in frames if not (allow_missing_masks and f.name in unmasked)]
     if any(masked) and not all(masked):
         raise InputError(transforms, "mask_path is given for some frames only (nerfstudio needs all or none)")
     for f in frames:
