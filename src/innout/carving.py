@@ -52,6 +52,10 @@ class ViewGeometry:
 class CarvingSettings:
     visibility_tolerance: float = 0.03  # relative depth margin of the visibility test
     propagation_voters: int = 3  # labelled views consulted per unlabelled point (nearest by angle)
+    # points no view decides take the label of their nearest decided neighbour, when they lie
+    # within this factor of the annotated object's radius around its centre (the object is
+    # compact: a hidden floor metres behind it is not object); 0 = no limit
+    reach_factor: float = 1.5
     mask_margin_px: int = 1  # an annotated view votes "outside" only beyond this many pixels of its mask
 
 
@@ -86,14 +90,17 @@ class _Voter:
         self.tolerance = float(settings.visibility_tolerance)
         self.centre = np.asarray(geometry.camera.center, float)
         self.margin_depth = None
+        self.mask_band = self.mask
         if margin > 0 and self.mask.any():
             k = 2 * int(margin) + 1
+            self.mask_band = cv2.dilate(self.mask.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
             # the object's farthest surface distance within the margin, for each pixel near the mask
             obj_depth = np.where(self.mask & np.isfinite(geometry.distance), geometry.distance, 0.0).astype(np.float32)
             self.margin_depth = cv2.dilate(obj_depth, np.ones((k, k), np.uint8))
 
-    def vote(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(seen, inside) booleans per point."""
+    def vote(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seen, inside, outside_cone) booleans per point: ``inside`` only where seen;
+        ``outside_cone``: projects clearly outside the mask (beyond the margin), seen or not."""
         cam = self.geometry.camera
         k = cam.intrinsics
         uv, z = cam.project(points)
@@ -115,7 +122,8 @@ class _Voter:
                 near = self.margin_depth[vi, ui]
                 band = (near > 0) & ~inside & np.isfinite(surface)
                 inside = inside | (band & (np.abs(dist - near) < np.abs(dist - surface)))
-        return seen, inside & seen
+        outside_cone = in_image & ~self.mask_band[vi, ui]
+        return seen, inside & seen, outside_cone
 
 
 def _fill_by_nearest(points: np.ndarray, undecided: np.ndarray, decided: np.ndarray, is_object: np.ndarray) -> None:
@@ -129,16 +137,31 @@ def _fill_by_nearest(points: np.ndarray, undecided: np.ndarray, decided: np.ndar
     is_object[np.flatnonzero(undecided)] = is_object[np.flatnonzero(decided)[nearest]]
 
 
-def object_centre(views: dict[str, ViewGeometry], annotations: dict[str, np.ndarray]) -> np.ndarray:
-    """Median of the annotated views' surface points inside their masks."""
+def annotated_points(views: dict[str, ViewGeometry], annotations: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, 3) surface points of the annotated views inside their masks."""
     pts = []
     for name, mask in annotations.items():
         p = views[name].points()[mask.reshape(-1)]
         pts.append(p[np.isfinite(p).all(axis=1)])
-    pts = np.concatenate(pts) if pts else np.zeros((0, 3))
+    return np.concatenate(pts) if pts else np.zeros((0, 3))
+
+
+def object_centre(views: dict[str, ViewGeometry], annotations: dict[str, np.ndarray]) -> np.ndarray:
+    """Median of the annotated views' surface points inside their masks."""
+    pts = annotated_points(views, annotations)
     if not len(pts):
         raise ValueError("the annotated masks hold no surface point")
     return np.median(pts, axis=0)
+
+
+def object_reach(views: dict[str, ViewGeometry], annotations: dict[str, np.ndarray], centre: np.ndarray,
+                 factor: float) -> float:
+    """Radius around ``centre`` the object may fill: ``factor`` x the distance within which
+    98 % of the annotated object points lie (inf without annotations or with factor 0)."""
+    pts = annotated_points(views, annotations)
+    if not len(pts) or factor <= 0:
+        return float("inf")
+    return float(factor * np.percentile(np.linalg.norm(pts - centre, axis=1), 98))
 
 
 def propagate(views: list[ViewGeometry], annotations: dict[str, np.ndarray], settings: CarvingSettings | None = None,
@@ -155,8 +178,10 @@ def propagate(views: list[ViewGeometry], annotations: dict[str, np.ndarray], set
     by_name = {v.name: v for v in views}
     if centre is None:
         centre = object_centre(by_name, annotations)
+    centre = np.asarray(centre, float)
+    reach = object_reach(by_name, annotations, centre, float(settings.reach_factor))
     names = [v.name for v in views]
-    angles = view_angles([v.camera for v in views], np.asarray(centre, float))
+    angles = view_angles([v.camera for v in views], centre)
     index = {n: i for i, n in enumerate(names)}
 
     annotated = [_Voter(by_name[n], annotations[n], settings, settings.mask_margin_px) for n in names if n in annotations]
@@ -184,12 +209,16 @@ def propagate(views: list[ViewGeometry], annotations: dict[str, np.ndarray], set
         if annotated:
             seen_any = np.zeros(len(pts), bool)
             all_inside = np.ones(len(pts), bool)
+            out_of_a_cone = np.zeros(len(pts), bool)
             for voter in annotated:
-                seen, inside = voter.vote(pts)
+                seen, inside, outside_cone = voter.vote(pts)
                 seen_any |= seen
                 all_inside &= ~seen | inside
-            decided = seen_any & finite
-            is_object = decided & all_inside
+                out_of_a_cone |= outside_cone
+            # seen by an annotated view: its masks decide; seen by none but outside one of
+            # their cones (hidden there behind something that is not the object): background
+            decided = (seen_any | out_of_a_cone) & finite
+            is_object = seen_any & finite & all_inside & ~out_of_a_cone
         n_annotated = int(decided.sum())
 
         undecided = finite & ~decided
@@ -203,7 +232,7 @@ def propagate(views: list[ViewGeometry], annotations: dict[str, np.ndarray], set
                 still = count < settings.propagation_voters
                 if not still.any():
                     break
-                seen, inside = propagated_voters[n].vote(pts_u)
+                seen, inside, _ = propagated_voters[n].vote(pts_u)
                 seen &= still
                 count += seen
                 yes += inside & seen
@@ -215,9 +244,10 @@ def propagate(views: list[ViewGeometry], annotations: dict[str, np.ndarray], set
         source = np.full(len(pts), DECIDED_BY_NOTHING, np.uint8)
         source[decided] = DECIDED_BY_PROPAGATION
         if annotated:
-            source[seen_any & finite] = DECIDED_BY_ANNOTATION
+            source[(seen_any | out_of_a_cone) & finite] = DECIDED_BY_ANNOTATION
         source[finite & ~decided] = DECIDED_BY_NEIGHBOURS
         _fill_by_nearest(pts, finite & ~decided, decided, is_object)
+        is_object &= ~(np.linalg.norm(pts - centre, axis=1) > reach) | (source == DECIDED_BY_ANNOTATION)
 
         if inside_box is not None:
             in_box = np.zeros(len(pts), bool)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -47,11 +46,11 @@ from PIL import Image
 
 from innout.cameras import Camera, umeyama_similarity
 from innout.carving import (DECIDED_BY_ANNOTATION, DECIDED_BY_NEIGHBOURS, DECIDED_BY_PROPAGATION, CarvingSettings,
-                            ViewGeometry, propagate)
+                            Propagation, ViewGeometry, propagate)
 from innout.errors import InputError, StageError
 from innout.mask_cleanup import CleanupSettings, clean_mask, dilate_mask
 from innout.object_box import BOX_FILE, ObjectBox, read_box
-from innout.view_suggest import look_at_point, spread_of, suggest_views
+from innout.view_suggest import spread_of, suggest_views
 
 STAGE = "masks"
 _log = logging.getLogger("innout.masks")
@@ -137,7 +136,7 @@ def _unmasked_transforms(meta: dict, base: Path, train_names: set[str]) -> dict:
     for fr in meta["frames"]:
         if Path(fr["file_path"]).stem not in train_names:
             continue
-        fr = {k: v for k, v in fr.items() if k not in ("mask_path", "innout_object_mask")}
+        fr = {k: v for k, v in fr.items() if k not in ("mask_path", "innout_object_mask", "innout_mask")}
         fr["file_path"] = str(_abs(base, fr["file_path"]))
         frames.append(fr)
     out["frames"] = frames
@@ -172,28 +171,48 @@ def train_scene_nerf(meta: dict, base: Path, train_names: set[str], work_dir: Pa
     data.write_text(json.dumps(_unmasked_transforms(meta, base, train_names), indent=1))
     nerf_dir = work_dir / "nerf"
     log.info("masks: training a NeRF of the whole scene (every pixel, %d train views)", len(train_names))
-    summary = run_pretrain(data, nerf_dir, work_dir / "train", _nerf_config(cfg), log=log)
-    log.info("masks: whole-scene NeRF: PSNR %.2f dB on the train views", summary.get("psnr_train_unmasked") or float("nan"))
+    summary = run_pretrain(data, nerf_dir, work_dir / "train", _nerf_config(cfg), log=log, render_views=False)
+    log.info("masks: whole-scene NeRF trained (%d steps, final loss %s)", summary["iterations"], summary.get("final_loss"))
     return nerf_dir / NS_DIR / "config.yml"
 
 
-def render_surfaces(nerf_config: Path, cameras: dict[str, Camera], how: str, device: str,
-                    log: logging.Logger) -> dict[str, np.ndarray]:
-    """Each view's surface distance (H, W) along its unit pixel rays, scene units."""
+def render_surfaces(nerf_config: Path, cameras: dict[str, Camera], device: str, log: logging.Logger,
+                    images: dict[str, Path] | None = None) -> dict[str, dict[str, Any]]:
+    """Each view's surface distances (H, W) along its unit pixel rays, scene units, as
+    ``{"median": ..., "expected": ...}`` (both come from one rendering), and with
+    ``images`` the PSNR of the rendered colour (``"psnr"``: how well the NeRF fits)."""
+    from innout.pretrain import load_rgb, psnr_masked
     from innout.render import NerfRenderer
 
     renderer = NerfRenderer.from_config(nerf_config, device=device)
     out, t0 = {}, time.perf_counter()
     for i, (name, cam) in enumerate(cameras.items()):
-        res = renderer.render_camera(cam, return_samples=(how == "median"))
+        res = renderer.render_camera(cam, return_samples=True)
         expected = res["depth"].cpu().numpy().astype(np.float64)
-        if how == "median":
-            out[name] = median_depth(res["weights"].cpu().numpy(), res["distances"].cpu().numpy(), expected)
-        else:
-            out[name] = expected
+        median = median_depth(res["weights"].cpu().numpy(), res["distances"].cpu().numpy(), expected)
+        out[name] = {"median": median, "expected": expected}
+        if images is not None:
+            gt = load_rgb(images[name])
+            out[name]["psnr"] = psnr_masked(res["rgb"].cpu().numpy(), gt, np.ones(gt.shape[:2], bool))
         if (i + 1) % 10 == 0 or i + 1 == len(cameras):
             log.info("masks: rendered the surface of %d/%d views (%.0f s)", i + 1, len(cameras), time.perf_counter() - t0)
     return out
+
+
+# --------------------------------------------------------------------------- carving
+
+
+def carve_views(views: list[ViewGeometry], annotations: dict[str, np.ndarray], box: ObjectBox | None,
+                mc: Any) -> Propagation:
+    """Carving and clean-up with the ``masks`` config section ``mc``; annotated views keep
+    their annotation."""
+    carving = CarvingSettings(visibility_tolerance=float(mc.visibility_tolerance),
+                              propagation_voters=int(mc.propagation_voters), mask_margin_px=int(mc.mask_margin_px))
+    cleanup = CleanupSettings(open_radius=int(mc.open_radius), speck_fraction=float(mc.speck_fraction),
+                              hole_fraction=float(mc.hole_fraction))
+    centre = box.center if (box is not None and not annotations) else None
+    return propagate(views, annotations, carving, inside_box=box.contains if box is not None else None,
+                     centre=centre, clean=lambda m: clean_mask(m, cleanup))
 
 
 # --------------------------------------------------------------------------- scoring
@@ -264,22 +283,19 @@ def run_masks(camera_transforms: Path, scene_transforms: Path, out_dir: Path, wo
     # 1. geometry
     t0 = time.perf_counter()
     nerf_config = train_scene_nerf(meta, camera_transforms.parent, set(names), work_dir, cfg, log)
-    surfaces = render_surfaces(nerf_config, cameras, str(mc.depth), str(cfg.device), log)
+    rendered = render_surfaces(nerf_config, cameras, str(cfg.device), log, images={f.name: f.image for f in train})
+    surfaces = {n: r[str(mc.depth)] for n, r in rendered.items()}
+    nerf_psnr = float(np.mean([r["psnr"] for r in rendered.values()]))
+    log.info("masks: whole-scene NeRF: PSNR %.2f dB on the train views (every pixel)", nerf_psnr)
     geometry_seconds = time.perf_counter() - t0
 
     # 2. carving + 3. clean-up
     t0 = time.perf_counter()
-    carving = CarvingSettings(visibility_tolerance=float(mc.visibility_tolerance),
-                              propagation_voters=int(mc.propagation_voters), mask_margin_px=int(mc.mask_margin_px))
-    cleanup = CleanupSettings(open_radius=int(mc.open_radius), speck_fraction=float(mc.speck_fraction),
-                              hole_fraction=float(mc.hole_fraction))
     views = [ViewGeometry(n, cameras[n], surfaces[n]) for n in names]
-    centre = box.center if (box is not None and not annotations) else None
-    result = propagate(views, annotations, carving, inside_box=box.contains if box is not None else None,
-                       centre=centre, clean=lambda m: clean_mask(m, cleanup))
+    result = carve_views(views, annotations, box, mc)
     carving_seconds = time.perf_counter() - t0
     log.info("masks: carved %d views in %.1f s", len(views), carving_seconds)
-    raw = {n: (annotations[n] if n in annotations else result.masks[n]) for n in names}
+    raw = dict(result.masks)
 
     # 4. SAM
     sam_records: dict[str, dict] = {}
@@ -360,6 +376,7 @@ def run_masks(camera_transforms: Path, scene_transforms: Path, out_dir: Path, wo
             "suggested_spread_deg": round(suggestion.spread_deg, 2),
             "object_centre": np.round(result.centre, 6).tolist(),
             "depth": str(mc.depth),
+            "nerf_psnr_train": round(nerf_psnr, 3),
             "mask_dilation": dilation,
             "sam": {"model": str(mc.sam), "random_weights": sam_random,
                     "used": sum(r["used"] for r in sam_records.values())} if str(mc.sam) else None,

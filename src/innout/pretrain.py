@@ -136,7 +136,7 @@ def read_scene(transforms: Path, allow_missing_masks: bool = False) -> tuple[dic
     if not train:
         raise InputError(transforms, "no train views")
     test = [f for f in frames if f.split == "test"]
-    unmasked = [f.name for f in frames if f.nerf_mask is None and f.raw.get("innout_mask") in ("annotation", "missing")]
+    unmasked = [f.name for f in frames if f.nerf_mask is None and f.raw.get("innout_mask") is not None]
     if unmasked and not allow_missing_masks:
         raise InputError(transforms, f"{len(unmasked)} views have no object mask yet ({unmasked[0]}, ...): the scene "
                                      "gives masks of some views only; the masks stage makes the others "
@@ -394,8 +394,12 @@ def run_pretrain(
     log: Optional[logging.Logger] = None,
     *,
     on_step: Optional[Callable[[int], None]] = None,
+    render_views: bool = True,
 ) -> dict:
     """Train the geometry NeRF and write ``out_dir`` (see the module docstring).
+
+    ``render_views=False`` skips the renders (and their PSNR/SSIM) for callers that render
+    what they need themselves (the masks stage).
 
     ``cfg``: the resolved method config (``cfg.pretrain``, ``cfg.seed``, ``cfg.device``).
     ``on_step(step)`` is called after every completed iteration (and after that
@@ -587,7 +591,7 @@ def run_pretrain(
 
         t_render = time.perf_counter()
         psnrs_train = []
-        for f in train:
+        for f in train if render_views else []:
             gt = load_rgb(f.image)
             keep = load_keep_mask(f, gt.shape[:2])
             out = renderer.render_camera(f.camera, return_samples=False)
@@ -602,7 +606,7 @@ def run_pretrain(
             if p is not None:
                 psnrs_train.append(p)
         psnrs_test, ssims_test = [], []
-        for f in test:
+        for f in test if render_views else []:
             gt = load_rgb(f.image)
             keep = load_keep_mask(f, gt.shape[:2])
             out = renderer.render_camera(f.camera, return_samples=False)
