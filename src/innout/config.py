@@ -88,6 +88,7 @@ class MasksConfig:
     visibility_tolerance: float = 0.03  # a view sees a point not farther than its surface x (1 + this)
     mask_margin_px: int = 1  # band outside a mask where a point on the object's surface still counts as inside
     propagation_voters: int = 3  # propagated views consulted for points no annotated view sees
+    reach_factor: float = 2.5  # points no view decides may be object within this x the annotated object's radius
     open_radius: int = 1  # clean-up: opening radius in pixels (0: off)
     speck_fraction: float = 0.05  # clean-up: components smaller than this share of the largest are removed
     hole_fraction: float = 0.05  # clean-up: holes smaller than this share of the mask are filled

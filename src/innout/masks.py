@@ -207,7 +207,8 @@ def carve_views(views: list[ViewGeometry], annotations: dict[str, np.ndarray], b
     """Carving and clean-up with the ``masks`` config section ``mc``; annotated views keep
     their annotation."""
     carving = CarvingSettings(visibility_tolerance=float(mc.visibility_tolerance),
-                              propagation_voters=int(mc.propagation_voters), mask_margin_px=int(mc.mask_margin_px))
+                              propagation_voters=int(mc.propagation_voters), mask_margin_px=int(mc.mask_margin_px),
+                              reach_factor=float(mc.reach_factor))
     cleanup = CleanupSettings(open_radius=int(mc.open_radius), speck_fraction=float(mc.speck_fraction),
                               hole_fraction=float(mc.hole_fraction))
     centre = box.center if (box is not None and not annotations) else None

@@ -91,3 +91,41 @@ def spread_of(cameras: Sequence[Camera], names: Sequence[str], chosen: Sequence[
     centre = look_at_point(cameras) if centre is None else np.asarray(centre, float)
     index = {n: i for i, n in enumerate(names)}
     return _spread(view_angles(cameras, centre), [index[n] for n in chosen])
+
+
+def suggest_from_transforms(transforms, counts=(1, 2, 3)) -> dict:
+    """Suggestions for the train views of a posed ``transforms.json`` (nerfstudio style, as
+    the scene and poses stages write it): ``{"<count>": {"views", "spread_deg",
+    "min_angle_deg"}, "centre": [...]}``. One-line InputErrors naming the file."""
+    import json
+    from pathlib import Path
+
+    from innout.cameras import Intrinsics
+    from innout.errors import InputError
+
+    path = Path(transforms)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot read ({exc})") from None
+    cams, names = [], []
+    for i, fr in enumerate(meta.get("frames") or []):
+        if fr.get("innout_split", "train") != "train":
+            continue
+        if "transform_matrix" not in fr:
+            raise InputError(path, f"frame {i} has no pose: run the poses stage first and use its transforms.json")
+        w, h = int(fr.get("w", meta.get("w", 1))), int(fr.get("h", meta.get("h", 1)))
+        fx = float(fr.get("fl_x", meta.get("fl_x", 1.0)))
+        fy = float(fr.get("fl_y", meta.get("fl_y", fx)))
+        k = Intrinsics(fx, fy, float(fr.get("cx", meta.get("cx", w / 2))), float(fr.get("cy", meta.get("cy", h / 2))), w, h)
+        cams.append(Camera(np.asarray(fr["transform_matrix"], float), k))
+        names.append(Path(fr["file_path"]).stem)
+    if len(cams) < 2:
+        raise InputError(path, f"has {len(cams)} posed train views; suggestions need at least 2")
+    out: dict = {}
+    centre = look_at_point(cams)
+    for count in counts:
+        s = suggest_views(cams, names, count, centre)
+        out[str(count)] = {"views": s.views, "spread_deg": round(s.spread_deg, 2), "min_angle_deg": round(s.min_angle_deg, 2)}
+    out["centre"] = np.round(centre, 6).tolist()
+    return out
