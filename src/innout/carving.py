@@ -25,12 +25,16 @@ live in :mod:`innout.masks` and :mod:`innout.mask_cleanup`.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from innout.cameras import Camera
 from innout.view_suggest import view_angles
+
+_log = logging.getLogger("innout.carving")
 
 
 @dataclass
@@ -192,7 +196,11 @@ def propagate(views: list[ViewGeometry], annotations: dict[str, np.ndarray], set
     decided_by: dict[str, np.ndarray] = {}
 
     remaining = [n for n in names if n not in labelled]
+    t_log = time.perf_counter()
     while remaining:
+        if time.perf_counter() - t_log > 10:  # long scenes show progress
+            _log.info("carving: %d of %d views decided", len(order), len(names))
+            t_log = time.perf_counter()
         if labelled:
             lab_idx = [index[n] for n in labelled]
             nearest = {n: float(angles[index[n], lab_idx].min()) for n in remaining}

@@ -276,7 +276,10 @@ def run_masks(camera_transforms: Path, scene_transforms: Path, out_dir: Path, wo
     cams = [cameras[n] for n in names]
     suggestion = suggest_views(cams, names, max(2, len(annotations)))
     annotated_spread = spread_of(cams, names, sorted(annotations))[0] if len(annotations) > 1 else 0.0
-    if len(annotations) >= 1 and annotated_spread < 0.5 * suggestion.spread_deg:
+    if len(annotations) == 1:
+        log.warning("masks: one annotated view; annotating %s (%.1f deg apart at the object) gives tighter masks "
+                    "(see the README)", " + ".join(suggestion.views), suggestion.spread_deg)
+    elif len(annotations) > 1 and annotated_spread < 0.5 * suggestion.spread_deg:
         log.warning("masks: the annotated views span %.1f deg around the object; %s span %.1f deg: annotating "
                     "those gives tighter masks (see the README)", annotated_spread, " + ".join(suggestion.views),
                     suggestion.spread_deg)
