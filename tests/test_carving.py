@@ -53,7 +53,7 @@ def _mean_iou(result, truth, annotated):
 def test_two_views_carve_a_forward_scene(forward):
     _, views, truth = forward
     annotated = _suggested(views, 2)
-    result = propagate(views, {n: truth[n] for n in annotated}, clean=clean_mask)
+    result = propagate(views, {n: truth[n] for n in annotated}, clean=lambda name, mask: clean_mask(mask))
     assert _mean_iou(result, truth, annotated) >= 0.9
     for n in annotated:  # annotations are kept as given
         assert np.array_equal(result.masks[n], truth[n])
@@ -92,7 +92,7 @@ def test_one_view_of_a_360_scene_propagates_around_the_object(ring):
     it, nearest first, decide it."""
     _, views, truth = ring
     annotated = _suggested(views, 1)
-    result = propagate(views, {n: truth[n] for n in annotated}, clean=clean_mask)
+    result = propagate(views, {n: truth[n] for n in annotated}, clean=lambda name, mask: clean_mask(mask))
     assert _mean_iou(result, truth, annotated) >= 0.8
     # the order goes round: each view after the first is decided next to an already labelled one
     assert result.order[0] == annotated[0] and len(result.order) == len(views)

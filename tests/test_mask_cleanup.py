@@ -67,3 +67,22 @@ def test_dilation_is_the_scene_imports():
     expected = cv2.dilate(mask.astype(np.uint8) * 255, np.ones((5, 5), np.uint8), iterations=5) > 0
     assert np.array_equal(dilate_mask(mask, 5, 5), expected)
     assert np.array_equal(dilate_mask(mask, 5, 0), mask)
+
+
+def test_edge_snap_moves_an_outline_a_pixel_off_onto_the_colour_edge():
+    from innout.edge_snap import snap_to_edges
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 60, (60, 80, 3), dtype=np.uint8)  # dark textured background
+    truth = _object()
+    rgb[truth] = rng.integers(180, 255, (int(truth.sum()), 3), dtype=np.uint8)  # a bright object
+    for off in (cv2.dilate, cv2.erode):
+        carved = off(truth.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        snapped, record = snap_to_edges(rgb, carved, band=2)
+        assert record["used"]
+        assert np.array_equal(snapped, truth)
+    # the overlap guard: a snapped outline that moved too much is not used
+    carved = cv2.dilate(truth.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    kept, record = snap_to_edges(rgb, carved, band=2, min_iou=0.99)
+    assert not record["used"] and np.array_equal(kept, carved) and "overlaps" in record["why"]
+    assert snap_to_edges(rgb, truth, band=0)[1]["used"] is False

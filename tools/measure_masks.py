@@ -96,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         surfaces = geometry(meta, scene, cameras, out / f"{variant}-{seed}", cfg, log)
         geometry_s = time.perf_counter() - t0
         names = list(cameras)
+        images = {n: scene / "images" / f"{n}.png" for n in names}
         for k in args.views:
             suggestion = suggest_views([cameras[n] for n in names], names, k)
             annotated = {n: truth[n] for n in suggestion.views}
             for depth in args.depth:
                 views = [ViewGeometry(n, cameras[n], surfaces[n][depth]) for n in names]
                 t1 = time.perf_counter()
-                result = carve_views(views, annotated, None, cfg.masks)
+                result, _ = carve_views(views, annotated, None, cfg.masks, images=images)
                 scores = [iou(result.masks[n], truth[n]) for n in names if n not in annotated]
                 rows.append({"scene": spec, "views": k, "annotated": suggestion.views,
                              "spread_deg": round(suggestion.spread_deg, 1), "depth": depth,

@@ -175,8 +175,8 @@ def propagate(views: list[ViewGeometry], annotations: dict[str, np.ndarray], set
     ``annotations``: view name -> bool mask (H, W). ``inside_box``: optional callable
     (N, 3) points -> bool, the 3D box constraint (points outside are background).
     ``centre``: the object's centre (default: :func:`object_centre`, or needed when
-    there are no annotations). ``clean``: optional callable bool (H, W) -> bool (H, W)
-    applied to each propagated mask before it votes for the views after it.
+    there are no annotations). ``clean``: optional callable (view name, bool (H, W)) ->
+    bool (H, W) applied to each propagated mask before it votes for the views after it.
     """
     settings = settings or CarvingSettings()
     by_name = {v.name: v for v in views}
@@ -266,7 +266,7 @@ def propagate(views: list[ViewGeometry], annotations: dict[str, np.ndarray], set
                 is_object &= in_box
         mask = is_object.reshape(geo.distance.shape)
         if clean is not None:
-            mask = clean(mask)
+            mask = clean(target, mask)
         labelled[target] = mask
         decided_by[target] = source.reshape(mask.shape)
         propagated_voters[target] = _Voter(geo, mask, settings, settings.mask_margin_px)

@@ -92,6 +92,9 @@ class MasksConfig:
     open_radius: int = 1  # clean-up: opening radius in pixels (0: off)
     speck_fraction: float = 0.05  # clean-up: components smaller than this share of the largest are removed
     hole_fraction: float = 0.05  # clean-up: holes smaller than this share of the mask are filled
+    # outline snapped to the image's edges (GrabCut in a band this wide on either side; 0 = off) ...
+    snap_band_px: int = 2
+    snap_min_iou: float = 0.8  # ... kept only when it still overlaps the carved mask this much
     # SAM refinement (transformers SamModel): "" = off; a hub id (facebook/sam-vit-base) or
     # a local folder; "random" = a small random-weight SamModel (offline tests, labelled)
     sam: str = ""

@@ -47,6 +47,7 @@ from PIL import Image
 from innout.cameras import Camera, umeyama_similarity
 from innout.carving import (DECIDED_BY_ANNOTATION, DECIDED_BY_NEIGHBOURS, DECIDED_BY_PROPAGATION, CarvingSettings,
                             Propagation, ViewGeometry, propagate)
+from innout.edge_snap import snap_to_edges
 from innout.errors import InputError, StageError
 from innout.mask_cleanup import CleanupSettings, clean_mask, dilate_mask
 from innout.object_box import BOX_FILE, ObjectBox, read_box
@@ -203,17 +204,30 @@ def render_surfaces(nerf_config: Path, cameras: dict[str, Camera], device: str, 
 
 
 def carve_views(views: list[ViewGeometry], annotations: dict[str, np.ndarray], box: ObjectBox | None,
-                mc: Any) -> Propagation:
-    """Carving and clean-up with the ``masks`` config section ``mc``; annotated views keep
-    their annotation."""
+                mc: Any, images: dict[str, Path] | None = None) -> tuple[Propagation, dict[str, dict]]:
+    """Carving and clean-up with the ``masks`` config section ``mc`` (and, with ``images``
+    and ``mc.snap_band_px``, the outline snapped to the image's edges) of every view,
+    each view cleaned before it votes for the next; annotated views keep their annotation.
+    Returns the propagation and the snapping record of each view."""
     carving = CarvingSettings(visibility_tolerance=float(mc.visibility_tolerance),
                               propagation_voters=int(mc.propagation_voters), mask_margin_px=int(mc.mask_margin_px),
                               reach_factor=float(mc.reach_factor))
     cleanup = CleanupSettings(open_radius=int(mc.open_radius), speck_fraction=float(mc.speck_fraction),
                               hole_fraction=float(mc.hole_fraction))
     centre = box.center if (box is not None and not annotations) else None
-    return propagate(views, annotations, carving, inside_box=box.contains if box is not None else None,
-                     centre=centre, clean=lambda m: clean_mask(m, cleanup))
+    snaps: dict[str, dict] = {}
+
+    def clean(name: str, mask: np.ndarray) -> np.ndarray:
+        mask = clean_mask(mask, cleanup)
+        if images is not None and int(mc.snap_band_px) > 0:
+            rgb = np.asarray(Image.open(images[name]).convert("RGB"))
+            mask, snaps[name] = snap_to_edges(rgb, mask, int(mc.snap_band_px), min_iou=float(mc.snap_min_iou))
+            mask = clean_mask(mask, cleanup)
+        return mask
+
+    result = propagate(views, annotations, carving, inside_box=box.contains if box is not None else None,
+                       centre=centre, clean=clean)
+    return result, snaps
 
 
 # --------------------------------------------------------------------------- scoring
@@ -296,7 +310,7 @@ def run_masks(camera_transforms: Path, scene_transforms: Path, out_dir: Path, wo
     # 2. carving + 3. clean-up
     t0 = time.perf_counter()
     views = [ViewGeometry(n, cameras[n], surfaces[n]) for n in names]
-    result = carve_views(views, annotations, box, mc)
+    result, snaps = carve_views(views, annotations, box, mc, images={f.name: f.image for f in train})
     carving_seconds = time.perf_counter() - t0
     log.info("masks: carved %d views in %.1f s", len(views), carving_seconds)
     raw = dict(result.masks)
@@ -336,6 +350,8 @@ def run_masks(camera_transforms: Path, scene_transforms: Path, out_dir: Path, wo
             entry["iou"] = round(iou(raw[n], references[n]), 4)
             entry["iou_dilated"] = round(iou(final[n], dilate_mask(references[n], int(dilation["kernel"]),
                                                                  int(dilation["iterations"]))), 4)
+        if n in snaps:
+            entry["edge_snap"] = snaps[n]
         if n in sam_records:
             entry["sam"] = sam_records[n]
         per_view[n] = entry
