@@ -13,11 +13,13 @@ the demo's settings (60 train views, 640x480, imported at 1/4) and with every ma
 
 The NeRF is trained once per scene and reused by every row; a rerun reuses the
 finished work (checkpoints under ``--out``). Prints a table and writes
-``<out>/table.json``. Example (the README's figures)::
+``<out>/table-<geometry>.json``. Example (the README's figures)::
 
     nice -n 10 .venv/bin/python tools/measure_masks.py --scenes forward:0 360:0 forward:1 360:1
 
-``--depth median expected`` adds rows with the NeRF's expected depth as the surface.
+``--depth median expected`` adds rows with the NeRF's expected depth as the surface;
+``--geometry exact`` replaces the NeRF by the procedural renderer's true surfaces (what the
+carving itself loses, apart from the NeRF; minutes instead of a NeRF per scene).
 """
 
 from __future__ import annotations
@@ -63,6 +65,18 @@ def prepare(variant: str, seed: int, out: Path, log: logging.Logger):
     return meta, scene, {f.name: f.camera for f in train}, truth
 
 
+def exact_geometry(variant: str, seed: int, cameras: dict) -> dict[str, dict[str, np.ndarray]]:
+    """True surfaces (distance along the pixel-centre rays) from the procedural renderer."""
+    from innout.procedural import ProceduralScene
+
+    scene = ProceduralScene(variant, seed)
+    out = {}
+    for name, cam in cameras.items():
+        distance = scene.render(cam, supersample=1)["distance"].astype(np.float64)
+        out[name] = {"median": distance, "expected": distance}
+    return out
+
+
 def geometry(meta: dict, scene: Path, cameras: dict, folder: Path, cfg, log) -> dict[str, dict[str, np.ndarray]]:
     """Every train view's surfaces (median and expected depth) from the whole-scene NeRF,
     cached in ``folder/surfaces.npz`` (delete it, or the folder, to measure again)."""
@@ -81,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenes", nargs="+", default=["forward:0", "360:0"], help="variant:seed (forward:0 is the demo)")
     ap.add_argument("--views", nargs="+", type=int, default=[1, 2, 3], help="numbers of annotated views")
     ap.add_argument("--depth", nargs="+", default=["median"], choices=["median", "expected"])
+    ap.add_argument("--geometry", default="nerf", choices=["nerf", "exact"], help="surfaces from the NeRF or the true ones")
     ap.add_argument("--out", default="results/measure-masks", help="work folder (scenes, NeRFs, table.json)")
     ap.add_argument("--override", "-o", action="append", default=[], help="Hydra override, e.g. masks.visibility_tolerance=0.05")
     args = ap.parse_args(argv)
@@ -93,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         variant, seed = spec.split(":")
         t0 = time.perf_counter()
         meta, scene, cameras, truth = prepare(variant, int(seed), out, log)
-        surfaces = geometry(meta, scene, cameras, out / f"{variant}-{seed}", cfg, log)
+        if args.geometry == "exact":
+            surfaces = exact_geometry(variant, int(seed), cameras)
+        else:
+            surfaces = geometry(meta, scene, cameras, out / f"{variant}-{seed}", cfg, log)
         geometry_s = time.perf_counter() - t0
         names = list(cameras)
         images = {n: scene / "images" / f"{n}.png" for n in names}
@@ -105,17 +123,19 @@ def main(argv: list[str] | None = None) -> int:
                 t1 = time.perf_counter()
                 result, _ = carve_views(views, annotated, None, cfg.masks, images=images)
                 scores = [iou(result.masks[n], truth[n]) for n in names if n not in annotated]
-                rows.append({"scene": spec, "views": k, "annotated": suggestion.views,
+                rows.append({"scene": spec, "geometry": args.geometry, "views": k, "annotated": suggestion.views,
                              "spread_deg": round(suggestion.spread_deg, 1), "depth": depth,
                              "iou_mean": round(float(np.mean(scores)), 4), "iou_min": round(float(np.min(scores)), 4),
                              "n_scored": len(scores), "carving_s": round(time.perf_counter() - t1, 1),
                              "geometry_s": round(geometry_s, 1)})
                 log.info("%s", rows[-1])
-    (out / "table.json").write_text(json.dumps({"rows": rows, "overrides": args.override}, indent=1))
-    print("| scene | annotated views | spread | depth | mean IoU | min IoU |")
+    (out / f"table-{args.geometry}.json").write_text(json.dumps({"rows": rows, "overrides": args.override}, indent=1))
+    print(f"geometry: {args.geometry}; overrides: {args.override or 'none'}")
+    print("| scene | annotated views | spread | surface | mean IoU | min IoU |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['scene']} | {r['views']} ({', '.join(r['annotated'])}) | {r['spread_deg']} deg | {r['depth']} | "
+        surface = "exact" if r["geometry"] == "exact" else f"NeRF, {r['depth']} depth"
+        print(f"| {r['scene']} | {r['views']} ({', '.join(r['annotated'])}) | {r['spread_deg']} deg | {surface} | "
               f"{r['iou_mean']:.3f} | {r['iou_min']:.3f} |")
     return 0
 
