@@ -34,8 +34,8 @@ def load_scene_sheet(path, data_root=None):
     sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
     for column in ("scene", "path"):
         if column not in sheet.columns:
-            raise WorkflowError(f"{path}: scene sheet has no column '{column}' (columns: scene, path, format, poses, prompt)")
-    for column, default in (("format", "auto"), ("poses", "auto"), ("prompt", "")):
+            raise WorkflowError(f"{path}: scene sheet has no column '{column}' (columns: scene, path, format, poses, prompt, masks)")
+    for column, default in (("format", "auto"), ("poses", "auto"), ("prompt", ""), ("masks", "all")):
         if column not in sheet.columns:
             sheet[column] = default
         sheet[column] = sheet[column].replace("", default)
@@ -143,11 +143,34 @@ def get_user_camera_path(wildcards):
     return CAMERA_PATHS[wildcards.scene][wildcards.path]
 
 
-def get_posed_transforms(wildcards):
+def scene_makes_masks(name):
+    """Whether the scene gives masks of some views only (sheet column `masks`: `some` or
+    view names), so the masks rule makes the others."""
+    return scenes.loc[name, "masks"] != "all"
+
+
+def scene_options(name):
+    """The scene rule's import options; `masks` only when the scene does not give them all,
+    so scenes with every mask keep the params (and the cached results) they had."""
+    options = dict(config["scene"])
+    if scene_makes_masks(name):
+        options["masks"] = scenes.loc[name, "masks"]
+    return options
+
+
+def get_camera_transforms(wildcards):
     """transforms.json with poses: COLMAP's when the scene uses it, else the scene's own."""
     if scene_uses_colmap(wildcards.scene):
         return f"results/{wildcards.scene}/poses/transforms.json"
     return f"results/{wildcards.scene}/scene/transforms.json"
+
+
+def get_posed_transforms(wildcards):
+    """What every stage from pretrain on reads: posed views with every mask (the masks
+    rule's output when the scene gives masks of some views only)."""
+    if scene_makes_masks(wildcards.scene):
+        return f"results/{wildcards.scene}/masks/transforms.json"
+    return get_camera_transforms(wildcards)
 
 
 def get_final_output():
@@ -157,6 +180,8 @@ def get_final_output():
         targets.append(f"results/{name}/scene/summary.json")
         if scene_uses_colmap(name):
             targets.append(f"results/{name}/poses/summary.json")
+        if scene_makes_masks(name):
+            targets.append(f"results/{name}/masks/summary.json")
         targets.append(f"results/{name}/pretrain/summary.json")
         targets.append(f"results/{name}/base/summary.json")
         targets.append(f"results/{name}/inpaint/summary.json")

@@ -32,7 +32,7 @@ rule scene:
     params:
         format=lambda wildcards: scenes.loc[wildcards.scene, "format"],
         poses=lambda wildcards: scenes.loc[wildcards.scene, "poses"],
-        options=config["scene"],
+        options=lambda wildcards: scene_options(wildcards.scene),
     log:
         "logs/{scene}/scene.log",
     benchmark:

@@ -169,6 +169,8 @@ def test_scene_named_mean_is_refused(tmp_path):
     result = snakemake(work, "-n")
     assert result.returncode != 0
     assert any("scenes.tsv" in l and "mean row" in l for l in (result.stdout + result.stderr).splitlines())
+
+
 CAPTIONS_WITH_MODELS = ("base", "inpaint", "refine", "render", "render_train", "camera_path", "evaluate", "metrics", "models")
 
 
@@ -208,3 +210,24 @@ def test_captions_carry_the_weights_label(procedural_like):
     for name, html in _captions(load_method_config("smoke", procedural_like, model="tiny")).items():
         assert PROCEDURAL_LABEL in html and "RANDOM" not in html, name
         assert not text_mentions_random(html, allowed), (name, html)
+
+
+def test_a_scene_with_some_masks_plans_the_masks_rule(tmp_path):
+    """A sheet row that lists annotated views adds one masks job before pretrain, and every
+    stage from pretrain on reads the masks rule's transforms; the default demo plans none
+    (test_default_target_chains_every_stage_of_the_demo)."""
+    work = workflow_copy(tmp_path / "wf")
+    (work / "config" / "scenes.tsv").write_text(
+        "scene\tpath\tformat\tposes\tprompt\tmasks\ndemo\tresults/generated/demo\tspinnerf\tcolmap\t\timg_095,img_099\n")
+    result = snakemake(work, "-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    assert planned_rules(result) == {
+        "generate": 1, "scene": 1, "poses": 1, "masks": 1, "pretrain": 1, "models": 1, "base": 1, "inpaint_shard": 2,
+        "inpaint": 1, "refine": 1, "render_pretrain": 1, "render": 1, "evaluate": 1, "metrics": 1, "all": 1,
+    }
+    shown = snakemake(work, "-n", "results/demo/pretrain/summary.json")
+    text = shown.stdout + shown.stderr
+    pretrain_job = text[text.index("rule pretrain:"):]
+    assert "results/demo/masks/transforms.json" in pretrain_job.split("output:")[0]
+    masks_job = text[text.index("rule masks:"):]
+    assert "results/demo/poses/transforms.json" in masks_job.split("output:")[0]

@@ -19,7 +19,8 @@ def _generate(args: argparse.Namespace, rest: list[str]) -> int:
 def _scene(args: argparse.Namespace, rest: list[str]) -> int:
     from innout.scene import import_scene
 
-    summary = import_scene(Path(args.source), args.format, Path(args.out), downscale=args.downscale, poses=args.poses)
+    summary = import_scene(Path(args.source), args.format, Path(args.out), downscale=args.downscale, poses=args.poses,
+                           masks=args.masks)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -36,6 +37,14 @@ def _poses(args: argparse.Namespace, rest: list[str]) -> int:
         camera_model=cfg.camera_model,
     )
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _suggest_views(args: argparse.Namespace, rest: list[str]) -> int:
+    from innout.view_suggest import suggest_from_transforms
+
+    path = Path(args.transforms)
+    print(json.dumps(suggest_from_transforms(path / "transforms.json" if path.is_dir() else path, args.count), indent=1))
     return 0
 
 
@@ -61,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     scene.add_argument("--format", default="auto", choices=["auto", "spinnerf", "nerfstudio", "colmap", "images"])
     scene.add_argument("--downscale", type=int, default=4)
     scene.add_argument("--poses", default="auto", choices=["auto", "provided", "colmap"])
+    scene.add_argument("--masks", default="all", help="all | some | comma-separated annotated train views")
     scene.set_defaults(func=_scene)
+
+    suggest = sub.add_parser("suggest-views", help="the train views worth annotating when giving masks of a few views")
+    suggest.add_argument("transforms", help="a posed transforms.json (results/<scene>/scene/ or poses/), or its folder")
+    suggest.add_argument("--count", "-k", type=int, nargs="+", default=[1, 2, 3], help="how many views to annotate")
+    suggest.set_defaults(func=_suggest_views)
 
     for name, func, helptext in (("poses", _poses, "COLMAP poses of a canonical scene"), ("config", _config, "print the resolved method config")):
         p = sub.add_parser(name, help=helptext)

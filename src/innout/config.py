@@ -84,6 +84,32 @@ class PretrainConfig:
 
 
 @dataclass
+class MasksConfig:
+    """The masks stage (scenes that give masks of some views only; ``innout.masks``): a NeRF
+    of the whole scene (the pretrain section's NeRF, trained on every pixel), each view's
+    surface carved by the annotated masks' viewing cones with visibility, clean-up,
+    optional SAM refinement, then the scene's mask dilation."""
+
+    nerf_iterations: int = 0  # training steps of the whole-scene NeRF; 0: pretrain.iterations
+    depth: str = "median"  # surface of a pixel: median (where the ray's weight reaches half) | expected
+    visibility_tolerance: float = 0.03  # a view sees a point not farther than its surface x (1 + this)
+    mask_margin_px: int = 1  # band outside a mask where a point on the object's surface still counts as inside
+    propagation_voters: int = 3  # propagated views consulted for points no annotated view sees
+    reach_factor: float = 2.5  # points no view decides may be object within this x the annotated object's radius
+    open_radius: int = 1  # clean-up: opening radius in pixels (0: off)
+    speck_fraction: float = 0.05  # clean-up: components smaller than this share of the largest are removed
+    hole_fraction: float = 0.05  # clean-up: holes smaller than this share of the mask are filled
+    # outline snapped to the image's edges (GrabCut in a band this wide on either side; 0 = off) ...
+    snap_band_px: int = 2
+    snap_min_iou: float = 0.8  # ... kept only when it still overlaps the carved mask this much
+    # SAM refinement (transformers SamModel): "" = off; a hub id (facebook/sam-vit-base) or
+    # a local folder; "random" = a small random-weight SamModel (offline tests, labelled)
+    sam: str = ""
+    sam_points: int = 3  # positive point prompts per view (deepest inside the propagated mask)
+    sam_min_iou: float = 0.7  # SAM's mask replaces the propagated one only if they overlap this much
+
+
+@dataclass
 class ModelsConfig:
     """Which weights every stage loads, and what they are (``provenance``: every output
     made with them carries its label, :mod:`innout.provenance`). ``tiny`` and
@@ -264,6 +290,7 @@ class MethodConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     poses: PosesConfig = field(default_factory=PosesConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)
     base: BaseViewConfig = field(default_factory=BaseViewConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

@@ -79,8 +79,11 @@ def _abs(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def read_scene(transforms: Path) -> tuple[dict, list[Frame], list[Frame], list[Frame]]:
-    """(meta, all frames, train frames, ground-truth test frames) of a canonical scene."""
+def read_scene(transforms: Path, allow_missing_masks: bool = False) -> tuple[dict, list[Frame], list[Frame], list[Frame]]:
+    """(meta, all frames, train frames, ground-truth test frames) of a canonical scene.
+
+    A scene that gives masks of some views only (frames marked ``innout_mask``) is an
+    InputError unless ``allow_missing_masks`` (the masks stage reads it)."""
     transforms = Path(transforms)
     try:
         meta = json.loads(transforms.read_text())
@@ -136,7 +139,12 @@ def read_scene(transforms: Path) -> tuple[dict, list[Frame], list[Frame], list[F
     if not train:
         raise InputError(transforms, "no train views")
     test = [f for f in frames if f.split == "test"]
-    masked = [f.nerf_mask is not None for f in frames]
+    unmasked = [f.name for f in frames if f.nerf_mask is None and f.raw.get("innout_mask") is not None]
+    if unmasked and not allow_missing_masks:
+        raise InputError(transforms, f"{len(unmasked)} views have no object mask yet ({unmasked[0]}, ...): the scene "
+                                     "gives masks of some views only; the masks stage makes the others "
+                                     "(results/<scene>/masks/transforms.json)")
+    masked = [f.nerf_mask is not None for f in frames if not (allow_missing_masks and f.name in unmasked)]
     if any(masked) and not all(masked):
         raise InputError(transforms, "mask_path is given for some frames only (nerfstudio needs all or none)")
     for f in frames:
@@ -442,8 +450,12 @@ def run_pretrain(
     log: Optional[logging.Logger] = None,
     *,
     on_step: Optional[Callable[[int], None]] = None,
+    quality_patches: bool = True,
 ) -> dict:
     """Train the geometry NeRF and write ``out_dir`` (see the module docstring).
+
+    ``quality_patches=False`` skips the PSNR/SSIM estimate from rendered patches (its keys
+    are then None) for callers that render what they need themselves (the masks stage).
 
     ``cfg``: the resolved method config (``cfg.pretrain``, ``cfg.seed``, ``cfg.device``).
     ``on_step(step)`` is called after every completed iteration (and after that
@@ -615,8 +627,12 @@ def run_pretrain(
     # (test-view boxes), and the quality check below renders a few patches per view
     renderer = NerfRenderer(model, frame_map, device=device, chunk=int(settings.eval_rays_per_chunk))
     t_quality = time.perf_counter()
-    quality = patch_quality(renderer, train, test, int(cfg.pretrain.eval_patches_per_view), int(cfg.pretrain.eval_patch_size),
-                            seed, log)
+    if quality_patches:
+        quality = patch_quality(renderer, train, test, int(cfg.pretrain.eval_patches_per_view),
+                                int(cfg.pretrain.eval_patch_size), seed, log)
+    else:
+        quality = {"psnr_train_unmasked": None, "psnr_test_outside_mask": None, "ssim_test_outside_mask": None,
+                   "quality_patches": None}
     quality_seconds = time.perf_counter() - t_quality
     with atomic_dir(out_dir) as tmp:
         ns_base = tmp / NS_DIR

@@ -81,15 +81,16 @@ import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from innout.cameras import Intrinsics, llff_row_to_camera, opencv_w2c_to_opengl_c2w
+from innout.cameras import Camera, Intrinsics, llff_row_to_camera, opencv_w2c_to_opengl_c2w
 from innout.errors import InputError
+from innout.object_box import BOX_FILE, ObjectBox, check_box_in_view, read_box
 
 STAGE = "scene"
 FORMATS = ("spinnerf", "nerfstudio", "colmap", "images")
@@ -126,6 +127,10 @@ class _View:
     mask: Path | None = None
     mask_semantics: str = "object"  # "object": > half max = object; "nerfstudio": 0 = object
     mask_ref_size: tuple[int, int] | None = None  # size of the images the mask was drawn on
+    # what the mask is for: "given" (the view's mask), "annotation" (an annotated view of a
+    # scene whose other masks the masks stage makes), "reference" (held back: only scores
+    # the masks stage), "missing" (the masks stage makes it)
+    mask_role: str = "given"
     c2w: np.ndarray | None = None
     cam: _Cam | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # per-frame keys for transforms.json
@@ -312,6 +317,25 @@ def _match_masks(mask_dir: Path, wanted: list[_View], all_views: list[_View], wh
                      "(masks are matched to images by file name)")
 
 
+def _match_some_masks(mask_dir: Path, wanted: list[_View], all_views: list[_View]) -> dict[str, Path]:
+    """Masks of some of ``wanted`` (annotated views), matched by name only; every file must
+    name a view of the scene (an annotation of no view is a mistake worth stopping for)."""
+    if not mask_dir.is_dir():
+        return {}
+    owner = {key: v for v in all_views for key in v.keys}
+    wanted_names = {v.name for v in wanted}
+    found: dict[str, Path] = {}
+    for f in _list_images(mask_dir):
+        view = owner.get(f.stem) or owner.get(f.name)
+        if view is None:
+            examples = ", ".join(v.name for v in all_views[:3])
+            raise InputError(f, f"names no view of the scene (annotated masks are matched to images by file name: "
+                                f"{examples}, ...)")
+        if view.name in wanted_names:
+            found.setdefault(view.name, f)
+    return found
+
+
 # --------------------------------------------------------------------------- formats
 
 
@@ -372,7 +396,7 @@ def _closest_level(dirs: dict[int, Path], downscale: int) -> tuple[int, Path] | 
 
 
 def _plan_spinnerf(src: Path, downscale: int, n_test: int, warn: Callable[[str], None],
-                   log: logging.Logger) -> _Plan:
+                   log: logging.Logger, partial: bool = False) -> _Plan:
     full_dir = src / "images"
     levels: dict[int, Path] = {}
     for p in src.iterdir():
@@ -451,21 +475,30 @@ def _plan_spinnerf(src: Path, downscale: int, n_test: int, warn: Callable[[str],
     label_dirs = {lv: d / "label" for lv, d in levels.items() if (d / "label").is_dir()}
     test_dirs = {lv: d / "test_label" for lv, d in levels.items() if (d / "test_label").is_dir()}
     chosen = _closest_level(label_dirs, mask_level)
-    if chosen is None:
+    if chosen is None and not partial:
         raise InputError(src / f"images_{downscale}" / "label",
                          "missing: SPIn-NeRF scenes need object masks in images_N/label/ (found for no N)")
-    lv, label_dir = chosen
-    if lv != downscale:
-        log.info("%s: train masks from %s, resized", STAGE, label_dir)
-    matched = _match_masks(label_dir, train, views, "train", warn)
-    ref_size = level_size(lv)
+    lv, label_dir, matched = None, None, {}
+    if chosen is not None:  # (partial masks: a 3D box may stand in for every train mask)
+        lv, label_dir = chosen
+        if lv != downscale:
+            log.info("%s: train masks from %s, resized", STAGE, label_dir)
+        if partial:
+            matched = _match_some_masks(label_dir, train, views)
+        else:
+            matched = _match_masks(label_dir, train, views, "train", warn)
+    ref_size = level_size(lv) if lv is not None else None
     for v in train:
-        v.mask, v.mask_ref_size = matched[v.name], ref_size
+        v.mask, v.mask_ref_size = matched.get(v.name), ref_size
     if test:
         chosen_test = _closest_level(test_dirs, mask_level)
         if chosen_test is not None:
             tlv, test_dir = chosen_test
             matched = _match_masks(test_dir, test, views, "test", warn)
+        elif label_dir is None:
+            raise InputError(src / f"images_{downscale}" / "test_label",
+                             f"missing: the {len(test)} test views need their masks (evaluation region); "
+                             "set spinnerf_n_test=0 if there are none")
         else:
             tlv, test_dir = lv, label_dir
             try:
@@ -477,7 +510,7 @@ def _plan_spinnerf(src: Path, downscale: int, n_test: int, warn: Callable[[str],
         ref_size = level_size(tlv)
         for v in test:
             v.mask, v.mask_ref_size = matched[v.name], ref_size
-    return _Plan("spinnerf", views, has_poses=True, has_masks=True)
+    return _Plan("spinnerf", views, has_poses=True, has_masks=any(v.mask is not None for v in views))
 
 
 def _nerfstudio_camera(meta: dict, frame: dict, image: Path, where: str, tpath: Path) -> _Cam:
@@ -549,7 +582,7 @@ def _downscaled_sibling(path: Path, root: Path, downscale: int) -> Path | None:
     return None
 
 
-def _plan_nerfstudio(src: Path, downscale: int, warn: Callable[[str], None]) -> _Plan:
+def _plan_nerfstudio(src: Path, downscale: int, warn: Callable[[str], None], partial: bool = False) -> _Plan:
     tpath = src if src.is_file() else src / "transforms.json"
     base = tpath.parent
     try:
@@ -613,15 +646,23 @@ def _plan_nerfstudio(src: Path, downscale: int, warn: Callable[[str], None]) -> 
         raise InputError(tpath, f"frame {i} ({frames[i]['file_path']}) has no transform_matrix while others do")
 
     n_masked = sum(v.mask is not None for v in views)
-    if 0 < n_masked < len(views):
-        i = next(i for i, v in enumerate(views) if v.mask is None)
+    # with partial masks only train views may lack one (test views need their evaluation region)
+    must_have = [v for v in views if v.split == "test"] if partial else views
+    if 0 < n_masked < len(views) and any(v.mask is None for v in must_have):
+        i = next(i for i, v in enumerate(views) if v.mask is None and v in must_have)
         raise InputError(tpath, f"frame {i} ({frames[i]['file_path']}) names no mask "
                                 "(mask_path or innout_object_mask) while other frames do")
     if n_masked == 0 and (base / "masks").is_dir():
-        matched = _match_masks(base / "masks", views, views, "", warn)
-        for v in views:
-            v.mask = matched[v.name]
-        n_masked = len(views)
+        if partial:
+            matched = _match_some_masks(base / "masks", [v for v in views if v.split == "train"], views)
+            for v in views:
+                v.mask = matched.get(v.name)
+            n_masked = len(matched)
+        else:
+            matched = _match_masks(base / "masks", views, views, "", warn)
+            for v in views:
+                v.mask = matched[v.name]
+            n_masked = len(views)
     return _Plan("nerfstudio", views, has_poses=n_posed > 0, has_masks=n_masked > 0)
 
 
@@ -649,7 +690,7 @@ def _colmap_camera(cam: Any, model_dir: Path) -> _Cam:
     return _Cam(intr, "OPENCV", {k: values.get(k, 0.0) for k in _DISTORTION_KEYS})
 
 
-def _plan_colmap(src: Path, downscale: int, warn: Callable[[str], None]) -> _Plan:
+def _plan_colmap(src: Path, downscale: int, warn: Callable[[str], None], partial: bool = False) -> _Plan:
     import pycolmap  # heavy; only this format needs it
 
     model_dir = _colmap_model_dir(src)
@@ -690,20 +731,25 @@ def _plan_colmap(src: Path, downscale: int, warn: Callable[[str], None]) -> _Pla
     if skipped:
         warn(f"{image_dir}: {len(skipped)} images are not in the COLMAP model and are skipped "
              f"({', '.join(p.name for p in skipped[:3])}{', ...' if len(skipped) > 3 else ''})")
-    has_masks = _attach_mask_folder(src / "masks", views, warn)
+    has_masks = _attach_mask_folder(src / "masks", views, warn, partial)
     return _Plan("colmap", views, has_poses=True, has_masks=has_masks)
 
 
-def _attach_mask_folder(mask_dir: Path, views: list[_View], warn: Callable[[str], None]) -> bool:
+def _attach_mask_folder(mask_dir: Path, views: list[_View], warn: Callable[[str], None], partial: bool = False) -> bool:
     if not mask_dir.is_dir():
         return False
+    if partial:
+        matched = _match_some_masks(mask_dir, views, views)
+        for v in views:
+            v.mask = matched.get(v.name)
+        return bool(matched)
     matched = _match_masks(mask_dir, views, views, "", warn)
     for v in views:
         v.mask = matched[v.name]
     return True
 
 
-def _plan_images(src: Path, downscale: int, warn: Callable[[str], None]) -> _Plan:
+def _plan_images(src: Path, downscale: int, warn: Callable[[str], None], partial: bool = False) -> _Plan:
     image_dir = src / "images"
     if not image_dir.is_dir():
         raise InputError(image_dir, "missing")
@@ -716,8 +762,120 @@ def _plan_images(src: Path, downscale: int, warn: Callable[[str], None]) -> _Pla
         views.append(_View(name=p.stem, split="train", source=p, working=small or p,
                            factor=1 if small else downscale, keys=(p.stem, p.name)))
     _check_unique_names(views)
-    has_masks = _attach_mask_folder(src / "masks", views, warn)
+    has_masks = _attach_mask_folder(src / "masks", views, warn, partial)
     return _Plan("images", views, has_poses=False, has_masks=has_masks)
+
+
+# --------------------------------------------------------------------------- partial masks
+
+MASK_MODES = ("all", "some")
+_VIEW_LIST = re.compile(r"^[^,\s]+(,[^,\s]+)*$")
+
+
+def parse_masks_option(masks: str | Sequence[str]) -> tuple[str, list[str]]:
+    """(mode, listed view names) of the ``masks`` option: ``all``, ``some``, or view names
+    (a list, or one comma-separated string) -> ``listed``."""
+    if isinstance(masks, str):
+        text = masks.strip()
+        if text in MASK_MODES:
+            return text, []
+        if not _VIEW_LIST.match(text):
+            raise ValueError(f"masks must be 'all', 'some' or comma-separated view names, got {masks!r}")
+        names = text.split(",")
+    else:
+        names = [str(n).strip() for n in masks]
+    if not names or any(not n for n in names):
+        raise ValueError(f"masks: no view names in {masks!r}")
+    return "listed", list(dict.fromkeys(names))
+
+
+def _box_file(source: Path) -> Path:
+    return (source.parent if source.is_file() else source) / BOX_FILE
+
+
+def _assign_mask_roles(plan: _Plan, mode: str, listed: list[str], source: Path,
+                       log: logging.Logger) -> ObjectBox | None:
+    """Mark each train view's mask as annotation, reference or missing; read the box.
+
+    Returns the box (None without ``object_box.json``). At least one annotated mask or a
+    box is required."""
+    train = [v for v in plan.views if v.split == "train"]
+    if mode == "listed":
+        by_name = {v.name: v for v in plan.views}
+        for name in listed:
+            view = by_name.get(name)
+            if view is None or view.split != "train":
+                what = "a test view" if view is not None else "no view of the scene"
+                raise InputError(source, f"masks lists {name!r} as an annotated view, but it is {what} "
+                                         f"(train views: {train[0].name} ... {train[-1].name})")
+        for v in train:
+            v.mask_role = "annotation" if v.name in listed else ("reference" if v.mask is not None else "missing")
+    else:
+        for v in train:
+            v.mask_role = "annotation" if v.mask is not None else "missing"
+    box_path = _box_file(source)
+    box = None
+    if box_path.is_file():
+        box = read_box(box_path)
+        if not plan.has_poses:
+            raise InputError(box_path, f"a 3D box needs the scene's own camera poses, and this {plan.fmt} scene has "
+                                       "none; give masks of some views instead")
+        check_box_in_view(box_path, box, [_source_camera(v) for v in plan.views])
+        log.info("%s: object box from %s", STAGE, box_path)
+    if box is None and not any(v.mask_role == "annotation" for v in train):
+        raise InputError(source, "masks: 'some' needs masks of at least one train view (named like its image) "
+                                 f"or a 3D box in {BOX_FILE}; found neither")
+    return box
+
+
+def _source_camera(v: _View) -> Camera:
+    return Camera(np.asarray(v.c2w, float), v.cam.intr)
+
+
+def _write_partial_mask(tmp: Path, v: _View, obj: np.ndarray, frame: dict[str, Any]) -> None:
+    """An annotated view's mask (``annotations/``) or a held-back one (``reference_masks/``),
+    undilated: the masks stage carves with the object's true outline and dilates after."""
+    frame["innout_mask"] = v.mask_role
+    if v.mask_role == "annotation":
+        if not obj.any():
+            raise InputError(v.mask, "is empty: an annotated mask must mark the object (> half its maximum = object)")
+        (tmp / "annotations").mkdir(exist_ok=True)
+        _write_png(tmp / "annotations" / f"{v.name}.png", obj)
+        frame["innout_annotation"] = f"annotations/{v.name}.png"
+    elif v.mask_role == "reference":
+        (tmp / "reference_masks").mkdir(exist_ok=True)
+        _write_png(tmp / "reference_masks" / f"{v.name}.png", obj)
+        frame["innout_reference_mask"] = f"reference_masks/{v.name}.png"
+
+
+def _write_partial_masks_info(plan: _Plan, tmp: Path, summary: dict, mode: str, box: ObjectBox | None) -> dict:
+    """transforms.json and summary.json of a scene whose masks the masks stage completes."""
+    from innout.view_suggest import spread_of, suggest_views
+
+    train = [v for v in plan.views if v.split == "train"]
+    annotated = [v.name for v in train if v.mask_role == "annotation"]
+    info: dict[str, Any] = {
+        "mode": mode,
+        "annotated_views": annotated,
+        "views_without_masks": [v.name for v in train if v.mask_role != "annotation"],
+        "reference_masks": any(v.mask_role == "reference" for v in train),
+        "box": BOX_FILE if box is not None else None,
+    }
+    if box is not None:
+        (tmp / BOX_FILE).write_text(json.dumps(box.to_json(), indent=2))
+    if plan.has_poses:
+        cams = [_source_camera(v) for v in train]
+        names = [v.name for v in train]
+        info["suggested_views"] = {str(k): suggest_views(cams, names, k).views for k in (1, 2, 3)}
+        if len(annotated) > 1:
+            info["annotated_spread_deg"] = round(spread_of(cams, names, annotated)[0], 2)
+        info["suggested_spread_deg"] = round(suggest_views(cams, names, max(2, len(annotated))).spread_deg, 2)
+    meta = json.loads((tmp / "transforms.json").read_text())
+    meta["innout"]["masks"] = info
+    (tmp / "transforms.json").write_text(json.dumps(meta, indent=2))
+    summary["masks"] = info
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 # --------------------------------------------------------------------------- the stage
@@ -734,6 +892,7 @@ def import_scene(
     mask_dilation_kernel: int = 5,
     spinnerf_n_test: int | None = None,
     poses: str = "auto",
+    masks: str | Sequence[str] = "all",
     log: logging.Logger | None = None,
 ) -> dict:
     """Convert ``source`` (format ``fmt`` in auto|spinnerf|nerfstudio|colmap|images) into the
@@ -748,6 +907,12 @@ def import_scene(
     (:class:`InputError` otherwise); ``colmap`` also imports them (the ``poses`` stage
     replaces them and uses them as its reference). Bad arguments raise ``ValueError``,
     bad input :class:`InputError`; either way nothing is written.
+
+    ``masks``: ``all`` (every view comes with its mask), ``some`` (masks of some train
+    views, the annotated ones, and/or an ``object_box.json``; the ``masks`` stage makes
+    the rest) or a list of train view names (only those views' masks are used as
+    annotations; the scene's other train masks are kept as ``reference_masks/`` to score
+    the ``masks`` stage). See "Partial masks" in docs/scene-format.md.
     """
     log = log or _log
     source = Path(os.path.abspath(source))  # absolute and normalised, symlinks kept
@@ -765,6 +930,7 @@ def import_scene(
     if spinnerf_n_test is not None and spinnerf_n_test < 0:
         raise ValueError(f"spinnerf_n_test must be >= 0, got {spinnerf_n_test}")
     downscale = int(downscale)
+    mask_mode, listed = parse_masks_option(masks)
 
     warn = _Warnings(log)
     if not source.exists():
@@ -775,15 +941,16 @@ def import_scene(
         raise InputError(source, f"is a file; the {fmt} format is a folder")
     log.info("%s: importing %s (%s) at 1/%d", STAGE, source, fmt, downscale)
 
+    partial = mask_mode == "some"
     if fmt == "spinnerf":
         n_test = _default_n_test(source, log) if spinnerf_n_test is None else int(spinnerf_n_test)
-        plan = _plan_spinnerf(source, downscale, n_test, warn, log)
+        plan = _plan_spinnerf(source, downscale, n_test, warn, log, partial)
     elif fmt == "nerfstudio":
-        plan = _plan_nerfstudio(source, downscale, warn)
+        plan = _plan_nerfstudio(source, downscale, warn, partial)
     elif fmt == "colmap":
-        plan = _plan_colmap(source, downscale, warn)
+        plan = _plan_colmap(source, downscale, warn, partial)
     else:
-        plan = _plan_images(source, downscale, warn)
+        plan = _plan_images(source, downscale, warn, partial)
     if poses == "provided" and not plan.has_poses:
         raise InputError(source, f"poses='provided' but this {fmt} scene has no camera poses; "
                                  "use poses='auto' or 'colmap' to estimate them")
@@ -792,8 +959,12 @@ def import_scene(
 
     size, source_sizes = _check_sizes(plan, max_width, warn)
     _check_masks(plan, size, source_sizes, warn)
-    if not plan.has_masks:
-        warn("no object masks found: every mask is empty, nothing will be removed")
+    box = None
+    if mask_mode == "all":
+        if not plan.has_masks:
+            warn("no object masks found: every mask is empty, nothing will be removed")
+    else:
+        box = _assign_mask_roles(plan, mask_mode, listed, source, log)
 
     created = _missing_parents(out_dir)
     tmp: Path | None = None
@@ -804,6 +975,8 @@ def import_scene(
         summary = _write_scene(plan, source, tmp, size, source_sizes, downscale=downscale, max_width=max_width,
                                iterations=mask_dilation_iterations, kernel=mask_dilation_kernel,
                                poses=poses, warn=warn)
+        if mask_mode != "all":
+            summary = _write_partial_masks_info(plan, tmp, summary, mask_mode, box)
         _replace_dir(tmp, out_dir)
     except BaseException:
         if tmp is not None:
@@ -817,6 +990,10 @@ def import_scene(
     log.info("%s: %d train + %d test views at %dx%d -> %s", STAGE, summary["n_train"], summary["n_test"],
              summary["width"], summary["height"], out_dir)
     return summary
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def _default_n_test(source: Path, log: logging.Logger) -> int:
@@ -950,22 +1127,24 @@ def _write_scene(plan: _Plan, source: Path, tmp: Path, size: tuple[int, int],
         if v.split == "train" and v.mask is not None and obj.all():
             # the geometry stage trains on unmasked pixels only: this view would give none
             raise InputError(v.mask, "the object mask covers the whole image: no pixel of this train view shows the scene")
-        if v.split == "train" and iterations > 0 and kernel > 1:
-            obj = cv2.dilate(obj, kernel_ones, iterations=iterations)
-        if v.split == "train" and plan.has_masks and not obj.any():
-            empty_train.append(v.name)
-        _write_png(tmp / "masks" / f"{v.name}.png", obj)
-        _write_png(tmp / "nerf_masks" / f"{v.name}.png", 255 - obj)
-        fractions[v.name] = float(np.count_nonzero(obj)) / obj.size
-
-        frame: dict[str, Any] = {
-            "file_path": f"images/{v.name}.png",
-            "mask_path": f"nerf_masks/{v.name}.png",
-            "innout_object_mask": f"masks/{v.name}.png",
+        frame: dict[str, Any] = {"file_path": f"images/{v.name}.png"}
+        if v.mask_role == "given":
+            if v.split == "train" and iterations > 0 and kernel > 1:
+                obj = cv2.dilate(obj, kernel_ones, iterations=iterations)
+            if v.split == "train" and plan.has_masks and not obj.any():
+                empty_train.append(v.name)
+            _write_png(tmp / "masks" / f"{v.name}.png", obj)
+            _write_png(tmp / "nerf_masks" / f"{v.name}.png", 255 - obj)
+            fractions[v.name] = float(np.count_nonzero(obj)) / obj.size
+            frame["mask_path"] = f"nerf_masks/{v.name}.png"
+            frame["innout_object_mask"] = f"masks/{v.name}.png"
+        else:
+            _write_partial_mask(tmp, v, obj, frame)
+        frame.update({
             "innout_split": v.split,
             "innout_source_image": str(v.source.absolute()),
             "innout_source_size": list(source_sizes[v.name]),
-        }
+        })
         if plan.has_poses:
             frame["transform_matrix"] = np.asarray(v.c2w, dtype=float).tolist()
             if per_frame_cameras:
@@ -1024,8 +1203,8 @@ def _write_scene(plan: _Plan, source: Path, tmp: Path, size: tuple[int, int],
         "has_masks": plan.has_masks,
         "train_views": train_names,
         "test_views": test_names,
-        "mask_fraction_mean": float(np.mean([fractions[n] for n in train_names])),
-        "mask_fraction_mean_test": float(np.mean([fractions[n] for n in test_names])) if test_names else None,
+        "mask_fraction_mean": _mean_or_none([fractions[n] for n in train_names if n in fractions]),
+        "mask_fraction_mean_test": _mean_or_none([fractions[n] for n in test_names if n in fractions]),
         "mask_fraction": fractions,
         "mask_dilation": {"kernel": kernel, "iterations": iterations},
         "per_frame_intrinsics": per_frame_cameras,

@@ -19,6 +19,7 @@ with stage("scene", snakemake.log[0], outputs=[out_dir]) as log:
         mask_dilation_kernel=options["mask_dilation_kernel"],
         spinnerf_n_test=options["spinnerf_n_test"],
         poses=snakemake.params.poses,
+        masks=options.get("masks", "all"),
         log=log,
     )
     scene_overview(out_dir, Path(snakemake.output.overview))

@@ -1,0 +1,117 @@
+"""The masks stage end to end (innout.masks.run_masks): a tiny procedural scene imported
+with two annotated views, a small whole-scene NeRF, carving, outputs, resume, SAM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from innout.errors import InputError
+from innout.pretrain import read_scene
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY_NERF = [  # the smoke preset's NeRF, smaller tables and batches for a 64x48 scene
+    "pretrain.iterations=200",
+    "pretrain.rays_per_batch=1024",
+    "pretrain.proposal_log2_hashmap_size=12",
+    "pretrain.log2_hashmap_size=13",
+    "pretrain.max_res=256",
+    "pretrain.eval_rays_per_chunk=4096",
+    "pretrain.proposal_warmup=200",
+    "pretrain.lr_decay_steps=2000",
+    "pretrain.steps_per_checkpoint=100",
+    "device=cpu",
+]
+
+
+def _cfg(*extra: str):
+    from innout.config import load_method_config
+
+    return load_method_config("smoke", [*TINY_NERF, *extra], "tiny")
+
+
+@pytest.fixture(scope="module")
+def stage_run(tmp_path_factory):
+    from innout.masks import run_masks
+    from innout.procedural import write_spinnerf_scene
+    from innout.scene import import_scene
+    from innout.view_suggest import suggest_from_transforms
+
+    root = tmp_path_factory.mktemp("masks")
+    write_spinnerf_scene(root / "src", "forward", 0, 20, 2, 128, 96, (2,), progress=False)
+    # all masks first, to learn which views to annotate (as a user would: innout suggest-views)
+    import_scene(root / "src", "spinnerf", root / "full", downscale=2, mask_dilation_iterations=1)
+    annotated = suggest_from_transforms(root / "full" / "transforms.json", [2])["2"]["views"]
+    import_scene(root / "src", "spinnerf", root / "scene", downscale=2, mask_dilation_iterations=1, masks=annotated)
+    transforms = root / "scene" / "transforms.json"
+    summary = run_masks(transforms, transforms, root / "out", root / "work", _cfg())
+    return root, annotated, summary
+
+
+def test_two_annotated_views_mask_the_others(stage_run):
+    root, annotated, summary = stage_run
+    assert summary["annotated_views"] == sorted(annotated)
+    assert summary["iou_mean"] >= 0.75, summary["per_view"]
+    assert len([v for v in summary["per_view"].values() if "iou" in v]) == 18
+    assert summary["empty_views"] == []
+    assert summary["suggested_views"] == sorted(annotated) or set(summary["suggested_views"]) == set(annotated)
+    out = root / "out"
+    for sub in ("masks", "nerf_masks", "raw"):
+        assert len(list((out / sub).iterdir())) == 20
+    assert (out / "overview.png").is_file()
+    # the annotated views' masks are their annotations, dilated as the import dilates
+    from innout.mask_cleanup import dilate_mask
+
+    ann = np.asarray(Image.open(root / "scene" / "annotations" / f"{annotated[0]}.png")) > 127
+    mask = np.asarray(Image.open(out / "masks" / f"{annotated[0]}.png")) > 127
+    assert np.array_equal(mask, dilate_mask(ann, 5, 1))
+    nerf_mask = np.asarray(Image.open(out / "nerf_masks" / f"{annotated[0]}.png")) > 127
+    assert np.array_equal(nerf_mask, ~mask)
+
+
+def test_later_stages_read_the_masks_as_given(stage_run):
+    root, _, _ = stage_run
+    meta, frames, train, test = read_scene(root / "out" / "transforms.json")  # no missing masks any more
+    assert len(train) == 20 and len(test) == 2
+    for f in train:
+        assert f.nerf_mask.parent == root / "out" / "nerf_masks" and f.nerf_mask.is_file()
+    for f in test:  # test views keep their evaluation regions from the scene
+        assert f.object_mask.parent == root / "scene" / "masks"
+    assert meta["innout"]["masks"]["made_by"] == "masks stage"
+
+
+def test_a_rerun_reuses_the_trained_nerf(stage_run, caplog):
+    from innout.masks import run_masks
+
+    root, _, first = stage_run
+    transforms = root / "scene" / "transforms.json"
+    with caplog.at_level("INFO"):
+        again = run_masks(transforms, transforms, root / "out", root / "work", _cfg())
+    assert any("already complete" in r.getMessage() for r in caplog.records)
+    assert again["per_view"] == first["per_view"]  # same seed, same masks
+
+
+def test_sam_refinement_runs_and_says_its_weights_are_random(stage_run):
+    from innout.masks import run_masks
+
+    root, annotated, _ = stage_run
+    transforms = root / "scene" / "transforms.json"
+    summary = run_masks(transforms, transforms, root / "out_sam", root / "work", _cfg("masks.sam=random"))
+    assert summary["random_weights"] is True and summary["sam"]["random_weights"] is True
+    records = [v["sam"] for n, v in summary["per_view"].items() if n not in annotated]
+    assert len(records) == 18 and all("iou_with_propagated" in r for r in records)
+
+
+def test_a_scene_with_every_mask_has_nothing_to_do(stage_run):
+    from innout.masks import run_masks
+
+    root, _, _ = stage_run
+    transforms = root / "full" / "transforms.json"
+    with pytest.raises(InputError, match="nothing to do") as err:
+        run_masks(transforms, transforms, root / "out_full", root / "work_full", _cfg())
+    assert str(err.value).startswith(str(transforms)) and not (root / "out_full").exists()
