@@ -187,7 +187,8 @@ def _captions(method) -> dict[str, str]:
 
     params = SimpleNamespace(method=OmegaConf.to_container(method, resolve=True), weights=report_weights(method.models),
                              prompt="", scenes=["demo"])
-    snakemake_ = SimpleNamespace(params=params, wildcards=SimpleNamespace(scene="demo"))
+    snakemake_ = SimpleNamespace(params=params, wildcards=SimpleNamespace(scene="demo"),
+                                 input=SimpleNamespace(camera_path="camera_paths/mine.json"))
     out = {}
     for name in CAPTIONS_WITH_MODELS:
         text = Environment().from_string((REPO / "workflow" / "report" / f"{name}.rst").read_text()).render(snakemake=snakemake_)
