@@ -81,7 +81,7 @@ class ModelsConfig:
     """Which weights every stage loads. ``tiny`` and ``sd2-random`` are offline presets
     built from configs with RANDOM weights: their outputs are labelled so."""
 
-    name: str = "sd2"  # sd2 | tiny | sd2-random (the Hydra `model` group)
+    name: str = "sd2"  # sd2 | procedural | tiny | sd2-random (the Hydra `model` group)
     inpainter: str = "stabilityai/stable-diffusion-2-inpainting"  # hub id or local folder
     depth: str = "depth-anything/Depth-Anything-V2-Small-hf"  # transformers depth-estimation model
     lpips_backbone: str = "vgg"

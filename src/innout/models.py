@@ -15,6 +15,12 @@ Three model sets (``src/innout/conf/model/*.yaml``, :class:`innout.config.Models
 ``sd2-random``
     The exact SD2-inpainting architecture (865.9 M-parameter UNet, SD2 VAE, OpenCLIP
     ViT-H text tower) with random weights, for speed and memory measurements.
+``procedural``
+    Small models of the same classes TRAINED by this project on its procedural scenes
+    (``innout train-models``, :mod:`innout.training`), shipped inside the package
+    (:mod:`innout.packaged`). Not Stable Diffusion: they make the method measurable
+    offline. The spec ``procedural`` resolves to the shipped folder, which is loaded
+    like any local folder (``from_pretrained``).
 
 Outputs of the random sets are meaningless pictures; every summary made with them
 carries :data:`RANDOM_WEIGHTS_WARNING` (see :func:`is_random`).
@@ -54,6 +60,7 @@ from typing import Any, Iterable
 import torch
 
 from innout.errors import InputError, StageError
+from innout.packaged import PACKAGED_SETS, packaged_dir, verify_weights
 from innout.stage import write_text_atomic
 
 log = logging.getLogger("innout")
@@ -392,7 +399,7 @@ def load_inpainter(spec: str, device: str | torch.device = "auto", dtype: str | 
         # target device (seconds on a GPU), then cast.
         pipe = build_sd2_random(TINY_SEED, device)
     else:
-        local = Path(spec).expanduser()
+        local = packaged_dir(spec, "inpainter") or Path(spec).expanduser()
         kwargs = dict(local_files_only=True, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype)
         try:
             if local.is_dir():
@@ -421,8 +428,9 @@ def depth_model_path(spec: str, cache_dir: str | Path) -> str:
         if not (folder / "config.json").is_file():
             save_tiny_depth(folder)
         return str(folder)
-    if Path(spec).expanduser().is_dir():
-        return str(Path(spec).expanduser())
+    local = packaged_dir(spec, "depth") or Path(spec).expanduser()
+    if local.is_dir():
+        return str(local)
     from huggingface_hub import snapshot_download
 
     try:
@@ -468,8 +476,8 @@ def download_plan(models_cfg: Any, cache_dir: str | Path) -> list[dict]:
     plan = []
     inpainter, depth = str(_get(models_cfg, "inpainter")), str(_get(models_cfg, "depth"))
     for what, source in (("inpainter", inpainter), ("depth", depth)):
-        if source in RANDOM_PRESETS or Path(source).expanduser().is_dir():
-            continue  # built in code / a local folder: nothing to download
+        if source in RANDOM_PRESETS or source in PACKAGED_SETS or Path(source).expanduser().is_dir():
+            continue  # built in code / shipped with the package / a local folder: nothing to download
         plan.append({"what": what, "kind": "hub", "source": source, "dest": str(hf_cache_dir(cache_dir))})
     checkpoints = torch_home(cache_dir) / "hub" / "checkpoints"
     backbone = str(_get(models_cfg, "lpips_backbone", "vgg"))
@@ -512,6 +520,15 @@ def _component(what: str, source: str, path: str | Path | None, random_weights: 
     return item
 
 
+def packaged_component(what: str, spec: str) -> dict:
+    """The manifest entry of a component shipped with the package, after checking every
+    file of the set against the sha256 its ``manifest.json`` lists (a mismatch is an
+    :class:`InputError` naming the file)."""
+    shipped = verify_weights(packaged_dir(spec))
+    return _component(what, f"{spec} (shipped with innout; {shipped.get('trained_on', '')})", packaged_dir(spec, what),
+                      False, f"sha256 of every file verified against {packaged_dir(spec) / 'manifest.json'}")
+
+
 def _random_components(models_cfg: Any, cache_dir: Path) -> list[dict]:
     """The offline presets: built from configs, nothing downloaded. ``tiny`` models are
     saved into the cache (``presets/``) so later stages load them from there like real
@@ -545,7 +562,9 @@ def _real_components(models_cfg: Any, cache_dir: Path, download=None) -> list[di
     items = []
     for what, source in (("inpainter", str(_get(models_cfg, "inpainter"))), ("depth", str(_get(models_cfg, "depth")))):
         local = Path(source).expanduser()
-        if local.is_dir():  # a user's own folder: used in place
+        if source in PACKAGED_SETS:
+            items.append(packaged_component(what, source))
+        elif local.is_dir():  # a user's own folder: used in place
             items.append(_component(what, source, local.resolve(), False, "local folder, used in place"))
     for item in download_plan(models_cfg, cache_dir):
         log.info("downloading %s (%s)", item["what"], item["source"])
