@@ -200,7 +200,7 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         t = time.perf_counter()
         text_encoder, tokenizer = build_text_encoder(seeds["text"])
         unet = build_unet(cfg.unet, text_encoder.config.hidden_size, seeds["unet"])
-        pipe = assemble_pipeline(unet, vae, text_encoder, tokenizer)
+        pipe = assemble_pipeline(unet, vae, text_encoder, tokenizer, cfg.unet.timestep_spacing)
         samples_key = fingerprint(vae_key, state_digest(vae), seeds["samples"],
                                   *(getattr(cfg.unet, k) for k in ("masks_per_view", "extra_hole_fraction", "encode_batch")))
         samples = _cached_samples(pipe, views, cfg.unet, seeds["samples"], samples_key, work)

@@ -44,7 +44,7 @@ room for more) and the measurement scenes' seeds. A seed is reserved for both va
 
 @dataclass
 class DataConfig:
-    scenes: int = 48  # training scenes, alternating forward / 360
+    scenes: int = 32  # training scenes, alternating forward / 360
     views_per_scene: int = 16
     width: int = 160
     height: int = 120

@@ -20,13 +20,32 @@ Samples (:func:`build_samples`, ``masks_per_view`` per training view):
   context may hold a vivid object, the hole is still background.
 
 Objective: MSE between predicted and true noise (the model predicts epsilon, as SD2
-inpainting does) at a uniform timestep, weighted by 1 + 1/SNR (:func:`loss_weights`: the
-v-parameterisation's loss written for an epsilon model). With min-SNR weighting (the
-first choice: it down-weights the easy low-noise steps) the model reached an epsilon MSE
-of 0.009 at t = 999, but the clean latent that implies is off by 1/sqrt(SNR) = 14.6 times
-that error: its x0 MSE in the hole was 2.1, twice that of predicting zero, and sampling
-(which starts there) produced blobs in the colours of no context (measured on training
-views). Weights are averaged (EMA) for the saved model.
+inpainting does), weighted by 1 + 1/SNR (:func:`loss_weights`: the v-parameterisation's
+loss written for an epsilon model, which counts the error of the implied clean latent at
+low SNR). Weights are averaged (EMA) for the saved model.
+
+The first step of sampling decides the fill's colour, and two choices make the model
+learn it from the hole's surroundings:
+
+* ``start_fraction`` of every batch is trained at t = 999 from PURE noise, as the sampler's
+  first step sees it, with the epsilon target from which the scheduler recovers the true
+  clean latent; the saved scheduler uses ``trailing`` timestep spacing, so that sampling
+  does start at t = 999 (SD2's ``leading`` spacing starts 5 steps at t = 801).
+* ``hole_noise_offset``: the noise in the hole gets a random per-channel constant (std
+  0.3), so the hole's mean colour cannot be read off the noisy latent.
+
+Why (measured on the held-out scenes with ``tools/inspect_models.py``): SD2's schedule
+leaves sqrt(alphas_cumprod) = 0.068 of the clean latent in x_t at t = 999 (0.19 at 801).
+Trained without these two, the model took the hole's colour from that residue instead of
+from the context: fed the pure noise sampling starts from, its implied clean latent in the
+hole had channel means of the OPPOSITE sign to the truth (forward scene: [0.60, -0.26,
+-1.23, 0.05] against [-1.04, 0.38, 1.06, -0.77]), i.e. the scene's colour mirrored about
+the data's mean, so purple rooms were filled green (11.8 / 14.8 dB in the mask against
+14.3 / 18.0 for the ring-mean fill). Seeding the start noise with that residue of the
+ring-mean colour alone raised the fills by 1.3-1.5 dB. Together with the smaller UNet
+below (4x the steps in the same time) the two choices brought the fills to the
+background's colours (13.9 / 16.3 dB after 1200 steps, from 12.1 / 14.4 for the larger
+model after 300 and 11.8 / 14.8 after 600).
 
 ILA (In-N-Out's stage 4) makes each target view attend to the base view's self-attention
 keys and values. SD2's attention was trained on web images, where attending to similar
@@ -39,14 +58,12 @@ the same :class:`innout.ila.ILAAttnProcessor` the workflow installs. The other s
 train plain (independent) inpainting, which the base view, the candidates and the
 ``independent``/``ela`` variants use.
 
-Sizing (``tools/inspect_models.py`` measures the result; step costs measured with
-``torch.utils.flop_counter`` and timed on the 2-core machine while other jobs ran):
-blocks (64, 128, 128), one ResNet per level, attention (``attn1`` + ``attn2``) at the
-20x15 and 10x8 latent levels and in the mid block (5x4): 3 self-attention resolutions for
-ILA, 5.8 M parameters, 3.1 GFLOP per 160x120 sample forward + backward, ~150 ms per sample
-on one shared core (~20 GFLOP/s). Doubling the width costs 2.5x per sample, a second
-ResNet per level 1.9x; within the budget, more steps of the smaller model gave better
-fills (measured with the inspect script).
+Sizing (``tools/inspect_models.py`` measures the result; timed on the 2-core machine
+while other jobs ran): blocks (32, 64, 64), GroupNorm of 8 groups, one ResNet per level,
+attention (``attn1`` + ``attn2``) at the 20x15 and 10x8 latent levels and in the mid block
+(5x4): 3 self-attention resolutions for ILA, 1.5 M parameters, ~19 ms per sample forward +
+backward on one core; blocks (64, 128, 128) cost ~70 ms (5.8 M parameters) and gave worse
+fills within the budget (fewer steps).
 """
 
 from __future__ import annotations
@@ -69,18 +86,24 @@ OBJECT, BACKGROUND, OBJECT_CONTEXT = 0, 1, 2  # sample kinds (see module doc)
 
 @dataclass
 class UnetConfig:
-    block_out_channels: tuple = (64, 128, 128)
+    block_out_channels: tuple = (32, 64, 64)
     attention_levels: int = 2  # CrossAttn blocks at the first levels (the mid block always has one)
     head_width: int = 32  # channels per attention head
     layers_per_block: int = 1
+    norm_num_groups: int = 8  # 4-8 channels per group
     masks_per_view: int = 2
     extra_hole_fraction: float = 0.3  # object masks united with a box/blob
     ila_fraction: float = 0.5  # steps trained with ILA on view pairs
     ila_lambda: tuple = (0.1, 0.5)  # lambda drawn uniformly in this range for those steps
     loss_weighting: str = "v"  # v | min_snr | uniform (see loss_weights)
+    timestep_sampling: str = "uniform"  # uniform | weighted: t drawn in proportion to its loss weight (see train_unet)
     min_snr_gamma: float = 5.0
+    hole_noise_offset: float = 0.3  # std of a per-sample, per-channel constant added to the noise in the hole (module doc)
+    start_fraction: float = 0.125  # samples per batch trained at the sampler's first step, from pure noise (module doc)
+    timestep_spacing: str = "trailing"  # the saved scheduler's (leading: SD2's; trailing: sampling starts at t = 999)
+    hole_weight: float = 1.0  # weight of the hole's latent pixels in the MSE (context pixels: 1)
     encode_batch: int = 16
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=600, lr=1e-3, batch=16, warmup=50, ema=0.995))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2400, lr=1e-3, batch=16, warmup=50, ema=0.995))
 
 
 def build_unet(cfg: UnetConfig, cross_attention_dim: int, seed: int):
@@ -97,7 +120,7 @@ def build_unet(cfg: UnetConfig, cross_attention_dim: int, seed: int):
         torch.manual_seed(seed)
         return UNet2DConditionModel(
             sample_size=16, in_channels=9, out_channels=4, down_block_types=down, up_block_types=up,
-            block_out_channels=channels, layers_per_block=int(cfg.layers_per_block), norm_num_groups=32,
+            block_out_channels=channels, layers_per_block=int(cfg.layers_per_block), norm_num_groups=int(cfg.norm_num_groups),
             cross_attention_dim=int(cross_attention_dim), attention_head_dim=heads, use_linear_projection=True,
             flip_sin_to_cos=True, freq_shift=0,
         )
@@ -115,11 +138,12 @@ def build_text_encoder(seed: int):
     return encoder.eval().requires_grad_(False), tiny_tokenizer()
 
 
-def assemble_pipeline(unet, vae, text_encoder, tokenizer):
-    """A ``StableDiffusionInpaintPipeline`` with the SD2 scheduler (what is saved)."""
+def assemble_pipeline(unet, vae, text_encoder, tokenizer, timestep_spacing: str = "leading"):
+    """A ``StableDiffusionInpaintPipeline`` with the SD2 scheduler (what is saved); its
+    noise schedule is SD2's, ``timestep_spacing`` where the sampler's steps fall."""
     from innout.models import SD2_SCHEDULER, _assemble, _scheduler
 
-    return _assemble(unet, vae, text_encoder, tokenizer, _scheduler(SD2_SCHEDULER))
+    return _assemble(unet, vae, text_encoder, tokenizer, _scheduler({**SD2_SCHEDULER, "timestep_spacing": timestep_spacing}))
 
 
 # --------------------------------------------------------------------------- samples
@@ -257,15 +281,45 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
     batch = int(cfg.loop.batch)
     lo, hi = (float(v) for v in cfg.ila_lambda)
 
-    def noisy(index: torch.Tensor, t: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    n_start = int(round(float(cfg.start_fraction) * batch))
+
+    def noisy(index: torch.Tensor, t: torch.Tensor, gen: torch.Generator, pure_first: int = 0):
+        """``(unet input, epsilon target, hole)``; the first ``pure_first`` samples start
+        from pure noise as the sampler's first step does (see the module doc)."""
         x0 = data["target"][index]
         noise = torch.randn(x0.shape, generator=gen)
+        hole = data["mask"][index]
+        if cfg.hole_noise_offset > 0:
+            offset = torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen)
+            noise = noise + float(cfg.hole_noise_offset) * offset * hole
         ab = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        return torch.cat([x_t, data["mask"][index], data["masked"][index]], dim=1), noise
+        if pure_first:
+            # x_t holds no trace of x0; the target is the epsilon from which the scheduler's
+            # x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) is the true one
+            k = pure_first
+            x_t = torch.cat([noise[:k], x_t[k:]])
+            noise = torch.cat([(noise[:k] - ab[:k].sqrt() * x0[:k]) / (1 - ab[:k]).sqrt(), noise[k:]])
+        return torch.cat([x_t, hole, data["masked"][index]], dim=1), noise, hole
+
+    all_t = torch.arange(n_train)
+    weight_of_t = loss_weights(alphas_cumprod, all_t, cfg.loss_weighting, cfg.min_snr_gamma)
+    if cfg.timestep_sampling not in ("uniform", "weighted"):
+        raise ValueError(f"unet.timestep_sampling must be uniform or weighted, got {cfg.timestep_sampling!r}")
+    weighted = cfg.timestep_sampling == "weighted"
+
+    def draw_timesteps(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps and their loss weights: uniform t weighted by :func:`loss_weights`, or
+        (same expected loss, less variance) t drawn in proportion to that weight, unweighted."""
+        if weighted:
+            t = torch.multinomial(weight_of_t, batch, replacement=True, generator=gen)
+        else:
+            t = torch.randint(0, n_train, (batch,), generator=gen)
+        t[:n_start] = n_train - 1
+        return t, torch.ones(batch) if weighted else weight_of_t[t]
 
     def step(_: int, gen: torch.Generator):
-        t = torch.randint(0, n_train, (batch,), generator=gen)
+        t, weights = draw_timesteps(gen)
         use_ila = pairs is not None and float(torch.rand(1, generator=gen)) < cfg.ila_fraction
         embeds = prompt_embeds.expand(batch, -1, -1)
         if use_ila:
@@ -273,21 +327,22 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
             lam = lo + (hi - lo) * float(torch.rand(1, generator=gen))
             # the base no noisier than the target (see the module doc)
             t_base = (t.float() * torch.rand(batch, generator=gen)).long()
-            base_in, _ = noisy(bases, t_base, gen)
+            base_in, _, _ = noisy(bases, t_base, gen)
             with torch.no_grad():
                 controller.record()
                 unet(base_in, t_base, encoder_hidden_states=embeds)
-            x_in, noise = noisy(targets, t, gen)
+            x_in, noise, hole = noisy(targets, t, gen, n_start)
             controller.share(lam)
             eps = unet(x_in, t, encoder_hidden_states=embeds).sample
             controller.clear()
             controller.off()
         else:
             index = torch.randint(0, len(data["target"]), (batch,), generator=gen)
-            x_in, noise = noisy(index, t, gen)
+            x_in, noise, hole = noisy(index, t, gen, n_start)
             eps = unet(x_in, t, encoder_hidden_states=embeds).sample
-        per_sample = (eps - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (loss_weights(alphas_cumprod, t, cfg.loss_weighting, cfg.min_snr_gamma) * per_sample).mean()
+        pixel_weight = 1 + (float(cfg.hole_weight) - 1) * hole
+        per_sample = ((eps - noise).pow(2) * pixel_weight).mean(dim=(1, 2, 3)) / pixel_weight.mean(dim=(1, 2, 3))
+        loss = (weights * per_sample).mean()
         parts = {"mse": per_sample.mean().detach()}
         parts["mse_ila" if use_ila else "mse_plain"] = per_sample.mean().detach()
         return loss, parts
