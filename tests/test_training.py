@@ -203,6 +203,60 @@ def test_loss_weights_count_the_implied_clean_latent_at_low_snr():
         loss_weights(ab, t, "x0")
 
 
+def _latent_data(n: int = 4) -> dict:
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.zeros(n, 1, 6, 8)
+    mask[:, :, 1:4, 2:6] = 1
+    return {"target": torch.randn(n, 4, 6, 8, generator=gen), "mask": mask, "masked": torch.randn(n, 4, 6, 8, generator=gen)}
+
+
+def test_first_step_samples_hold_no_trace_of_the_clean_latent_and_their_target_recovers_it():
+    """What the sampler's first step sees (pure noise at t = 999) and what it must output."""
+    from innout.models import SD2_SCHEDULER
+    from innout.training.inpainter import noisy_inputs
+    from diffusers import PNDMScheduler
+
+    ab = PNDMScheduler(**SD2_SCHEDULER).alphas_cumprod.float()
+    data, other = _latent_data(), _latent_data()
+    other["target"] = other["target"] + 5.0
+    index, t = torch.arange(4), torch.full((4,), 999)
+
+    def inputs(d):
+        return noisy_inputs(d, index, t, ab, torch.Generator().manual_seed(7), pure_first=2)
+
+    (x, eps, hole), (x_other, _, _) = inputs(data), inputs(other)
+    assert torch.equal(x[:2, :4], x_other[:2, :4])  # the first two: pure noise, whatever the target
+    assert not torch.allclose(x[2:, :4], x_other[2:, :4])  # the others carry sqrt(ab) x0
+    recovered = (x[:, :4] - (1 - ab[999]).sqrt() * eps) / ab[999].sqrt()
+    assert torch.allclose(recovered, data["target"], atol=1e-3)  # every sample's target recovers x0
+    assert torch.equal(x[:, 4:5], data["mask"]) and torch.equal(x[:, 5:], data["masked"]) and torch.equal(hole, data["mask"])
+
+
+def test_hole_noise_offset_is_one_constant_per_channel_inside_the_hole_only():
+    from innout.training.inpainter import noisy_inputs
+
+    data, index, t = _latent_data(), torch.arange(4), torch.full((4,), 500)
+    ab = torch.linspace(0.999, 0.005, 1000)
+    _, plain, _ = noisy_inputs(data, index, t, ab, torch.Generator().manual_seed(3))
+    _, offset, _ = noisy_inputs(data, index, t, ab, torch.Generator().manual_seed(3), hole_noise_offset=0.3)
+    diff = offset - plain
+    hole = data["mask"].bool().expand_as(diff)
+    assert float(diff[~hole].abs().max()) == 0.0
+    inside = diff[:, :, 1:4, 2:6]
+    assert torch.allclose(inside, inside[:, :, :1, :1].expand_as(inside)) and float(inside.abs().mean()) > 0.01
+
+
+def test_saved_scheduler_starts_sampling_at_the_last_timestep():
+    """The first-step samples are trained at t = 999: the pipeline's scheduler must start there."""
+    cfg = tiny_config()
+    pipe = assemble_pipeline(build_unet(cfg.unet, 32, 3), build_vae(cfg.vae, 1), *build_text_encoder(2),
+                             cfg.unet.timestep_spacing)
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    for steps in (5, 20):
+        scheduler.set_timesteps(steps)
+        assert int(scheduler.timesteps[0]) == 999
+
+
 def test_samples_use_the_pipelines_own_conditioning(views):
     """The masked-image latents are prepare_views' (VAE mode x scaling factor of the image
     with the masked pixels zeroed), the latent mask its nearest downsampling."""

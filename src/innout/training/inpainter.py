@@ -244,6 +244,28 @@ def loss_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, kind: str, gamma
     raise ValueError(f"unet.loss_weighting must be v, min_snr or uniform, got {kind!r}")
 
 
+def noisy_inputs(data: dict, index: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor,
+                 gen: torch.Generator, hole_noise_offset: float = 0.0, pure_first: int = 0):
+    """``(unet input (B, 9, h, w), epsilon target, hole mask)`` of samples ``index`` at
+    timesteps ``t``. The hole's noise gets a per-channel constant of std
+    ``hole_noise_offset``; the first ``pure_first`` samples start from pure noise, as the
+    sampler's first step does, their target the epsilon from which the scheduler's
+    x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) is the true clean latent (see the module doc)."""
+    x0 = data["target"][index]
+    noise = torch.randn(x0.shape, generator=gen)
+    hole = data["mask"][index]
+    if hole_noise_offset > 0:
+        offset = torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen)
+        noise = noise + float(hole_noise_offset) * offset * hole
+    ab = alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    if pure_first:
+        k = int(pure_first)
+        x_t = torch.cat([noise[:k], x_t[k:]])  # no trace of x0
+        noise = torch.cat([(noise[:k] - ab[:k].sqrt() * x0[:k]) / (1 - ab[:k]).sqrt(), noise[k:]])
+    return torch.cat([x_t, hole, data["masked"][index]], dim=1), noise, hole
+
+
 class PairSampler:
     """Object-removal samples and, for each, another view of the same scene (its base)."""
 
@@ -284,23 +306,7 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
     n_start = int(round(float(cfg.start_fraction) * batch))
 
     def noisy(index: torch.Tensor, t: torch.Tensor, gen: torch.Generator, pure_first: int = 0):
-        """``(unet input, epsilon target, hole)``; the first ``pure_first`` samples start
-        from pure noise as the sampler's first step does (see the module doc)."""
-        x0 = data["target"][index]
-        noise = torch.randn(x0.shape, generator=gen)
-        hole = data["mask"][index]
-        if cfg.hole_noise_offset > 0:
-            offset = torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen)
-            noise = noise + float(cfg.hole_noise_offset) * offset * hole
-        ab = alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        if pure_first:
-            # x_t holds no trace of x0; the target is the epsilon from which the scheduler's
-            # x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) is the true one
-            k = pure_first
-            x_t = torch.cat([noise[:k], x_t[k:]])
-            noise = torch.cat([(noise[:k] - ab[:k].sqrt() * x0[:k]) / (1 - ab[:k]).sqrt(), noise[k:]])
-        return torch.cat([x_t, hole, data["masked"][index]], dim=1), noise, hole
+        return noisy_inputs(data, index, t, alphas_cumprod, gen, cfg.hole_noise_offset, pure_first)
 
     all_t = torch.arange(n_train)
     weight_of_t = loss_weights(alphas_cumprod, all_t, cfg.loss_weighting, cfg.min_snr_gamma)
