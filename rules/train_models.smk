@@ -1,6 +1,6 @@
 # Retrain the `procedural` model set (innout.training; `innout train-models` outside
 # Snakemake): a small inpainting pipeline and depth model trained on procedural scenes
-# only, ~35 minutes on 2 CPU cores. NOT part of the default target: the demo uses the
+# only, ~25 minutes on 2 CPU cores. NOT part of the default target: the demo uses the
 # weights shipped with the package (src/innout/weights/procedural). A retrained set lands
 # in resources/trained/procedural/; point a model set's `inpainter` and `depth` at its
 # `inpainter/` and `depth/` folders to use it. Checkpoints live in resources/.work/ (not
