@@ -131,6 +131,27 @@ def test_download_plan_and_file_selection(tmp_path):
     assert "model.safetensors" in depth_files  # a transformers repo keeps its root weights
 
 
+def test_procedural_set_downloads_nothing_and_its_metrics_say_random_by_name(tmp_path):
+    """The shipped set is fetched offline: its weights are verified in place, LPIPS and FID
+    run on random backbones (no pretrained VGG or Inception offline) and say so."""
+    from innout.config import load_method_config
+    from innout.evaluate import metrics_from_config
+
+    cfg = load_method_config("smoke", model="procedural").models
+    assert not is_random(cfg) and download_plan(cfg, tmp_path) == []
+
+    def no_network(item):
+        raise AssertionError(f"tried to download {item['what']}")
+
+    manifest = fetch_models(cfg, tmp_path, download=no_network)
+    items = {item["what"]: item for item in manifest["items"]}
+    assert set(items) == {"inpainter", "depth", "lpips", "fid-inception"}
+    assert not items["inpainter"]["random_weights"] and not items["depth"]["random_weights"]
+    assert items["lpips"]["random_weights"] and items["fid-inception"]["random_weights"]
+    lpips, fid = metrics_from_config({**dict(cfg), "cache_dir": str(tmp_path)}, {"fid": True})
+    assert lpips.random_weights and fid.random_weights
+
+
 def test_random_flags_and_dtypes():
     assert is_random({"inpainter": "sd2-random", "random_weights": True})
     assert is_random({"inpainter": "tiny", "random_weights": False})

@@ -544,8 +544,9 @@ def evaluate_views(renders: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarr
 def metrics_from_config(models_cfg: Any, evaluate_cfg: Any = None, device: str = "cpu") -> tuple[LpipsMetric, FidMetric | None]:
     """The LPIPS and FID metrics of a method config's ``models`` and ``evaluate`` sections:
     LPIPS with ``lpips_backbone``; FID (None when ``evaluate.fid`` is false) random exactly
-    when the model set is random (``innout.models.is_random``). Both read ``cache_dir``."""
-    from innout.models import is_random
+    when the model set's metric backbones are (``innout.models.random_metric_backbones``).
+    Both read ``cache_dir``."""
+    from innout.models import random_metric_backbones
 
     def _get(cfg: Any, key: str, default: Any = None) -> Any:
         return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
@@ -555,7 +556,7 @@ def metrics_from_config(models_cfg: Any, evaluate_cfg: Any = None, device: str =
                         min_side=int(_get(evaluate_cfg, "lpips_min_side", LPIPS_MIN_SIDE)))
     fid = None
     if bool(_get(evaluate_cfg, "fid", True)):
-        fid = FidMetric(is_random(models_cfg), cache_dir, device, batch_size=int(_get(evaluate_cfg, "fid_batch_size", 8)))
+        fid = FidMetric(random_metric_backbones(models_cfg), cache_dir, device, batch_size=int(_get(evaluate_cfg, "fid_batch_size", 8)))
     return lpips, fid
 
 

@@ -204,6 +204,13 @@ def is_random(models_cfg: Any) -> bool:
     return bool(_get(models_cfg, "random_weights", False)) or str(_get(models_cfg, "inpainter", "")) in RANDOM_PRESETS
 
 
+def random_metric_backbones(models_cfg: Any) -> bool:
+    """Whether LPIPS and FID run on random backbones: in random sets, and in sets whose
+    ``lpips_backbone`` is ``random`` (``procedural``: no pretrained VGG or Inception exists
+    offline, so neither is downloaded)."""
+    return is_random(models_cfg) or str(_get(models_cfg, "lpips_backbone", "vgg")) == "random"
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` is CUDA when available, else CPU."""
     if str(device) == "auto":
@@ -484,7 +491,9 @@ def download_plan(models_cfg: Any, cache_dir: str | Path) -> list[dict]:
     if backbone in LPIPS_BACKBONE_URLS:
         url = LPIPS_BACKBONE_URLS[backbone]
         plan.append({"what": f"lpips-{backbone}", "kind": "url", "source": url, "dest": str(checkpoints / url.rsplit("/", 1)[1])})
-    plan.append({"what": "fid-inception", "kind": "url", "source": INCEPTION_URL, "dest": str(checkpoints / INCEPTION_URL.rsplit("/", 1)[1])})
+    if not random_metric_backbones(models_cfg):
+        plan.append({"what": "fid-inception", "kind": "url", "source": INCEPTION_URL,
+                     "dest": str(checkpoints / INCEPTION_URL.rsplit("/", 1)[1])})
     return plan
 
 
@@ -575,6 +584,9 @@ def _real_components(models_cfg: Any, cache_dir: Path, download=None) -> list[di
         if not heads.is_file():
             raise StageError("models", f"LPIPS linear heads missing: {heads} (reinstall the lpips package)")
         items.append(_component("lpips-heads", f"lpips package, v0.1 {backbone}", heads, False))
+    if random_metric_backbones(models_cfg):
+        items.append(_component("lpips", backbone, None, True, "random backbone built at load time"))
+        items.append(_component("fid-inception", "inception-v3-compat", None, True, "random Inception built at load time"))
     return items
 
 
