@@ -14,6 +14,11 @@ object, the object-free ground truth and the true depth, and:
   splatting along the TRUE depth, ELA's ``splat`` method, no NeRF needed; ``ela_ila``),
   and scores their consistency exactly as the inpaint stage does
   (``innout.consistency.consistency_error``) but with the true geometry;
+* feeds the UNet the sampler's first step (pure noise at the scheduler's first timestep,
+  each view's mask and masked-image latents) and compares the clean latent it implies in
+  the hole with the truth: per-channel means and MSE, next to the MSE of the context's
+  mean latent (a model that takes the hole's colour from the context beats it; one that
+  reads it off the noisy latent's residue of x0 does not: see innout.training.inpainter);
 * runs the depth model on the object-free views: median relative error after the
   scale/shift alignment (in disparity) against the true depth.
 
@@ -38,7 +43,7 @@ from PIL import Image, ImageDraw
 
 from innout.consistency import consistency_error
 from innout.depth_prior import monocular_depth
-from innout.diffusion import initial_noise, inpaint_views, latent_size
+from innout.diffusion import encode_prompt, initial_noise, inpaint_views, latent_size, make_scheduler, prepare_views
 from innout.ela import align_noise, view_seed
 from innout.procedural import ProceduralScene
 from innout.training.data import MEASUREMENT_SCENES, DataConfig, render_scene_views
@@ -84,6 +89,29 @@ def latent_distance(scene: ProceduralScene, camera, hw: tuple[int, int]) -> torc
     h, w = hw
     cam = camera.with_intrinsics(camera.intrinsics.scaled_to(w, h))
     return torch.from_numpy(scene.render(cam, with_object=False, supersample=1)["distance"])
+
+
+@torch.no_grad()
+def first_step(pipe, views, masks, seed: int) -> dict:
+    """The clean latent the UNet implies at the sampler's first step, in the hole."""
+    cond = prepare_views(pipe, list(views.rgb), masks, RESOLUTION)
+    truth = prepare_views(pipe, list(views.background), [np.zeros_like(m) for m in masks], RESOLUTION)["masked_latents"]
+    hole, masked = cond["mask"], cond["masked_latents"]
+    scheduler = make_scheduler(pipe)
+    scheduler.set_timesteps(5)
+    t = int(scheduler.timesteps[0])
+    ab = pipe.scheduler.alphas_cumprod[t]
+    x_t = initial_noise(len(masks), tuple(hole.shape[2:]), seed)
+    _, embeds = encode_prompt(pipe, "", "", cfg=False)
+    eps = pipe.unet(torch.cat([x_t, hole, masked], 1), t, encoder_hidden_states=embeds.expand(len(masks), -1, -1)).sample
+    x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+    inside = hole.bool().expand_as(x0)
+    context = 1 - hole
+    context_mean = (masked * context).sum((2, 3), keepdim=True) / context.sum((2, 3), keepdim=True)
+    return {"timestep": t, "x0_hole_mean": [float(x0[:, c][hole[:, 0].bool()].mean()) for c in range(4)],
+            "true_hole_mean": [float(truth[:, c][hole[:, 0].bool()].mean()) for c in range(4)],
+            "x0_mse_in_hole": float((x0 - truth)[inside].pow(2).mean()),
+            "context_mean_mse_in_hole": float((context_mean.expand_as(truth) - truth)[inside].pow(2).mean())}
 
 
 def inspect_scene(pipe, depth_model, processor, variant: str, seed: int, n_views: int, steps: int, ila_lambda: float,
@@ -139,6 +167,7 @@ def inspect_scene(pipe, depth_model, processor, variant: str, seed: int, n_views
         "consistency": {k: v["consistency"] for k, v in variants.items()},
         "variant_psnr_in_mask": {k: v["psnr_in_mask"] for k, v in variants.items()},
         "depth_rel_error_median": float(np.median(depth_errors)),
+        "first_step": first_step(pipe, views, masks, seed),
         "inpaint_seconds_per_view": seconds / n_views,
         "_rows": rows, "_ila_rows": ila_rows,
     }
@@ -173,6 +202,10 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} {v:.1f}" for k, v in r["consistency"].items())
               + f" grey levels; depth median rel. error {r['depth_rel_error_median']:.3f}; "
               f"{r['inpaint_seconds_per_view']:.2f} s per view", flush=True)
+        f = r["first_step"]
+        print(f"  first step (t={f['timestep']}, pure noise): implied x0 in the hole, channel means "
+              f"{[round(v, 2) for v in f['x0_hole_mean']]} vs true {[round(v, 2) for v in f['true_hole_mean']]}; "
+              f"MSE {f['x0_mse_in_hole']:.2f} vs {f['context_mean_mse_in_hole']:.2f} for the context's mean latent", flush=True)
     Image.fromarray(np.concatenate(rows, 0)).save(out / "contact_sheet.png")
     Image.fromarray(np.concatenate(ila_rows, 0)).save(out / "ila_sheet.png")
     (out / "inspect.json").write_text(json.dumps({"weights": str(weights), "steps": args.steps, "scenes": results}, indent=2) + "\n")

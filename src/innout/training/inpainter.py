@@ -34,18 +34,21 @@ learn it from the hole's surroundings:
 * ``hole_noise_offset``: the noise in the hole gets a random per-channel constant (std
   0.3), so the hole's mean colour cannot be read off the noisy latent.
 
-Why (measured on the held-out scenes with ``tools/inspect_models.py``): SD2's schedule
-leaves sqrt(alphas_cumprod) = 0.068 of the clean latent in x_t at t = 999 (0.19 at 801).
-Trained without these two, the model took the hole's colour from that residue instead of
-from the context: fed the pure noise sampling starts from, its implied clean latent in the
-hole had channel means of the OPPOSITE sign to the truth (forward scene: [0.60, -0.26,
--1.23, 0.05] against [-1.04, 0.38, 1.06, -0.77]), i.e. the scene's colour mirrored about
-the data's mean, so purple rooms were filled green (11.8 / 14.8 dB in the mask against
-14.3 / 18.0 for the ring-mean fill). Seeding the start noise with that residue of the
-ring-mean colour alone raised the fills by 1.3-1.5 dB. Together with the smaller UNet
-below (4x the steps in the same time) the two choices brought the fills to the
-background's colours (13.9 / 16.3 dB after 1200 steps, from 12.1 / 14.4 for the larger
-model after 300 and 11.8 / 14.8 after 600).
+Why (measured on the held-out scenes, ``tools/inspect_models.py`` prints the "first
+step" line): SD2's schedule leaves sqrt(alphas_cumprod) = 0.068 of the clean latent in x_t
+at t = 999 (0.19 at t = 801, where SD2's ``leading`` spacing starts 5 steps). A model
+trained on that schedule alone (blocks (64, 128, 128), 600 steps) learnt to take the
+hole's colour from that residue, not from the context: fed the pure noise sampling starts
+from, at t = 801, its implied clean latent in the hole had channel means [0.17, 0.08,
+-0.12, 0.15] against the truth's [-1.05, 0.40, 1.09, -0.79] (forward scene; MSE 1.73,
+where the context's mean latent scores 0.69), i.e. the data set's mean latent, which
+decodes to olive green (0.37, 0.40, 0.24): purple rooms were filled with green texture,
+11.8 / 14.8 dB in the mask against 14.3 / 18.0 for the ring-mean fill. Given x_t WITH
+the residue (as in training) its hole means moved towards the truth, and seeding the start
+noise with the residue of the ring-mean colour raised its fills by 1.3-1.5 dB. With the
+two choices above and the smaller UNet below (4x the steps in the same time) the shipped
+model's first-step hole means are [-1.16, 0.69, 1.09, -1.11] (MSE 0.86) and its fills
+have the background's colours (13.6 / 16.9 dB).
 
 ILA (In-N-Out's stage 4) makes each target view attend to the base view's self-attention
 keys and values. SD2's attention was trained on web images, where attending to similar
