@@ -18,6 +18,7 @@ include: "rules/inpaint.smk"
 include: "rules/refine.smk"
 include: "rules/render.smk"
 include: "rules/evaluate.smk"
+include: "rules/train_models.smk"
 
 
 rule all:

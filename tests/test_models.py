@@ -150,6 +150,29 @@ def test_download_plan_and_file_selection(tmp_path, monkeypatch):
     assert "model.safetensors" in depth_files  # a transformers repo keeps its root weights
 
 
+def test_procedural_set_downloads_nothing_and_its_metrics_say_random_by_name(tmp_path):
+    """The shipped set is fetched offline: its weights are verified in place, LPIPS and FID
+    run on random backbones (no pretrained VGG or Inception offline) and say so, and the
+    set itself is labelled procedural, not random."""
+    from innout.config import load_method_config
+    from innout.evaluate import metrics_from_config
+
+    cfg = load_method_config("smoke", model="procedural").models
+    assert weights_provenance(cfg) == "procedural" and download_plan(cfg, tmp_path) == []
+
+    def no_network(item):
+        raise AssertionError(f"tried to download {item['what']}")
+
+    manifest = fetch_models(cfg, tmp_path, download=no_network)
+    assert manifest["weights"] == "procedural" and manifest["weights_label"] == PROCEDURAL_LABEL and manifest["warning"] is None
+    items = {item["what"]: item for item in manifest["items"]}
+    assert set(items) == {"inpainter", "depth", "lpips", "eval-lpips", "fid-inception"}
+    assert items["inpainter"]["weights"] == items["depth"]["weights"] == "procedural"
+    assert items["lpips"]["weights"] == items["eval-lpips"]["weights"] == items["fid-inception"]["weights"] == "random"
+    lpips, fid = metrics_from_config({**dict(cfg), "cache_dir": str(tmp_path)}, {"fid": True})
+    assert lpips.random_weights and fid.random_weights
+
+
 def test_provenance_of_model_sets_and_dtypes():
     assert weights_provenance({"inpainter": "sd2-random", "provenance": "random"}) == "random"
     # a random preset is random whatever the set claims

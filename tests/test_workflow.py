@@ -39,6 +39,14 @@ def test_user_camera_paths_add_one_video_job_each(tmp_path):
     assert result.returncode != 0 and "camera_paths: 'nosuch' is not a scene" in result.stdout + result.stderr
 
 
+def test_train_models_runs_only_when_asked(tmp_path):
+    """Retraining the procedural set is its own target: the demo never waits for it."""
+    work = workflow_copy(tmp_path / "wf")
+    result = snakemake(work, "train_models", "-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    assert planned_rules(result) == {"train_models": 1}
+
+
 def _write_sheet(work, rows):
     lines = ["scene\tpath\tformat\tposes\tprompt"] + ["\t".join(r) for r in rows]
     (work / "config" / "scenes.tsv").write_text("\n".join(lines) + "\n")

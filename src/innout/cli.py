@@ -40,6 +40,35 @@ def _poses(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _train_models(args: argparse.Namespace, rest: list[str]) -> int:
+    import logging
+    import shlex
+
+    from innout.stage import setup_logging
+    from innout.training import LOG_NAME, TrainConfig, apply_overrides, train_models
+
+    try:
+        cfg = apply_overrides(TrainConfig(seed=args.seed, threads=args.threads), args.set)
+    except ValueError as err:
+        print(f"innout train-models: error: {err}", file=sys.stderr)
+        return 2
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    log = setup_logging(None)
+    log_file = work / LOG_NAME
+    handler = logging.FileHandler(log_file, mode="a")
+    handler.setFormatter(logging.getLogger().handlers[0].formatter)
+    logging.getLogger().addHandler(handler)
+    command = "innout " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        manifest = train_models(Path(args.out), cfg, work, command=command, log_file=log_file)
+    except ValueError as err:
+        print(f"innout train-models: error: {err}", file=sys.stderr)
+        return 2
+    log.info("wrote %s (%d files)", args.out, len(manifest["files"]))
+    return 0
+
+
 def _suggest_views(args: argparse.Namespace, rest: list[str]) -> int:
     from innout.view_suggest import suggest_from_transforms
 
@@ -77,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("transforms", help="a posed transforms.json (results/<scene>/scene/ or poses/), or its folder")
     suggest.add_argument("--count", "-k", type=int, nargs="+", default=[1, 2, 3], help="how many views to annotate")
     suggest.set_defaults(func=_suggest_views)
+    train = sub.add_parser("train-models", help="train the `procedural` model set (inpainter + depth) on procedural scenes")
+    train.add_argument("--out", required=True, help="weights folder to write (the shipped set: src/innout/weights/procedural)")
+    train.add_argument("--work-dir", default=".work/train-models", help="caches, checkpoints and the log (a killed run resumes)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=2, help="torch threads (the shipped weights: 2)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a training setting, e.g. unet.loop.steps=200 (see innout.training.TrainConfig)")
+    train.set_defaults(func=_train_models)
 
     for name, func, helptext in (("poses", _poses, "COLMAP poses of a canonical scene"), ("config", _config, "print the resolved method config")):
         p = sub.add_parser(name, help=helptext)

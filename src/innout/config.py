@@ -115,7 +115,7 @@ class ModelsConfig:
     made with them carries its label, :mod:`innout.provenance`). ``tiny`` and
     ``sd2-random`` are offline presets built from configs with RANDOM weights."""
 
-    name: str = "sd2"  # the Hydra `model` group: sd2 | tiny | sd2-random | ...
+    name: str = "sd2"  # the Hydra `model` group: sd2 | procedural | tiny | sd2-random | ...
     inpainter: str = "stabilityai/stable-diffusion-2-inpainting"  # hub id or local folder
     depth: str = "depth-anything/Depth-Anything-V2-Small-hf"  # transformers depth-estimation model
     provenance: str = "pretrained"  # pretrained | procedural (trained here) | random

@@ -22,6 +22,12 @@ says what its weights are in ``provenance`` (:mod:`innout.provenance`):
 ``sd2-random``
     The exact SD2-inpainting architecture (865.9 M-parameter UNet, SD2 VAE, OpenCLIP
     ViT-H text tower) with random weights, for speed and memory measurements.
+``procedural``
+    Small models of the same classes TRAINED by this project on its procedural scenes
+    (``innout train-models``, :mod:`innout.training`), shipped inside the package
+    (:mod:`innout.packaged`). Not Stable Diffusion: they make the method measurable
+    offline. The spec ``procedural`` resolves to the shipped folder, which is loaded
+    like any local folder (``from_pretrained``).
 
 Outputs of the random sets are meaningless pictures; every summary made with them
 carries :data:`innout.provenance.RANDOM_WEIGHTS_WARNING`.
@@ -62,6 +68,7 @@ import torch
 
 from innout.devices import resolve_device
 from innout.errors import InputError, StageError
+from innout.packaged import PACKAGED_SETS, packaged_dir, verify_weights
 from innout.provenance import (
     PRETRAINED,
     RANDOM,
@@ -438,7 +445,7 @@ def load_inpainter(spec: str, device: str | torch.device = "auto", dtype: str | 
         # target device (seconds on a GPU), then cast.
         pipe = build_sd2_random(TINY_SEED, device)
     else:
-        local = Path(spec).expanduser()
+        local = packaged_dir(spec, "inpainter") or Path(spec).expanduser()
         folder = local if local.is_dir() else None
         try:
             if folder is None:
@@ -517,8 +524,9 @@ def depth_model_path(spec: str, cache_dir: str | Path) -> str:
         if not (folder / "config.json").is_file():
             save_tiny_depth(folder)
         return str(folder)
-    if Path(spec).expanduser().is_dir():
-        return str(Path(spec).expanduser())
+    local = packaged_dir(spec, "depth") or Path(spec).expanduser()
+    if local.is_dir():
+        return str(local)
     from huggingface_hub import snapshot_download
 
     hub = manifest_hub_cache(cache_dir)
@@ -573,8 +581,8 @@ def download_plan(models_cfg: Any, cache_dir: str | Path, device: str | None = "
     inpainter, depth = str(_get(models_cfg, "inpainter")), str(_get(models_cfg, "depth"))
     hub = str(hub_cache_dir(models_cfg))
     for what, source, variant in (("inpainter", inpainter, download_variant(models_cfg, device)), ("depth", depth, None)):
-        if source in RANDOM_PRESETS or Path(source).expanduser().is_dir():
-            continue  # built in code / a local folder: nothing to download
+        if source in RANDOM_PRESETS or source in PACKAGED_SETS or Path(source).expanduser().is_dir():
+            continue  # built in code / shipped with the package / a local folder: nothing to download
         plan.append({"what": what, "kind": "hub", "source": source, "dest": hub, "variant": variant})
     checkpoints = torch_home(cache_dir) / "hub" / "checkpoints"
     for backbone in lpips_backbones(models_cfg):
@@ -680,6 +688,15 @@ def _component(what: str, source: str, path: str | Path | None, weights: str, no
     return item
 
 
+def packaged_component(what: str, spec: str, provenance: str) -> dict:
+    """The manifest entry of a component shipped with the package, after checking every
+    file of the set against the sha256 its ``manifest.json`` lists (a mismatch is an
+    :class:`InputError` naming the file)."""
+    shipped = verify_weights(packaged_dir(spec))
+    return _component(what, f"{spec} (shipped with innout; {shipped.get('trained_on', '')})", packaged_dir(spec, what),
+                      provenance, f"sha256 of every file verified against {packaged_dir(spec) / 'manifest.json'}")
+
+
 def _preset_component(what: str, spec: str, cache_dir: Path) -> dict:
     """A random preset: ``tiny`` models are saved into the cache (``presets/``) so later
     stages load them from there like real ones; ``sd2-random`` is rebuilt from its seed
@@ -706,6 +723,8 @@ def _model_components(models_cfg: Any, cache_dir: Path, provenance: str, downloa
         local = Path(spec).expanduser()
         if spec in RANDOM_PRESETS:
             items.append(_preset_component(what, spec, cache_dir))
+        elif spec in PACKAGED_SETS:
+            items.append(packaged_component(what, spec, provenance))
         elif local.is_dir():  # a user's own folder, or weights shipped with the package
             items.append(_component(what, spec, local.resolve(), provenance, "local folder, used in place"))
         elif provenance == RANDOM:

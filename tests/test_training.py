@@ -1,0 +1,405 @@
+"""Training the `procedural` model set (innout.training) on tiny data, and the shipped weights."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from innout.errors import InputError
+from innout.training import TrainConfig, apply_overrides, train_models
+from innout.training.data import MEASUREMENT_SCENES, RESERVED_SEEDS, DataConfig, check_disjoint, render_views, training_scenes
+from innout.training.depth import DepthConfig, build_depth, predict, ssi_losses, train_depth
+from innout.training.inpainter import (
+    OBJECT,
+    UnetConfig,
+    assemble_pipeline,
+    build_samples,
+    build_text_encoder,
+    build_unet,
+    train_unet,
+)
+from innout.training.loop import LoopConfig
+from innout.packaged import verify_weights
+from innout.training.masks import blob_mask, box_mask, silhouette_mask
+from innout.training.vae import VaeConfig, build_vae, reconstruction_losses, to_signed, train_vae
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one torch thread
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "src" / "innout" / "weights" / "procedural"
+
+# A few seconds of everything: 2 scenes (one per variant) x 4 views of 64x48.
+TINY_DATA = DataConfig(scenes=2, views_per_scene=4, width=64, height=48, supersample=1, first_seed=50_000, workers=1)
+
+
+def tiny_config(steps: int = 4) -> TrainConfig:
+    loop = dict(steps=steps, batch=4, warmup=1, checkpoint_every=2)
+    return TrainConfig(
+        seed=3, threads=1, data=replace(TINY_DATA),
+        vae=VaeConfig(block_out_channels=(8, 16, 16, 16), norm_num_groups=4, crop=32, loop=LoopConfig(lr=2e-3, **loop)),
+        unet=UnetConfig(block_out_channels=(32, 32), head_width=16, ila_fraction=0.5, encode_batch=4,
+                        loop=LoopConfig(lr=1e-3, ema=0.9, **loop)),
+        depth=DepthConfig(hidden_size=32, layers=4, heads=2, input_size=56, neck_hidden_sizes=(8, 8, 16, 16),
+                          fusion_hidden_size=8, head_hidden_size=8, loop=LoopConfig(lr=1e-3, **loop)),
+    )
+
+
+@pytest.fixture(scope="module")
+def views():
+    return render_views(TINY_DATA)
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _with_steps(loop: LoopConfig, steps: int, **kw) -> LoopConfig:
+    return replace(loop, steps=steps, **kw)
+
+
+# ------------------------------------------------------------------ held-out scenes
+
+def _scene_seeds_in_tests() -> set[int]:
+    """Every procedural scene seed a test names (ProceduralScene(variant, N), seed=N next to
+    variant=, "seed": N in a scene dict)."""
+    seeds = set()
+    patterns = (r"ProceduralScene\(\s*\"\w+\"\s*,\s*(\d+)", r"variant=\"\w+\",\s*seed=(\d+)", r"\"seed\":\s*(\d+)",
+                r"\"--seed\",\s*\"(\d+)\"")
+    for path in (ROOT / "tests").glob("*.py"):
+        if path.name == Path(__file__).name:
+            continue
+        text = path.read_text()
+        for pattern in patterns:
+            seeds |= {int(s) for s in re.findall(pattern, text)}
+    return seeds
+
+
+def test_reserved_seeds_hold_the_demo_the_tests_and_the_measurement_scenes():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    demo_seeds = {int(spec["seed"]) for spec in config["generated"].values()}
+    test_seeds = _scene_seeds_in_tests()
+    assert {0, 2} <= test_seeds  # the scan finds the seeds the tests use
+    assert demo_seeds | test_seeds | {s for _, s in MEASUREMENT_SCENES} <= RESERVED_SEEDS
+    assert MEASUREMENT_SCENES == (("forward", 1000), ("360", 1001))
+
+
+def test_training_refuses_reserved_seeds(tmp_path):
+    with pytest.raises(ValueError, match="1000"):
+        training_scenes(DataConfig(first_seed=998, scenes=3))
+    with pytest.raises(ValueError, match="reserved"):
+        check_disjoint([5000, 0])
+    check_disjoint([100, 999, 1002])
+    scenes = training_scenes(DataConfig(scenes=4))
+    assert {v for v, _ in scenes} == {"forward", "360"} and not {s for _, s in scenes} & RESERVED_SEEDS
+    out = tmp_path / "weights"
+    with pytest.raises(ValueError, match="reserved"):
+        train_models(out, apply_overrides(tiny_config(), ["data.first_seed=90"]), tmp_path / "work")
+    assert not out.exists() and not list((tmp_path / "work").glob("views-*"))  # refused before any work
+
+
+def test_overrides_reach_nested_settings_and_unknown_keys_fail():
+    cfg = apply_overrides(TrainConfig(), ["unet.loop.steps=7", "vae.block_out_channels=[8, 16, 16, 16]", "seed=4",
+                                          "vae.loop.lr=5e-4"])
+    assert cfg.unet.loop.steps == 7 and cfg.vae.block_out_channels == (8, 16, 16, 16) and cfg.seed == 4
+    assert cfg.vae.loop.lr == 5e-4 and TrainConfig().vae.loop.lr != 5e-4  # a fresh config is untouched
+    with pytest.raises(ValueError, match="unet.loop.stepz"):
+        apply_overrides(TrainConfig(), ["unet.loop.stepz=3"])
+
+
+# ------------------------------------------------------------------ masks
+
+def test_masks_cover_a_bounded_fraction_and_silhouettes_are_dilated_like_the_scene_import():
+    rng = np.random.default_rng(0)
+    for draw in (box_mask, blob_mask):
+        fractions = [draw(rng, 120, 160).mean() for _ in range(50)]
+        assert 0.03 <= min(fractions) and max(fractions) <= 0.45
+    coverage = np.zeros((120, 160), np.float32)
+    coverage[50:60, 70:80] = 1.0
+    coverage[49, 70:80] = 0.4  # under half covered: not the object
+    mask = silhouette_mask(coverage)
+    rows, cols = np.nonzero(mask)
+    # 5 dilations by a 5x5 square grow the 10x10 square by 10 px on every side
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (40, 69, 60, 89)
+    a = [box_mask(np.random.default_rng(7), 48, 64) for _ in range(2)]
+    assert np.array_equal(a[0], a[1])
+
+
+# ------------------------------------------------------------------ each model learns
+
+def test_vae_reconstruction_loss_falls(views):
+    cfg = tiny_config().vae
+    x = to_signed(torch.from_numpy(views.background[:4]))
+
+    def l1(vae) -> float:
+        with torch.no_grad():
+            return float(reconstruction_losses(vae.decode(vae.encode(x).latent_dist.mode()).sample, x)["l1"])
+
+    before = l1(build_vae(cfg, 1))
+    vae, summary = train_vae(views, replace(cfg, loop=_with_steps(cfg.loop, 40)), 1)
+    assert l1(vae) < 0.85 * before
+    assert vae.config.scaling_factor == pytest.approx(summary["scaling_factor"]) and summary["scaling_factor"] > 0
+    assert len(summary["history"]) == 40 and summary["steps"] == 40
+
+
+def _pipeline(views, cfg: TrainConfig, vae_steps: int = 10):
+    vae, _ = train_vae(views, replace(cfg.vae, loop=_with_steps(cfg.vae.loop, vae_steps)), 1)
+    text_encoder, tokenizer = build_text_encoder(2)
+    unet = build_unet(cfg.unet, text_encoder.config.hidden_size, 3)
+    return assemble_pipeline(unet, vae, text_encoder, tokenizer)
+
+
+def _fixed_eps_loss(pipe, data, embeds) -> float:
+    gen = torch.Generator().manual_seed(0)
+    x0 = data["target"][:8]
+    t = torch.tensor([50, 150, 300, 450, 600, 750, 850, 950])[: len(x0)]
+    noise = torch.randn(x0.shape, generator=gen)
+    ab = pipe.scheduler.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    x_in = torch.cat([ab.sqrt() * x0 + (1 - ab).sqrt() * noise, data["mask"][:8], data["masked"][:8]], 1)
+    with torch.no_grad():
+        eps = pipe.unet(x_in, t, encoder_hidden_states=embeds.expand(len(x0), -1, -1)).sample
+    return float((eps - noise).pow(2).mean())
+
+
+def test_unet_epsilon_loss_falls_with_plain_and_ila_steps(views):
+    cfg = tiny_config()
+    pipe = _pipeline(views, cfg)
+    data = build_samples(pipe, views, cfg.unet, 4)
+    n = len(views) * cfg.unet.masks_per_view
+    assert data["target"].shape == (n, 4, 6, 8) and data["mask"].shape == (n, 1, 6, 8) and data["masked"].shape == (n, 4, 6, 8)
+    assert int((data["kind"] == OBJECT).sum()) == len(views)  # one object-removal sample per view
+    embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0]
+    before = _fixed_eps_loss(pipe, data, embeds)
+    summary = train_unet(pipe, data, embeds, replace(cfg.unet, loop=_with_steps(cfg.unet.loop, 60, ema=0.0)), 5)
+    after = _fixed_eps_loss(pipe, data, embeds)
+    assert after < 0.7 * before
+    kinds = {key for h in summary["history"] for key in h}
+    assert {"mse_ila", "mse_plain"} <= kinds  # both kinds of step ran
+    assert all(type(p).__name__ == "AttnProcessor2_0" for p in pipe.unet.attn_processors.values())  # ILA uninstalled
+
+
+def test_loss_weights_count_the_implied_clean_latent_at_low_snr():
+    from innout.models import SD2_SCHEDULER
+    from innout.training.inpainter import loss_weights
+    from diffusers import PNDMScheduler
+
+    ab = PNDMScheduler(**SD2_SCHEDULER).alphas_cumprod.float()
+    t = torch.arange(1000)
+    w = loss_weights(ab, t, "v")
+    assert float(w.mean()) == pytest.approx(1.0, rel=1e-5) and bool((w[1:] >= w[:-1]).all())
+    # 1 + 1/SNR, the v-parameterisation's weight, up to the normalisation
+    snr = ab / (1 - ab)
+    assert torch.allclose(w / w[500], ((1 + 1 / snr) / (1 + 1 / snr[500])), rtol=1e-5)
+    assert torch.allclose(loss_weights(ab, t, "min_snr", 5.0), torch.clamp(snr, max=5.0) / snr)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        loss_weights(ab, t, "x0")
+
+
+def _latent_data(n: int = 4) -> dict:
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.zeros(n, 1, 6, 8)
+    mask[:, :, 1:4, 2:6] = 1
+    return {"target": torch.randn(n, 4, 6, 8, generator=gen), "mask": mask, "masked": torch.randn(n, 4, 6, 8, generator=gen)}
+
+
+def test_first_step_samples_hold_no_trace_of_the_clean_latent_and_their_target_recovers_it():
+    """What the sampler's first step sees (pure noise at t = 999) and what it must output."""
+    from innout.models import SD2_SCHEDULER
+    from innout.training.inpainter import noisy_inputs
+    from diffusers import PNDMScheduler
+
+    ab = PNDMScheduler(**SD2_SCHEDULER).alphas_cumprod.float()
+    data, other = _latent_data(), _latent_data()
+    other["target"] = other["target"] + 5.0
+    index, t = torch.arange(4), torch.full((4,), 999)
+
+    def inputs(d):
+        return noisy_inputs(d, index, t, ab, torch.Generator().manual_seed(7), pure_first=2)
+
+    (x, eps, hole), (x_other, _, _) = inputs(data), inputs(other)
+    assert torch.equal(x[:2, :4], x_other[:2, :4])  # the first two: pure noise, whatever the target
+    assert not torch.allclose(x[2:, :4], x_other[2:, :4])  # the others carry sqrt(ab) x0
+    recovered = (x[:, :4] - (1 - ab[999]).sqrt() * eps) / ab[999].sqrt()
+    assert torch.allclose(recovered, data["target"], atol=1e-3)  # every sample's target recovers x0
+    assert torch.equal(x[:, 4:5], data["mask"]) and torch.equal(x[:, 5:], data["masked"]) and torch.equal(hole, data["mask"])
+
+
+def test_hole_noise_offset_is_one_constant_per_channel_inside_the_hole_only():
+    from innout.training.inpainter import noisy_inputs
+
+    data, index, t = _latent_data(), torch.arange(4), torch.full((4,), 500)
+    ab = torch.linspace(0.999, 0.005, 1000)
+    _, plain, _ = noisy_inputs(data, index, t, ab, torch.Generator().manual_seed(3))
+    _, offset, _ = noisy_inputs(data, index, t, ab, torch.Generator().manual_seed(3), hole_noise_offset=0.3)
+    diff = offset - plain
+    hole = data["mask"].bool().expand_as(diff)
+    assert float(diff[~hole].abs().max()) == 0.0
+    inside = diff[:, :, 1:4, 2:6]
+    assert torch.allclose(inside, inside[:, :, :1, :1].expand_as(inside)) and float(inside.abs().mean()) > 0.01
+
+
+def test_saved_scheduler_starts_sampling_at_the_last_timestep():
+    """The first-step samples are trained at t = 999: the pipeline's scheduler must start there."""
+    cfg = tiny_config()
+    pipe = assemble_pipeline(build_unet(cfg.unet, 32, 3), build_vae(cfg.vae, 1), *build_text_encoder(2),
+                             cfg.unet.timestep_spacing)
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    for steps in (5, 20):
+        scheduler.set_timesteps(steps)
+        assert int(scheduler.timesteps[0]) == 999
+
+
+def test_samples_use_the_pipelines_own_conditioning(views):
+    """The masked-image latents are prepare_views' (VAE mode x scaling factor of the image
+    with the masked pixels zeroed), the latent mask its nearest downsampling."""
+    from innout.diffusion import prepare_views
+
+    cfg = tiny_config()
+    pipe = _pipeline(views, cfg, vae_steps=2)
+    data = build_samples(pipe, views, cfg.unet, 4)
+    from innout.training.inpainter import draw_masks
+
+    view, kind, mask = draw_masks(views, cfg.unet, 4)[0]
+    assert kind == OBJECT
+    direct = prepare_views(pipe, [views.rgb[view]], [mask], 48)
+    assert torch.allclose(direct["masked_latents"][0], data["masked"][0], atol=1e-5)
+    assert torch.equal(direct["mask"][0], data["mask"][0])
+    target = pipe.vae.encode(to_signed(torch.from_numpy(views.background[view:view + 1]))).latent_dist.mode()
+    assert torch.allclose(target[0] * pipe.vae.config.scaling_factor, data["target"][0], atol=1e-5)
+
+
+def test_depth_scale_and_shift_invariant_loss_falls(views):
+    cfg = tiny_config().depth
+    disparity = torch.from_numpy(1.0 / views.background_depth[:4])
+    # the loss ignores scale and shift of the prediction
+    parts = ssi_losses(3.0 * disparity + 0.7, disparity)
+    assert float(parts["ssi"]) < 1e-5 and float(parts["grad"]) < 1e-5
+
+    def loss(model, processor) -> float:
+        with torch.no_grad():
+            return float(ssi_losses(predict(model, processor, views.background[:4]), disparity)["ssi"])
+
+    before = loss(*build_depth(cfg, 6))
+    model, processor, summary = train_depth(views, replace(cfg, loop=_with_steps(cfg.loop, 40)), 6)
+    assert loss(model, processor) < 0.8 * before
+
+
+# ------------------------------------------------------------------ reproducibility
+
+def test_same_seed_same_weights_and_a_killed_run_resumes_to_them(views, tmp_path):
+    cfg = tiny_config(steps=6).vae
+    a, _ = train_vae(views, cfg, 9)
+    b, _ = train_vae(views, cfg, 9)
+    assert _same_weights(a, b)
+    c, _ = train_vae(views, cfg, 10)
+    assert not _same_weights(a, c)
+
+    # killed after the checkpoint of step 4 (checkpoint_every=2), then rerun
+    import innout.training.vae as vae_module
+
+    real = vae_module.reconstruction_losses
+    calls = {"n": 0}
+
+    def dying(recon, target):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(recon, target)
+
+    vae_module.reconstruction_losses = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_vae(views, cfg, 9, tmp_path, "fp")
+    finally:
+        vae_module.reconstruction_losses = real
+    assert (tmp_path / "vae.ckpt.pt").is_file()
+    resumed, summary = train_vae(views, cfg, 9, tmp_path, "fp")
+    assert _same_weights(a, resumed) and summary["steps"] == 6
+
+
+def test_unet_and_depth_training_are_reproducible(views):
+    cfg = tiny_config()
+    pipe = _pipeline(views, cfg, vae_steps=2)
+    data = build_samples(pipe, views, cfg.unet, 4)
+    embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0]
+    states = []
+    for _ in range(2):
+        pipe.unet.load_state_dict(build_unet(cfg.unet, 32, 3).state_dict())
+        train_unet(pipe, data, embeds, cfg.unet, 5)
+        states.append({k: v.clone() for k, v in pipe.unet.state_dict().items()})
+    assert states[0].keys() == states[1].keys() and all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    m1, _, _ = train_depth(views, cfg.depth, 6)
+    m2, _, _ = train_depth(views, cfg.depth, 6)
+    assert _same_weights(m1, m2)
+
+
+# ------------------------------------------------------------------ the whole run
+
+def test_train_models_writes_a_loadable_set_with_its_manifest(tmp_path):
+    from innout.models import load_depth_model, load_inpainter
+
+    out = tmp_path / "procedural"
+    manifest = train_models(out, tiny_config(), tmp_path / "work", command="innout train-models --test")
+    assert manifest["command"] == "innout train-models --test" and manifest["seed"] == 3
+    for key in ("vae", "unet", "depth"):
+        assert manifest["results"][key]["steps"] == 4 and manifest["results"][key]["final_losses"]
+    assert set(manifest["versions"]) >= {"torch", "diffusers", "transformers"}
+    assert (out / "loss_curves.png").is_file()
+    assert verify_weights(out)["files"] == manifest["files"]
+    pipe = load_inpainter(str(out / "inpainter"), device="cpu")
+    assert pipe.unet.dtype == torch.float32 and pipe.vae.config.scaling_factor == manifest["models"]["vae"]["scaling_factor"]
+    model, _ = load_depth_model(str(out / "depth"), tmp_path)
+    assert type(model).__name__ == "DepthAnythingForDepthEstimation"
+
+
+# ------------------------------------------------------------------ the shipped weights
+
+def _attention_resolutions(unet) -> int:
+    """Distinct latent resolutions at which the UNet has self-attention (attn1)."""
+    levels = set()
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            block = name.split(".attentions")[0]
+            levels.add(block)
+    down = {b for b in levels if b.startswith("down_blocks")}
+    return len(down) + any(b.startswith("mid_block") for b in levels)
+
+
+def test_shipped_weights_load_as_the_expected_classes_and_match_their_manifest():
+    from innout.models import depth_model_path, load_depth_model, load_inpainter
+
+    manifest = verify_weights(SHIPPED)
+    assert manifest["model_set"] == "procedural" and manifest["trained_on"].startswith("trained on procedural scenes only")
+    assert manifest["command"].startswith("innout train-models") and manifest["wall_seconds"] < 45 * 60
+    assert sum((SHIPPED / f).stat().st_size for f in manifest["files"]) < 40e6
+    pipe = load_inpainter("procedural", device="cpu")
+    assert type(pipe.vae).__name__ == "AutoencoderKL" and pipe.vae_scale_factor == 8 and pipe.vae.config.latent_channels == 4
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel" and pipe.unet.config.in_channels == 9
+    assert _attention_resolutions(pipe.unet) >= 2
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler" and pipe.scheduler.config.beta_schedule == "scaled_linear"
+    assert depth_model_path("procedural", "unused") == str(SHIPPED / "depth")
+    model, _ = load_depth_model("procedural", "unused")
+    assert type(model).__name__ == "DepthAnythingForDepthEstimation"
+
+
+def test_a_changed_weight_file_is_a_one_line_error_naming_it(tmp_path):
+    copy = tmp_path / "procedural"
+    shutil.copytree(SHIPPED, copy)
+    target = copy / "inpainter" / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(InputError) as err:
+        verify_weights(copy)
+    assert str(target) in str(err.value) and "sha256" in str(err.value) and "\n" not in str(err.value)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(InputError, match="manifest"):
+        verify_weights(copy)
