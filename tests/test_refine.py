@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import lpips
 import numpy as np
 import pytest
 import torch
@@ -40,7 +41,6 @@ K = Intrinsics(60.0, 60.0, 32.0, 24.0, 64, 48)
 @pytest.fixture(scope="module")
 def lpips_vgg():
     """LPIPS with its linear heads from the package and a random VGG trunk: no network."""
-    lpips = pytest.importorskip("lpips")
     return lpips.LPIPS(net="vgg", pnet_rand=True, pretrained=True, verbose=False).eval()
 
 
