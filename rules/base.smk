@@ -3,7 +3,7 @@
 # from the scene sheet. Fit checkpoints and cached candidate inpaintings live in
 # results/{scene}/.work/base.
 
-from innout.base import base_stage_params
+from innout.rule_params import base_stage_params
 
 
 rule base:

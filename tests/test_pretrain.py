@@ -134,8 +134,9 @@ def train_renders(tmp_path_factory, trained) -> Path:
     """Every train view of the trained NeRF rendered once (rgb/, depth/), for tests that
     need stand-ins of later stages' inputs."""
     if "train_renders" not in _SHARED:
-        from innout.pretrain import read_scene
-        from innout.render import NerfRenderer, render_train_views
+        from innout.frames import read_scene
+        from innout.render import render_train_views
+        from innout.renderer import NerfRenderer
 
         _, _, train, _ = read_scene(trained["scene"])
         folder = tmp_path_factory.mktemp("train_renders")
@@ -248,8 +249,8 @@ def test_nerfstudio_eval_setup_loads_and_agrees(trained, offline):
     its renders of its own (normalised-frame) cameras equal ours of the scene cameras."""
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from innout.pretrain import read_scene
-    from innout.render import NerfRenderer
+    from innout.frames import read_scene
+    from innout.renderer import NerfRenderer
 
     config_path = trained["out_dir"] / "innout-nerfacto" / "config.yml"
     _, pipeline, ckpt, step = eval_setup(config_path, test_mode="test")

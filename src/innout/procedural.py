@@ -42,9 +42,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from innout.cameras import Camera, Intrinsics, camera_to_llff_row, look_at
+from innout.images import save_png
 
 VARIANTS = ("forward", "360")
 GENERATOR_VERSION = 1
@@ -1011,10 +1011,6 @@ class ProceduralScene:
 # --------------------------------------------------------------------------- SPIn-NeRF writer
 
 
-def _save_png(path: Path, arr: np.ndarray) -> None:
-    Image.fromarray(arr).save(path, format="PNG", compress_level=_PNG_COMPRESS_LEVEL, optimize=False)
-
-
 def _to_u8(img: np.ndarray) -> np.ndarray:
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
@@ -1088,11 +1084,11 @@ def write_spinnerf_scene(out_dir, variant: str = "forward", seed: int = 0, n_tra
             is_test = i < n_test
             out = scene.render(cams[i], with_object=not is_test, supersample=supersample)
             rgb, cov = out["rgb"], out["object_coverage"]
-            _save_png(tmp / "images" / names[i], _to_u8(rgb))
+            save_png(tmp / "images" / names[i], _to_u8(rgb), _PNG_COMPRESS_LEVEL)
             for n in downscales:
-                _save_png(tmp / f"images_{n}" / names[i], _to_u8(_block_mean(rgb, n)))
+                save_png(tmp / f"images_{n}" / names[i], _to_u8(_block_mean(rgb, n)), _PNG_COMPRESS_LEVEL)
                 mask = (_block_mean(cov, n) >= 0.5).astype(np.uint8)
-                _save_png(tmp / f"images_{n}" / ("test_label" if is_test else "label") / names[i], mask)
+                save_png(tmp / f"images_{n}" / ("test_label" if is_test else "label") / names[i], mask, _PNG_COMPRESS_LEVEL)
             z = out["depth"][np.isfinite(out["depth"])]
             near, far = np.percentile(z, [1, 99])
             return camera_to_llff_row(cams[i], 0.9 * float(near), 1.1 * float(far)), float(cov.mean())

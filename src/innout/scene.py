@@ -91,6 +91,8 @@ from tqdm import tqdm
 from innout.cameras import Camera, Intrinsics, llff_row_to_camera, opencv_w2c_to_opengl_c2w
 from innout.errors import InputError
 from innout.object_box import BOX_FILE, ObjectBox, check_box_in_view, read_box
+from innout.stage import replace_dir
+from innout.view_suggest import spread_of, suggest_views
 
 STAGE = "scene"
 FORMATS = ("spinnerf", "nerfstudio", "colmap", "images")
@@ -850,7 +852,6 @@ def _write_partial_mask(tmp: Path, v: _View, obj: np.ndarray, frame: dict[str, A
 
 def _write_partial_masks_info(plan: _Plan, tmp: Path, summary: dict, mode: str, box: ObjectBox | None) -> dict:
     """transforms.json and summary.json of a scene whose masks the masks stage completes."""
-    from innout.view_suggest import spread_of, suggest_views
 
     train = [v for v in plan.views if v.split == "train"]
     annotated = [v.name for v in train if v.mask_role == "annotation"]
@@ -977,7 +978,7 @@ def import_scene(
                                poses=poses, warn=warn)
         if mask_mode != "all":
             summary = _write_partial_masks_info(plan, tmp, summary, mask_mode, box)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -1018,16 +1019,6 @@ def _missing_parents(out_dir: Path) -> list[Path]:
         missing.append(p)
         p = p.parent
     return missing
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "x")
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_sizes(plan: _Plan, max_width: int | None,
