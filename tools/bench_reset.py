@@ -40,7 +40,7 @@ def score(nerf: Path, transforms: Path, cfg) -> dict:
     from innout.evaluate import _read_rgb, evaluate_views, metrics_from_config
     from innout.frames import read_scene
     from innout.renderer import NerfRenderer
-    from innout.scene import _read_mask
+    from innout.scene_sources import _read_mask
 
     _, _, _, test = read_scene(transforms)
     renderer = NerfRenderer.from_config(nerf, device=cfg.device)

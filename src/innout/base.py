@@ -1,3 +1,4 @@
+# Over 600 lines: the stage's three steps (candidates and vote, depth prior, prior fit) share its inputs and resumable work dir; the losses and samplers live below it.
 """Base-view selection (In-N-Out, stage 3): centroid candidates and a pHash vote.
 
 The candidates are the ``n`` training cameras whose centres are nearest the centroid of

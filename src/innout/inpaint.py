@@ -1,3 +1,4 @@
+# Over 600 lines: the stage's two rules (a shard, the gather) share their fingerprint, inputs and checks; ELA, ILA and the diffusion calls live below it.
 """Stage 4: aligned multi-view inpainting (ELA + ILA), split into shards of views.
 
 Inputs: the posed scene (``transforms.json``: cameras, images, object masks of the train

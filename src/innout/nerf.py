@@ -1,3 +1,4 @@
+# Over 600 lines: the innout-nerfacto method: its config, model and field subclasses, and the NeRF-folder helpers nerfstudio's tools need, one registration.
 """The geometry NeRF of In-N-Out as a nerfstudio method plugin (``innout-nerfacto``).
 
 nerfacto with three changes the method needs:

@@ -1,3 +1,4 @@
+# Over 600 lines: the COLMAP run is one sequence (features, matching with its fallback, mapping, checks, writing): split, its steps would only pass their state around.
 """The ``poses`` stage: camera intrinsics and extrinsics from COLMAP (pycolmap).
 
 Input is a canonical scene (``docs/scene-format.md``); output is a folder ::
