@@ -1,6 +1,7 @@
 # innout: remove an object from a 3D scene (In-N-Out, NeurIPS 2024).
 # Run from the repository root:  snakemake --cores all   (see README.md)
 
+
 configfile: "config/config.yaml"
 
 
@@ -21,6 +22,6 @@ include: "rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True

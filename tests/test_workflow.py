@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
 from innout.config import load_method_config, stage_params
-from workflow_helpers import REPO, files_under, planned_rules, snakemake, workflow_copy
+from workflow_helpers import REPO, SNAKEMAKE, files_under, planned_rules, snakemake, workflow_copy
 
 
 def test_lint_is_clean():
     result = snakemake(REPO, "--lint")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "good condition" in result.stdout + result.stderr
+
+
+def test_snakefmt_is_clean():
+    """The Snakefile and every rule file are formatted as snakefmt writes them (the
+    catalog's convention); `snakefmt Snakefile rules/` fixes them."""
+    snakefmt = SNAKEMAKE.with_name("snakefmt")
+    result = subprocess.run([str(snakefmt), "--check", "Snakefile", *sorted(str(p.relative_to(REPO)) for p in (REPO / "rules").glob("*.smk"))],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_catalog_file_describes_the_usage():
+    """.snakemake-workflow-catalog.yml: the usage section the Snakemake workflow catalog reads."""
+    import yaml
+
+    usage = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert set(usage) == {"mandatory-flags", "software-stack-deployment", "report"}
+    assert usage["report"] is True and usage["software-stack-deployment"]["conda"] is True
 
 
 def test_default_target_chains_every_stage_of_the_demo(tmp_path):
