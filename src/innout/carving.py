@@ -89,7 +89,6 @@ class _Voter:
     at that pixel (the background seen just past the silhouette stays outside)."""
 
     def __init__(self, geometry: ViewGeometry, mask: np.ndarray, settings: CarvingSettings, margin: int = 0):
-
         self.geometry = geometry
         self.mask = mask.astype(bool)
         self.tolerance = float(settings.visibility_tolerance)

@@ -293,7 +293,6 @@ def _load_pipe(cfg: Any, manifest: Optional[Path], log: logging.Logger):
 
     cache_dir = cfg.models.cache_dir
     if manifest is not None:
-
         check_manifest(manifest, cfg.models)
         cache_dir = str(Path(manifest).parent)
     provenance = weights_provenance(cfg.models)

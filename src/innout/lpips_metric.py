@@ -85,7 +85,6 @@ class LpipsMetric:
         self.model = model.eval().requires_grad_(False).to(self.device)
 
     def __call__(self, pred: np.ndarray, gt: np.ndarray) -> float:
-
         p, g = image_pair(pred, gt)
         a, b = to_tensor(p, self.device), to_tensor(g, self.device)
         h, w = a.shape[-2:]

@@ -324,7 +324,6 @@ def run_masks(camera_transforms: Path, scene_transforms: Path, out_dir: Path, wo
     sam_records: dict[str, dict] = {}
     sam_random = False
     if str(mc.sam):
-
         refiner = load_sam(str(mc.sam), device=str(cfg.device))
         sam_random = refiner.random_weights
         images = {f.name: f.image for f in train}

@@ -181,7 +181,6 @@ def subset_scores(
         return None
     base_crop = _uint8(box_crop(base_image, base_mask))
     if by == "phash":
-
         reference = imagehash.phash(Image.fromarray(base_crop))
         return {n: -float(imagehash.phash(Image.fromarray(_uint8(box_crop(img, masks[n])))) - reference)
                 for n, img in inpainted.items()}

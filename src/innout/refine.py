@@ -252,7 +252,6 @@ class Refiner:
         if rc.include_base_in_patches and inputs.base not in self.patch_targets:
             self.patch_targets[inputs.base] = inputs.base_image  # the base's own fill is its target
         if not self.patch_targets:
-
             raise StageError("refine", "no inpainted view was selected for the patch loss")
         self.patch_sampler = PatchSampler({n: inputs.object_masks[n] for n in self.patch_targets}, int(rc.patch_size), seed + 1)
         self.rec_sampler = UnmaskedPixelSampler(inputs.object_masks)

@@ -193,7 +193,6 @@ class NerfRenderer:
             from innout.nerf import tcnn_available
 
             if dev.type != "cuda" or not tcnn_available():
-
                 raise StageError("nerf", f"{config_path} is a tiny-cuda-nn NeRF (pretrain.implementation tcnn): it loads only "
                                          "on a CUDA device with the tinycudann package")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
