@@ -1,6 +1,7 @@
 # innout: remove an object from a 3D scene (In-N-Out, NeurIPS 2024).
 # Run from the repository root:  snakemake --cores all   (see README.md)
 
+
 configfile: "config/config.yaml"
 
 
@@ -22,6 +23,6 @@ include: "rules/train_models.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True

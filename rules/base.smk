@@ -3,7 +3,7 @@
 # from the scene sheet. Fit checkpoints and cached candidate inpaintings live in
 # results/{scene}/.work/base.
 
-from innout.base import base_stage_params
+from innout.rule_params import base_stage_params
 
 
 rule base:
@@ -28,13 +28,25 @@ rule base:
         mask="results/{scene}/base/mask.png",
         noise="results/{scene}/base/noise.pt",
         depth_prior="results/{scene}/base/depth_prior.npy",
-        nerf_config="results/{scene}/base/nerf/innout-nerfacto/config.yml",
+        # the fitted NeRF folder (config, checkpoint, data): inpaint and refine read all of it
+        nerf=directory("results/{scene}/base/nerf"),
         curves=report(
             "results/{scene}/base/curves.png",
             caption="../workflow/report/curves.rst",
             category="{scene}",
             subcategory="4. base view",
         ),
+    log:
+        "logs/{scene}/base.log",
+    benchmark:
+        "benchmarks/{scene}/base.tsv"
+    conda:
+        "innout"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+        gpu=1 if METHOD.device != "cpu" else 0,
     params:
         method=base_stage_params(METHOD),
         weights=WEIGHTS,
@@ -42,16 +54,5 @@ rule base:
         # checkpoints live outside the output: Snakemake deletes incomplete outputs
         # before a rerun, and a killed job must resume from its last checkpoint
         work_dir=lambda wildcards: f"results/{wildcards.scene}/.work/base",
-    log:
-        "logs/{scene}/base.log",
-    benchmark:
-        "benchmarks/{scene}/base.tsv"
-    conda:
-        "../envs/innout.yaml"
-    threads: 2
-    resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
-        gpu=1 if METHOD.device != "cpu" else 0,
     script:
         "../workflow/scripts/base.py"

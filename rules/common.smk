@@ -14,7 +14,6 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from innout.config import load_method_config, stage_params  # noqa: E402
 from innout.provenance import report_weights  # noqa: E402
 
-
 ##### config and scene sheet #####
 
 validate(config, schema="../workflow/schemas/config.schema.yaml")
@@ -34,27 +33,44 @@ def load_scene_sheet(path, data_root=None):
     sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
     for column in ("scene", "path"):
         if column not in sheet.columns:
-            raise WorkflowError(f"{path}: scene sheet has no column '{column}' (columns: scene, path, format, poses, prompt, masks)")
-    for column, default in (("format", "auto"), ("poses", "auto"), ("prompt", ""), ("masks", "all")):
+            raise WorkflowError(
+                f"{path}: scene sheet has no column '{column}' (columns: scene, path, format, poses, prompt, masks)"
+            )
+    for column, default in (
+        ("format", "auto"),
+        ("poses", "auto"),
+        ("prompt", ""),
+        ("masks", "all"),
+    ):
         if column not in sheet.columns:
             sheet[column] = default
         sheet[column] = sheet[column].replace("", default)
     for name in sheet["scene"]:
         if not SAFE_NAME.match(name):
-            raise WorkflowError(f"{path}: unsafe scene name {name!r}: use letters, digits, '-' and '_' only")
+            raise WorkflowError(
+                f"{path}: unsafe scene name {name!r}: use letters, digits, '-' and '_' only"
+            )
         if name == MEAN_ROW:
-            raise WorkflowError(f"{path}: the scene name {name!r} is taken by the mean row of results/metrics.tsv")
+            raise WorkflowError(
+                f"{path}: the scene name {name!r} is taken by the mean row of results/metrics.tsv"
+            )
     duplicated = sheet["scene"][sheet["scene"].duplicated()].tolist()
     if duplicated:
-        raise WorkflowError(f"{path}: scene names appear twice: {', '.join(duplicated)}")
+        raise WorkflowError(
+            f"{path}: scene names appear twice: {', '.join(duplicated)}"
+        )
     validate(sheet, schema="../workflow/schemas/scenes.schema.yaml")
     uses_root = sheet["path"].str.contains("{data_root}", regex=False)
     if uses_root.any():
         if not data_root:
             first = sheet["scene"][uses_root].iloc[0]
-            raise WorkflowError(f"{path}: scene {first}'s path uses {{data_root}}, but data_root is not set "
-                                "(--config data_root=/path/to/the/scenes)")
-        sheet["path"] = sheet["path"].str.replace("{data_root}", str(data_root).rstrip("/"), regex=False)
+            raise WorkflowError(
+                f"{path}: scene {first}'s path uses {{data_root}}, but data_root is not set "
+                "(--config data_root=/path/to/the/scenes)"
+            )
+        sheet["path"] = sheet["path"].str.replace(
+            "{data_root}", str(data_root).rstrip("/"), regex=False
+        )
     return sheet.set_index("scene", drop=False)
 
 
@@ -68,12 +84,16 @@ def load_camera_paths(paths_by_scene):
     out = {}
     for scene, files in (paths_by_scene or {}).items():
         if scene not in scenes.index:
-            raise WorkflowError(f"config camera_paths: {scene!r} is not a scene of {config['scenes']}")
+            raise WorkflowError(
+                f"config camera_paths: {scene!r} is not a scene of {config['scenes']}"
+            )
         named = {}
         for path in [files] if isinstance(files, str) else list(files):
             name = Path(path).stem
             if not SAFE_NAME.match(name) or name in named:
-                raise WorkflowError(f"config camera_paths.{scene}: {path}: file names must be unique and use letters, digits, '-', '_'")
+                raise WorkflowError(
+                    f"config camera_paths.{scene}: {path}: file names must be unique and use letters, digits, '-', '_'"
+                )
             named[name] = path
         out[scene] = named
     return out
@@ -84,7 +104,11 @@ CAMERA_PATHS = load_camera_paths(config.get("camera_paths"))
 
 def method_config():
     method = config.get("method", {})
-    return load_method_config(method.get("preset", "smoke"), method.get("overrides", []), method.get("model", "sd2"))
+    return load_method_config(
+        method.get("preset", "smoke"),
+        method.get("overrides", []),
+        method.get("model", "sd2"),
+    )
 
 
 METHOD = method_config()
@@ -94,6 +118,7 @@ MODELS_MANIFEST = str(Path(METHOD.models.cache_dir) / "manifest.json")
 # What the model set's weights are, for the report's captions (rules pass it as
 # params.weights): provenance, its label, the banner line and the LPIPS/FID note.
 WEIGHTS = report_weights(METHOD.models)
+
 
 # Scene names come from the sheet, so a typo in a target fails early instead of matching.
 wildcard_constraints:
@@ -187,6 +212,9 @@ def get_final_output():
         targets.append(f"results/{name}/inpaint/summary.json")
         targets.append(f"results/{name}/eval/metrics.json")
         targets.append(f"results/{name}/render/video.mp4")
-        targets += [f"results/{name}/camera_paths/{path}.mp4" for path in CAMERA_PATHS.get(name, {})]
+        targets += [
+            f"results/{name}/camera_paths/{path}.mp4"
+            for path in CAMERA_PATHS.get(name, {})
+        ]
     targets.append("results/metrics.tsv")
     return targets

@@ -20,20 +20,20 @@ rule evaluate:
             category="{scene}",
             subcategory="8. metrics",
         ),
-    params:
-        method=stage_params(METHOD, "evaluate", "models"),
-        weights=WEIGHTS,
     log:
         "logs/{scene}/evaluate.log",
     benchmark:
         "benchmarks/{scene}/evaluate.tsv"
     conda:
-        "../envs/innout.yaml"
+        "innout"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
         gpu=1 if METHOD.device != "cpu" else 0,
+    params:
+        method=stage_params(METHOD, "evaluate", "models"),
+        weights=WEIGHTS,
     script:
         "../workflow/scripts/evaluate.py"
 
@@ -48,18 +48,18 @@ rule metrics:
             caption="../workflow/report/metrics.rst",
             category="metrics",
         ),
-    params:
-        scenes=list(scenes.index),
-        weights=WEIGHTS,
     log:
         "logs/metrics.log",
     benchmark:
         "benchmarks/metrics.tsv"
     conda:
-        "../envs/innout.yaml"
+        "innout"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        scenes=list(scenes.index),
+        weights=WEIGHTS,
     script:
         "../workflow/scripts/metrics.py"

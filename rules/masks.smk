@@ -23,22 +23,22 @@ rule masks:
             subcategory="2b. masks",
         ),
         transforms="results/{scene}/masks/transforms.json",
+    log:
+        "logs/{scene}/masks.log",
+    benchmark:
+        "benchmarks/{scene}/masks.tsv"
+    conda:
+        "innout"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
+        gpu=1 if METHOD.device != "cpu" else 0,
     params:
         # the whole-scene NeRF trains with the pretrain section's settings
         method=stage_params(METHOD, "masks", "pretrain"),
         # checkpoints live outside the output: Snakemake deletes incomplete outputs
         # before a rerun, and a killed job must resume from its last checkpoint
         work_dir=lambda wildcards: f"results/{wildcards.scene}/.work/masks",
-    log:
-        "logs/{scene}/masks.log",
-    benchmark:
-        "benchmarks/{scene}/masks.tsv"
-    conda:
-        "../envs/innout.yaml"
-    threads: 2
-    resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 240 * attempt,
-        gpu=1 if METHOD.device != "cpu" else 0,
     script:
         "../workflow/scripts/masks.py"

@@ -18,19 +18,19 @@ rule models:
             caption="../workflow/report/models.rst",
             category="models",
         ),
-    params:
-        method=stage_params(METHOD, "models"),
-        weights=WEIGHTS,
     log:
         "logs/models.log",
     benchmark:
         "benchmarks/models.tsv"
-    conda:
-        "../envs/innout.yaml"
     localrule: True
+    conda:
+        "innout"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
+    params:
+        method=stage_params(METHOD, "models"),
+        weights=WEIGHTS,
     script:
         "../workflow/scripts/models.py"

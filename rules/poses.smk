@@ -15,17 +15,17 @@ rule poses:
             category="{scene}",
             subcategory="2. poses",
         ),
-    params:
-        method=stage_params(METHOD, "poses"),
     log:
         "logs/{scene}/poses.log",
     benchmark:
         "benchmarks/{scene}/poses.tsv"
     conda:
-        "../envs/innout.yaml"
+        "innout"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
+    params:
+        method=stage_params(METHOD, "poses"),
     script:
         "../workflow/scripts/poses.py"

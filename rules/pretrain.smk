@@ -15,21 +15,21 @@ rule pretrain:
             category="{scene}",
             subcategory="3. geometry",
         ),
-    params:
-        method=stage_params(METHOD, "pretrain"),
-        # checkpoints live outside the output: Snakemake deletes incomplete outputs
-        # before a rerun, and a killed job must resume from its last checkpoint
-        work_dir=lambda wildcards: f"results/{wildcards.scene}/.work/pretrain",
     log:
         "logs/{scene}/pretrain.log",
     benchmark:
         "benchmarks/{scene}/pretrain.tsv"
     conda:
-        "../envs/innout.yaml"
+        "innout"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
         gpu=1 if METHOD.device != "cpu" else 0,
+    params:
+        method=stage_params(METHOD, "pretrain"),
+        # checkpoints live outside the output: Snakemake deletes incomplete outputs
+        # before a rerun, and a killed job must resume from its last checkpoint
+        work_dir=lambda wildcards: f"results/{wildcards.scene}/.work/pretrain",
     script:
         "../workflow/scripts/pretrain.py"

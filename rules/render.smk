@@ -13,19 +13,19 @@ rule render_pretrain:
     output:
         summary="results/{scene}/render_pretrain/summary.json",
         test=directory("results/{scene}/render_pretrain/test"),
-    params:
-        method=stage_params(METHOD, "render"),
     log:
         "logs/{scene}/render_pretrain.log",
     benchmark:
         "benchmarks/{scene}/render_pretrain.tsv"
     conda:
-        "../envs/innout.yaml"
+        "innout"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
         gpu=1 if METHOD.device != "cpu" else 0,
+    params:
+        method=stage_params(METHOD, "render"),
     script:
         "../workflow/scripts/render_pretrain.py"
 
@@ -56,20 +56,20 @@ rule render:
             category="{scene}",
             subcategory="7. renders",
         ),
-    params:
-        method=stage_params(METHOD, "render", "models"),
-        weights=WEIGHTS,
     log:
         "logs/{scene}/render.log",
     benchmark:
         "benchmarks/{scene}/render.tsv"
     conda:
-        "../envs/innout.yaml"
+        "innout"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
         gpu=1 if METHOD.device != "cpu" else 0,
+    params:
+        method=stage_params(METHOD, "render", "models"),
+        weights=WEIGHTS,
     script:
         "../workflow/scripts/render.py"
 
@@ -87,19 +87,19 @@ rule render_camera_path:
             category="{scene}",
             subcategory="7. renders",
         ),
-    params:
-        method=stage_params(METHOD, "render", "models"),
-        weights=WEIGHTS,
     log:
         "logs/{scene}/camera_paths/{path}.log",
     benchmark:
         "benchmarks/{scene}/camera_paths/{path}.tsv"
     conda:
-        "../envs/innout.yaml"
+        "innout"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
         gpu=1 if METHOD.device != "cpu" else 0,
+    params:
+        method=stage_params(METHOD, "render", "models"),
+        weights=WEIGHTS,
     script:
         "../workflow/scripts/render_camera_path.py"

@@ -1,18 +1,18 @@
 rule generate:
     output:
         directory("results/generated/{generated}"),
-    params:
-        spec=lambda wildcards: GENERATED[wildcards.generated],
     log:
         "logs/generated/{generated}.log",
     benchmark:
         "benchmarks/generated/{generated}.tsv"
     conda:
-        "../envs/innout.yaml"
+        "innout"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=20,
+    params:
+        spec=lambda wildcards: GENERATED[wildcards.generated],
     script:
         "../workflow/scripts/generate.py"
 
@@ -29,19 +29,19 @@ rule scene:
             category="{scene}",
             subcategory="1. input",
         ),
-    params:
-        format=lambda wildcards: scenes.loc[wildcards.scene, "format"],
-        poses=lambda wildcards: scenes.loc[wildcards.scene, "poses"],
-        options=lambda wildcards: scene_options(wildcards.scene),
     log:
         "logs/{scene}/scene.log",
     benchmark:
         "benchmarks/{scene}/scene.tsv"
     conda:
-        "../envs/innout.yaml"
+        "innout"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        format=lambda wildcards: scenes.loc[wildcards.scene, "format"],
+        poses=lambda wildcards: scenes.loc[wildcards.scene, "poses"],
+        options=lambda wildcards: scene_options(wildcards.scene),
     script:
         "../workflow/scripts/scene.py"

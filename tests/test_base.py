@@ -135,8 +135,8 @@ class Interrupted(Exception):
 
 def base_cfg(*extra: str):
     """What the rule's script gets: base_stage_params of the composed config."""
-    from innout.base import base_stage_params
     from innout.config import config_from_params, load_method_config
+    from innout.rule_params import base_stage_params
 
     return config_from_params(base_stage_params(load_method_config("smoke", [*TINY_BASE, *extra], "tiny")))
 
@@ -175,7 +175,7 @@ def runs(tmp_path_factory, trained, models_cache):  # noqa: F811
 
 
 def _nerf_state(out_dir: Path) -> dict:
-    from innout.render import latest_checkpoint
+    from innout.renderer import latest_checkpoint
 
     ckpt = latest_checkpoint(out_dir / "nerf" / "innout-nerfacto" / "nerfstudio_models")
     return torch.load(ckpt, map_location="cpu", weights_only=False)["pipeline"]
@@ -197,8 +197,8 @@ def test_outputs_and_summary(runs):
     assert summary["depth_alignment"]["n_points"] > 100
     assert summary["prior_fit"]["iterations"] == FIT_STEPS and summary["prior_fit"]["steps_this_run"] == FIT_STEPS
     # the exported NeRF opens with the renderer and is the fitted one (renders/after.png)
-    from innout.pretrain import read_scene
-    from innout.render import NerfRenderer
+    from innout.frames import read_scene
+    from innout.renderer import NerfRenderer
 
     renderer = NerfRenderer.from_config(out / "nerf", device="cpu")
     camera = next(f.camera for f in read_scene(runs["scene"])[2] if f.name == summary["winner"])
@@ -233,7 +233,7 @@ def test_winner_has_the_smallest_summed_hamming_distance(runs):
     votes = summary["votes"]
     assert summary["winner"] == min(votes, key=lambda n: (votes[n], n))
     # the votes are those of the candidate images written to disk
-    from innout.pretrain import read_scene
+    from innout.frames import read_scene
 
     frames = {f.name: f for f in read_scene(runs["scene"])[2]}
     images = {n: np.asarray(Image.open(out / "candidates" / f"{n}.png").convert("RGB")) for n in summary["candidates"]}
@@ -244,8 +244,8 @@ def test_winner_has_the_smallest_summed_hamming_distance(runs):
 
 def test_noise_reproduces_the_winners_inpainting(runs):
     from innout.diffusion import inpaint_single, latent_size
+    from innout.frames import read_scene
     from innout.models import load_inpainter
-    from innout.pretrain import read_scene
 
     out, summary, cfg = runs["a"], runs["straight"], runs["cfg"]
     noise = torch.load(out / "noise.pt")
@@ -341,9 +341,10 @@ def _base_with_prior(trained, root: Path, monkeypatch, kind: str, *extra: str) -
     """run_base (10 fit steps) with the stand-in depth model of :func:`_true_monocular`;
     ``extra``: overrides (a model set's too; its models cache is made here)."""
     from innout import depth_prior
-    from innout.base import base_stage_params, run_base
+    from innout.base import run_base
     from innout.config import config_from_params, load_method_config
     from innout.models import fetch_models
+    from innout.rule_params import base_stage_params
 
     monkeypatch.setattr(depth_prior, "monocular_depth", _true_monocular(trained, kind))
     method = load_method_config("smoke", [*TINY_BASE, "base.prior_iterations=10", *extra], "tiny")

@@ -15,6 +15,7 @@ stages come last because they make downstream outputs out of date.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -51,7 +52,8 @@ def slurm():
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, slurm):
     work = workflow_copy(tmp_path_factory.mktemp("demo") / "wf")
-    executor = ["--profile", "profiles/slurm", "--jobs", "4"] if slurm else ["--cores", "2"]
+    # --retries 0 over the profile's retries: a job that fails once must fail this test
+    executor = ["--profile", "profiles/slurm", "--jobs", "4", "--retries", "0"] if slurm else ["--cores", "2"]
     t0 = time.perf_counter()
     # `timeout -k`: a hung cluster must not hang the test session
     result = snakemake(work, *executor, timeout=DEMO_TIMEOUT + 120, wrap_timeout=DEMO_TIMEOUT)
@@ -130,11 +132,26 @@ def test_inpaint_summary_reports_alignment(demo):
     assert consistency["ela_ila"] < consistency["independent"]
 
 
+def _assert_metrics_in_range(numbers: dict, which: str) -> None:
+    """LPIPS >= 0, PSNR in (0, 100) dB (a noise-like inpainting still scores a few dB; a
+    perfect copy would be inf), SSIM in [-1, 1], FID >= 0: finite numbers, never None."""
+    for key in ("lpips", "psnr", "ssim", "fid"):
+        value = numbers.get(key)
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), (which, key, value)
+        assert math.isfinite(value), (which, key, value)
+    assert numbers["lpips"] >= 0.0, (which, numbers)
+    assert 0.0 < numbers["psnr"] < 100.0, (which, numbers)
+    assert -1.0 <= numbers["ssim"] <= 1.0, (which, numbers)
+    assert numbers["fid"] >= 0.0, (which, numbers)
+
+
 def test_metrics_and_table(demo):
     metrics = _json(demo / "results/demo/eval/metrics.json")
-    for key in ("lpips", "psnr", "ssim", "fid", "weights", "lpips_backbone", "fid_backbone", "before"):
-        assert key in metrics, key
-    assert all(k in metrics["before"] for k in ("lpips", "psnr", "ssim", "fid"))
+    for key in ("weights", "lpips_backbone", "fid_backbone"):
+        assert metrics[key], key
+    # the final NeRF's numbers and the pre-trained NeRF's ("before"): finite, in range
+    for which, numbers in (("after", metrics), ("before", metrics["before"])):
+        _assert_metrics_in_range(numbers, which)
     table = (demo / "results/metrics.tsv").read_text().splitlines()
     # header, the demo's row, then the mean over scenes: with one scene it repeats the row
     assert len(table) == 3 and table[1].startswith("demo\t"), table

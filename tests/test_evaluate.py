@@ -9,14 +9,17 @@ import socket
 import urllib.request
 from pathlib import Path
 
+import lpips as lpips_package
 import numpy as np
 import pytest
-import lpips as lpips_package
 import torch
 import torchvision
 from skimage.metrics import structural_similarity
 
 from innout import evaluate as ev
+from innout import fid_metric as fm
+from innout import image_metrics as im
+from innout import lpips_metric as lp
 from innout.config import EvaluateConfig, MethodConfig
 from innout.errors import StageError
 
@@ -38,8 +41,8 @@ def offline():
         mp.setattr(torch.hub, "load_state_dict_from_url", _no_network)
         with pytest.raises(AssertionError, match="network"):
             socket.socket().connect(("127.0.0.1", 9))  # the block is in force
-        lpips = ev.LpipsMetric("random")
-        fid = ev.FidMetric(random_weights=True)
+        lpips = lp.LpipsMetric("random")
+        fid = fm.FidMetric(random_weights=True)
         first = lpips(sets["a"][0], sets["b"][0])
         features = {name: fid.features(images) for name, images in sets.items()}
     return {"lpips": lpips, "fid": fid, "first": first, "features": features, "sets": sets}
@@ -74,22 +77,22 @@ def test_mask_bbox_and_crop():
 
 def test_psnr_by_hand():
     gt = np.random.default_rng(1).random((10, 12, 3)) * 0.9
-    assert ev.psnr(gt + 0.1, gt) == pytest.approx(20.0, abs=1e-9)  # MSE 0.01
-    assert ev.psnr(gt, gt) == math.inf
+    assert im.psnr(gt + 0.1, gt) == pytest.approx(20.0, abs=1e-9)  # MSE 0.01
+    assert im.psnr(gt, gt) == math.inf
     with pytest.raises(ValueError, match="outside"):
-        ev.psnr(gt + 0.2, gt)
+        im.psnr(gt + 0.2, gt)
     u8 = np.full((4, 4, 3), 255, np.uint8)
-    assert ev.psnr(u8, np.zeros((4, 4, 3))) == pytest.approx(0.0)
+    assert im.psnr(u8, np.zeros((4, 4, 3))) == pytest.approx(0.0)
 
 
 def test_ssim_by_hand():
     rng = np.random.default_rng(2)
     x = rng.random((16, 16, 3))
-    assert ev.ssim(x, x) == pytest.approx(1.0, abs=1e-12)
+    assert im.ssim(x, x) == pytest.approx(1.0, abs=1e-12)
     # constant images: no variance, SSIM = (2ab + C1) / (a^2 + b^2 + C1)
     a, b, c1 = 0.5, 0.25, 0.01 ** 2
     expected = (2 * a * b + c1) / (a * a + b * b + c1)
-    assert ev.ssim(np.full((12, 12, 3), a), np.full((12, 12, 3), b)) == pytest.approx(expected, rel=1e-12)
+    assert im.ssim(np.full((12, 12, 3), a), np.full((12, 12, 3), b)) == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(24, 31), (7, 9)])  # an ordinary crop and one narrower than the window
@@ -98,11 +101,11 @@ def test_ssim_matches_skimage(shape):
     x = rng.random((*shape, 3))
     y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
     reference = structural_similarity(x, y, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                      use_sample_covariance=False, win_size=ev.ssim_window(*shape))
-    assert ev.ssim(x, y) == pytest.approx(reference, abs=1e-4)
-    assert ev.ssim_window(*shape) == (11 if min(shape) >= 11 else 7)
+                                      use_sample_covariance=False, win_size=im.ssim_window(*shape))
+    assert im.ssim(x, y) == pytest.approx(reference, abs=1e-4)
+    assert im.ssim_window(*shape) == (11 if min(shape) >= 11 else 7)
     with pytest.raises(ValueError, match="too small"):
-        ev.ssim(x[:2], y[:2])
+        im.ssim(x[:2], y[:2])
 
 
 # ----------------------------------------------------------------------- LPIPS, FID
@@ -111,7 +114,7 @@ def test_random_metrics_built_offline(offline):
     assert offline["lpips"].random_weights and "RANDOM" in offline["lpips"].description
     assert offline["fid"].random_weights and "RANDOM" in offline["fid"].description
     assert offline["first"] > 0
-    assert offline["features"]["a"].shape == (2, ev.FID_DIMS)
+    assert offline["features"]["a"].shape == (2, fm.FID_DIMS)
 
 
 def test_lpips_random(offline):
@@ -120,7 +123,7 @@ def test_lpips_random(offline):
     assert lpips(a, a) == 0.0
     assert lpips(a, b) == pytest.approx(offline["first"])  # deterministic
     assert lpips(a[:7, :9], b[:7, :9]) > 0  # tiny crops are enlarged for the VGG trunk
-    again = ev.LpipsMetric("random")  # same seed, same weights
+    again = lp.LpipsMetric("random")  # same seed, same weights
     assert all(torch.equal(p, q) for p, q in zip(lpips.model.parameters(), again.model.parameters()))
 
 
@@ -128,8 +131,8 @@ def test_fid_random(offline, monkeypatch):
     fa, fb = offline["features"]["a"], offline["features"]["b"]
     monkeypatch.setattr(offline["fid"], "network", _no_network)  # seen images: from the feature cache
     assert np.array_equal(offline["fid"].features(offline["sets"]["a"][::-1]), fa[::-1])
-    assert ev.frechet_distance_from_features(fa, fa) == pytest.approx(0.0, abs=1e-9)
-    assert ev.frechet_distance_from_features(fa, fb) > 1e-3
+    assert fm.frechet_distance_from_features(fa, fa) == pytest.approx(0.0, abs=1e-9)
+    assert fm.frechet_distance_from_features(fa, fb) > 1e-3
     with pytest.raises(ValueError, match="at least 2"):
         offline["fid"].score(offline["sets"]["a"][:1], offline["sets"]["b"])
 
@@ -139,18 +142,18 @@ def test_fid_formula_matches_sqrtm(n):
     rng = np.random.default_rng(n)
     f1, f2 = rng.normal(size=(n, 16)), rng.normal(0.3, 1.5, size=(n + 3, 16))
     moments = [(f.mean(0), np.cov(f, rowvar=False)) for f in (f1, f2)]
-    reference = ev.frechet_distance(*moments[0], *moments[1])
-    assert ev.frechet_distance_from_features(f1, f2) == pytest.approx(reference, rel=1e-6)
+    reference = fm.frechet_distance(*moments[0], *moments[1])
+    assert fm.frechet_distance_from_features(f1, f2) == pytest.approx(reference, rel=1e-6)
 
 
 def test_real_weights_missing_is_one_line_error(tmp_path):
     with pytest.raises(StageError, match="vgg16-397923af.pth") as err:
-        ev.LpipsMetric("vgg", cache_dir=tmp_path)
+        lp.LpipsMetric("vgg", cache_dir=tmp_path)
     assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
     with pytest.raises(StageError, match="weights-inception-2015-12-05-6726825d.pth"):
-        ev.FidMetric(random_weights=False, cache_dir=tmp_path)
+        fm.FidMetric(random_weights=False, cache_dir=tmp_path)
     with pytest.raises(StageError, match="cache_dir"):
-        ev.LpipsMetric("alex", cache_dir=None)
+        lp.LpipsMetric("alex", cache_dir=None)
 
 
 def test_real_weights_load_from_cache(tmp_path, offline):
@@ -162,17 +165,17 @@ def test_real_weights_load_from_cache(tmp_path, offline):
         layout = {k: v.shape for k, v in torchvision.models.vgg16(weights=None).state_dict().items() if k.startswith("features.")}
     generator = torch.Generator().manual_seed(7)
     state = {k: torch.randn(shape, generator=generator) for k, shape in layout.items()}
-    torch.save(state, checkpoints / ev.BACKBONE_FILES["vgg"])
-    torch.save(offline["fid"].network.state_dict(), checkpoints / ev.INCEPTION_FILE)
+    torch.save(state, checkpoints / lp.BACKBONE_FILES["vgg"])
+    torch.save(offline["fid"].network.state_dict(), checkpoints / fm.INCEPTION_FILE)
 
-    lpips = ev.LpipsMetric("vgg", cache_dir=tmp_path)
+    lpips = lp.LpipsMetric("vgg", cache_dir=tmp_path)
     assert not lpips.random_weights
     convs = {name.rsplit(".", 1)[1]: m for name, m in lpips.model.net.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert len(convs) == 13 and all(torch.equal(m.weight, state[f"features.{i}.weight"]) for i, m in convs.items())
     shipped = torch.load(Path(lpips_package.__file__).parent / "weights" / "v0.1" / "vgg.pth", map_location="cpu")
     loaded = lpips.model.state_dict()
     assert shipped and all(torch.equal(loaded[key], value) for key, value in shipped.items())
-    fid = ev.FidMetric(random_weights=False, cache_dir=tmp_path)
+    fid = fm.FidMetric(random_weights=False, cache_dir=tmp_path)
     assert not fid.random_weights
     assert all(torch.equal(p, q) for p, q in zip(fid.network.state_dict().values(), offline["fid"].network.state_dict().values()))
 
@@ -264,7 +267,7 @@ def test_evaluation_scores_alexnet_lpips_and_refine_keeps_vgg(tmp_path, offline)
     """The real model set: the evaluate stage's LPIPS is AlexNet (the published numbers'),
     read from the models cache; the refine loss's is VGG."""
     from innout.config import load_method_config
-    from innout.refine import make_lpips_module
+    from innout.lpips_metric import make_lpips_module
 
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
@@ -272,8 +275,8 @@ def test_evaluation_scores_alexnet_lpips_and_refine_keeps_vgg(tmp_path, offline)
     for net, build in (("alex", torchvision.models.alexnet), ("vgg", torchvision.models.vgg16)):
         with torch.device("meta"):
             layout = {k: v.shape for k, v in build(weights=None).state_dict().items() if k.startswith("features.")}
-        torch.save({k: torch.randn(s, generator=generator) for k, s in layout.items()}, checkpoints / ev.BACKBONE_FILES[net])
-    torch.save(offline["fid"].network.state_dict(), checkpoints / ev.INCEPTION_FILE)
+        torch.save({k: torch.randn(s, generator=generator) for k, s in layout.items()}, checkpoints / lp.BACKBONE_FILES[net])
+    torch.save(offline["fid"].network.state_dict(), checkpoints / fm.INCEPTION_FILE)
     cfg = load_method_config("paper", [f"models.cache_dir={tmp_path}"], model="sd2")
     lpips, fid = ev.metrics_from_config(cfg.models, cfg.evaluate)
     assert lpips.backbone == "alex" and "alex trunk (alexnet-owt-7be5be79.pth)" in lpips.description
@@ -313,7 +316,7 @@ def test_ssim_by_hand_on_a_small_image():
                 cov = (window * (a - ma) * (b - mb)).sum()
                 values.append(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
     assert len(values) == 3 * 3 * 2
-    assert ev.ssim(x, y) == pytest.approx(float(np.mean(values)), abs=1e-12)
+    assert im.ssim(x, y) == pytest.approx(float(np.mean(values)), abs=1e-12)
 
 
 def test_scene_psnr_and_box_by_hand(offline):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from innout.errors import InputError
-from innout.pretrain import read_scene
+from innout.frames import read_scene
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -31,7 +31,8 @@ def _make_results(work: Path, trained: dict, renders: Path) -> dict:  # noqa: F8
 
     from innout.config import load_method_config
     from innout.finetune import NerfTuner
-    from innout.pretrain import read_scene, run_pretrain
+    from innout.frames import read_scene
+    from innout.pretrain import run_pretrain
     from innout.refine import run_refine
     from innout.render import run_render
     from innout.stage import atomic_dir

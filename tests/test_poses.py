@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import pycolmap
+
+from innout import procedural
+from innout import scene as scene_mod
 from innout.cameras import look_at
 from innout.errors import InputError, StageError
 from innout.poses import compare_poses, estimate_poses
@@ -132,7 +136,6 @@ def test_missing_scene_is_an_input_error(tmp_path):
 
 
 def test_unregistrable_views_raise_and_leave_nothing(tmp_path):
-    pytest.importorskip("pycolmap")
     images = []
     for i in range(4):  # featureless images: COLMAP cannot register anything
         p = tmp_path / "src" / f"img{i}.png"
@@ -192,7 +195,6 @@ def test_fox_through_colmap(tmp_path, fox_dir):
 
 @pytest.mark.slow
 def test_auto_matcher_falls_back_to_exhaustive(tmp_path, monkeypatch, fox_dir):
-    pycolmap = pytest.importorskip("pycolmap")
     # Sequential matching that finds nothing: the stage must add exhaustive matching.
     monkeypatch.setattr(pycolmap, "match_sequential", lambda *args, **kwargs: None)
     images = sorted((fox_dir / "images").iterdir())[:12]
@@ -207,8 +209,6 @@ def test_auto_matcher_falls_back_to_exhaustive(tmp_path, monkeypatch, fox_dir):
 
 @pytest.mark.slow
 def test_procedural_scene_through_colmap(tmp_path):
-    procedural = pytest.importorskip("innout.procedural")
-    scene_mod = pytest.importorskip("innout.scene")
     n_train, n_test = 24, 12
     source = tmp_path / "spinnerf"
     procedural.write_spinnerf_scene(source, variant="forward", seed=0, n_train=n_train, n_test=n_test,

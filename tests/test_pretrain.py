@@ -134,8 +134,9 @@ def train_renders(tmp_path_factory, trained) -> Path:
     """Every train view of the trained NeRF rendered once (rgb/, depth/), for tests that
     need stand-ins of later stages' inputs."""
     if "train_renders" not in _SHARED:
-        from innout.pretrain import read_scene
-        from innout.render import NerfRenderer, render_train_views
+        from innout.frames import read_scene
+        from innout.render import render_train_views
+        from innout.renderer import NerfRenderer
 
         _, _, train, _ = read_scene(trained["scene"])
         folder = tmp_path_factory.mktemp("train_renders")
@@ -248,8 +249,8 @@ def test_nerfstudio_eval_setup_loads_and_agrees(trained, offline):
     its renders of its own (normalised-frame) cameras equal ours of the scene cameras."""
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from innout.pretrain import read_scene
-    from innout.render import NerfRenderer
+    from innout.frames import read_scene
+    from innout.renderer import NerfRenderer
 
     config_path = trained["out_dir"] / "innout-nerfacto" / "config.yml"
     _, pipeline, ckpt, step = eval_setup(config_path, test_mode="test")
@@ -268,24 +269,32 @@ def test_nerfstudio_eval_setup_loads_and_agrees(trained, offline):
 
 def test_resume_reproduces_uninterrupted_run(tmp_path, scene, offline):
     """Same seed, same steps: an uninterrupted run and a killed-and-resumed one end with
-    identical checkpoints (resume restores model, optimisers, schedulers and RNG states)."""
+    identical checkpoints (resume restores model, optimisers, schedulers and RNG states).
+    The rerun must really resume (a fresh run with the same seed would end identical too):
+    it starts at step 2 and runs fewer steps than the uninterrupted one."""
     from innout.pretrain import run_pretrain
 
     cfg = tiny_cfg("pretrain.iterations=6", "pretrain.steps_per_checkpoint=2", "pretrain.rays_per_batch=128")
 
-    def stop_at(k):
+    def stop_at(k, seen):
         def cb(step):
+            seen.append(step)
             if step == k:
                 raise Interrupted(step)
         return cb
 
     log, _ = _logger("exact")
+    steps_a, steps_b1, steps_b2 = [], [], []
     with pytest.raises(Interrupted):  # uninterrupted up to the checkpoint after 4 steps
-        run_pretrain(scene, tmp_path / "a_out", tmp_path / "a_work", cfg, log, on_step=stop_at(5))
+        run_pretrain(scene, tmp_path / "a_out", tmp_path / "a_work", cfg, log, on_step=stop_at(5, steps_a))
     with pytest.raises(Interrupted):  # killed after the first checkpoint (2 steps) ...
-        run_pretrain(scene, tmp_path / "b_out", tmp_path / "b_work", cfg, log, on_step=stop_at(1))
+        run_pretrain(scene, tmp_path / "b_out", tmp_path / "b_work", cfg, log, on_step=stop_at(1, steps_b1))
+    log_b2, rerun = _logger("exact-rerun")
     with pytest.raises(Interrupted):  # ... rerun: resumes at step 2
-        run_pretrain(scene, tmp_path / "b_out", tmp_path / "b_work", cfg, log, on_step=stop_at(5))
+        run_pretrain(scene, tmp_path / "b_out", tmp_path / "b_work", cfg, log_b2, on_step=stop_at(5, steps_b2))
+    assert steps_a == list(range(6)) and steps_b1 == [0, 1]
+    assert steps_b2 == [2, 3, 4, 5], steps_b2  # resumed from a step > 0: fewer steps than run a
+    assert any(m.startswith("resuming from step 2 ") for m in rerun.messages), rerun.messages
     a = torch.load(tmp_path / "a_work" / "checkpoints" / "step-000000003.ckpt", weights_only=False)
     b = torch.load(tmp_path / "b_work" / "checkpoints" / "step-000000003.ckpt", weights_only=False)
     assert a["pipeline"].keys() == b["pipeline"].keys()
@@ -294,9 +303,46 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, scene, offline):
     assert torch.equal(a["innout"]["rng"]["torch"], b["innout"]["rng"]["torch"])
 
 
+def test_changed_setting_discards_the_checkpoint(tmp_path, scene, offline):
+    """A checkpoint trained with other settings is not resumed: the rerun warns and starts
+    at step 0. A setting that does not change the model (logging) keeps it resumable."""
+    from innout.pretrain import run_pretrain
+
+    base = ("pretrain.iterations=4", "pretrain.steps_per_checkpoint=2", "pretrain.rays_per_batch=128")
+
+    def record(seen, stop):
+        def cb(step):
+            seen.append(step)
+            if step == stop:
+                raise Interrupted(step)
+        return cb
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    log, _ = _logger("discard")
+    with pytest.raises(Interrupted):  # a checkpoint after 2 steps
+        run_pretrain(scene, out, work, tiny_cfg(*base), log, on_step=record([], 1))
+    assert (work / "checkpoints" / "step-000000001.ckpt").is_file()
+
+    same_model = tiny_cfg(*base, "pretrain.log_every_steps=1")  # not in the fingerprint
+    kept, kept_log = [], _logger("kept")
+    with pytest.raises(Interrupted):
+        run_pretrain(scene, out, work, same_model, kept_log[0], on_step=record(kept, 2))
+    assert kept == [2], kept
+    assert any(m.startswith("resuming from step 2 ") for m in kept_log[1].messages)
+
+    changed = tiny_cfg(*base[:2], "pretrain.rays_per_batch=256")  # another model
+    seen, (changed_log, handler) = [], _logger("changed")
+    with pytest.raises(Interrupted):
+        run_pretrain(scene, out, work, changed, changed_log, on_step=record(seen, 0))
+    assert seen == [0], seen  # started over
+    assert any("other settings or data: starting over" in m for m in handler.messages), handler.messages
+    assert not any(m.startswith("resuming") for m in handler.messages)
+    assert not (work / "checkpoints" / "step-000000001.ckpt").exists()
+
+
 def test_bad_input(tmp_path, scene):
     from innout.errors import InputError
-    from innout.pretrain import read_scene
+    from innout.frames import read_scene
 
     meta = json.loads(scene.read_text())
     for frame in meta["frames"]:

@@ -7,32 +7,33 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import lpips
 import numpy as np
 import pytest
 import torch
 from test_pretrain import offline, scene, train_renders, trained  # noqa: F401  (session fixtures shared with the pretrain tests)
 
 from innout.cameras import Camera, Intrinsics, look_at
-from innout.refine import (
-    GROUP_IDS,
-    Discriminator,
-    Patch,
+from innout.discriminator import Discriminator, minibatch_stddev
+from innout.patch_losses import (
     PatchLossWeights,
-    PatchSampler,
-    UnmaskedPixelSampler,
     discriminator_loss,
     discriminator_step,
     extract_tiles,
     lpips_distance,
     make_discriminator,
     make_discriminator_optimizer,
-    mask_bbox,
-    minibatch_stddev,
     patch_loss,
+)
+from innout.patch_sampling import (
+    Patch,
+    PatchSampler,
+    UnmaskedPixelSampler,
+    mask_bbox,
     pixel_rays,
     sample_unmasked_pixels,
-    select_patch_views,
 )
+from innout.patch_views import GROUP_IDS, select_patch_views
 
 K = Intrinsics(60.0, 60.0, 32.0, 24.0, 64, 48)
 
@@ -40,7 +41,6 @@ K = Intrinsics(60.0, 60.0, 32.0, 24.0, 64, 48)
 @pytest.fixture(scope="module")
 def lpips_vgg():
     """LPIPS with its linear heads from the package and a random VGG trunk: no network."""
-    lpips = pytest.importorskip("lpips")
     return lpips.LPIPS(net="vgg", pnet_rand=True, pretrained=True, verbose=False).eval()
 
 
@@ -119,7 +119,7 @@ def _one_quadrant(rng):
     """A base camera and 12 views up and right of it (one x/y quadrant, so 3 groups of 4
     by z tercile), all facing -z; in each group the two nearest views got noise as their
     fill and the two farthest the base's own fill: pose and fill similarity disagree."""
-    from innout.refine import subset_scores  # noqa: F401  (imported by the callers)
+    from innout.patch_views import subset_scores  # noqa: F401  (imported by the callers)
 
     cams = {"base": Camera(np.eye(4), K)}
     base_image = np.zeros((48, 48, 3), np.uint8)
@@ -152,7 +152,7 @@ class _L1(torch.nn.Module):
 
 
 def test_subset_ranked_by_phash_or_lpips_not_pose_when_they_disagree():
-    from innout.refine import subset_scores
+    from innout.patch_views import subset_scores
 
     cams, fills, masks, base_image, mask, good = _one_quadrant(np.random.default_rng(5))
     by_pose = select_patch_views(cams, "base", 0.5, scores=subset_scores("pose", fills, masks, base_image, mask))
@@ -479,7 +479,7 @@ def make_stage_inputs(root, trained, renders) -> dict:
 
     from PIL import Image
 
-    from innout.pretrain import read_scene
+    from innout.frames import read_scene
 
     _, _, train, _ = read_scene(trained["scene"])
     base = train[len(train) // 2]
@@ -518,7 +518,8 @@ def stage_cfg(*extra: str):
 
 def _refiner(stage_inputs, cfg):
     from innout.finetune import NerfTuner
-    from innout.refine import Refiner, load_refine_inputs, make_lpips_module
+    from innout.lpips_metric import make_lpips_module
+    from innout.refine import Refiner, load_refine_inputs
 
     inputs = load_refine_inputs(stage_inputs["transforms"], stage_inputs["base_dir"], stage_inputs["inpaint_dir"])
     tuner = NerfTuner(stage_inputs["base_dir"] / "nerf", device="cpu", learning_rate=1e-3, lr_final=1e-4, decay_steps=10, stage="refine")
@@ -590,9 +591,9 @@ def test_run_refine_resumes_after_a_kill_to_the_same_result(stage_inputs, tmp_pa
 
     from test_training_log import _scalars
 
-    from innout.pretrain import read_scene
+    from innout.frames import read_scene
     from innout.refine import run_refine
-    from innout.render import NerfRenderer
+    from innout.renderer import NerfRenderer
 
     cfg = stage_cfg("refine.iterations=6", "refine.tensorboard=true")
     args = (stage_inputs["transforms"], stage_inputs["base_dir"], stage_inputs["inpaint_dir"])

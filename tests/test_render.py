@@ -14,7 +14,7 @@ import torch
 from test_pretrain import SCENE, offline, scene, trained  # noqa: F401  (session fixtures shared with the pretrain tests)
 
 from innout.cameras import Camera, look_at
-from innout.render import NerfRenderer, SceneFrame
+from innout.renderer import NerfRenderer, SceneFrame
 
 
 def _random_similarity(seed: int) -> SceneFrame:
@@ -52,7 +52,7 @@ def renderer(trained) -> NerfRenderer:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def views(trained):  # noqa: F811
-    from innout.pretrain import read_scene
+    from innout.frames import read_scene
 
     _, _, train, test = read_scene(trained["scene"])
     return train, test

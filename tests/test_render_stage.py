@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from test_pretrain import offline, scene, trained  # noqa: F401  (session fixtures shared with the pretrain tests)
 
-from innout.cameras import Camera, Intrinsics, look_at
 from innout.camera_path import path_keyframes, smooth_path
+from innout.cameras import Camera, Intrinsics, look_at
 from innout.render import encode_mp4
 
 K = Intrinsics(50.0, 50.0, 32.0, 24.0, 64, 48)
@@ -96,8 +96,9 @@ def test_run_render(trained, tmp_path, offline):  # noqa: F811
     from PIL import Image
 
     from innout.boxes import mask_bbox, read_boxes
-    from innout.pretrain import read_scene
-    from innout.render import NerfRenderer, run_render
+    from innout.frames import read_scene
+    from innout.render import run_render
+    from innout.renderer import NerfRenderer
 
     _, _, train, test = read_scene(trained["scene"])
     base = train[len(train) // 2].name
@@ -168,8 +169,8 @@ def test_camera_path_round_trip_through_nerfstudio(trained, tmp_path, offline): 
     from nerfstudio.cameras.camera_paths import get_path_from_json
 
     from innout.camera_path import from_nerfstudio, path_intrinsics, read_nerfstudio, to_nerfstudio
-    from innout.pretrain import read_scene
-    from innout.render import NerfRenderer
+    from innout.frames import read_scene
+    from innout.renderer import NerfRenderer
 
     renderer = NerfRenderer.from_config(trained["out_dir"], device="cpu")
     _, _, train, _ = read_scene(trained["scene"])
@@ -200,8 +201,9 @@ def test_user_camera_path_renders_a_video(trained, tmp_path, offline):  # noqa: 
 
     from innout.camera_path import path_intrinsics, to_nerfstudio
     from innout.errors import InputError
-    from innout.pretrain import read_scene
-    from innout.render import NerfRenderer, run_camera_path
+    from innout.frames import read_scene
+    from innout.render import run_camera_path
+    from innout.renderer import NerfRenderer
 
     renderer = NerfRenderer.from_config(trained["out_dir"], device="cpu")
     _, _, train, _ = read_scene(trained["scene"])
@@ -238,8 +240,9 @@ def test_a_progress_line_within_the_first_10_s_of_rendering(trained, monkeypatch
     import logging
 
     from innout import progress
-    from innout.pretrain import read_scene
-    from innout.render import NerfRenderer, render_test_boxes
+    from innout.frames import read_scene
+    from innout.render import render_test_boxes
+    from innout.renderer import NerfRenderer
 
     clock = FakeClock(3.0)
     monkeypatch.setattr(progress, "CLOCK", clock)

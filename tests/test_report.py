@@ -9,9 +9,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_pretrain import offline, scene, train_renders, trained  # noqa: F401  (session fixtures)
-
 from report_check import check_report, find_chromium
+from test_pretrain import offline, scene, train_renders, trained  # noqa: F401  (session fixtures)
 from workflow_helpers import snakemake, workflow_copy
 
 needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (apt-get install -y chromium)")
@@ -88,7 +87,7 @@ def _stand_in_results(work: Path, trained: dict, renders: Path) -> str:  # noqa:
 
     from PIL import Image
 
-    from innout.pretrain import read_scene
+    from innout.frames import read_scene
 
     own = work / "results" / "own"
     source = work / "own_photos"
@@ -138,7 +137,6 @@ def test_report_shows_the_removal_on_train_views_without_ground_truth(tmp_path, 
     first), the video, a note instead of test metrics, and every picture loads in headless
     Chromium."""
     import yaml
-
     from report_check import check_report
 
     work = workflow_copy(tmp_path / "wf")

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from innout import procedural
 from innout.cameras import Camera, Intrinsics, camera_to_llff_row, look_at, opengl_c2w_to_opencv_w2c
 from innout.errors import InputError
 from innout.scene import detect_format, import_scene
@@ -549,7 +550,6 @@ def test_images_without_poses(tmp_path):
 
 def test_procedural_spinnerf_scene(tmp_path):
     """100 generated views: 60 train + 40 test, masks on the right images, poses reproject exactly."""
-    procedural = pytest.importorskip("innout.procedural")
     src = tmp_path / "gen"
     w, h = 160, 120  # small: 100 views render in seconds
     procedural.write_spinnerf_scene(src, variant="forward", seed=0, n_train=60, n_test=40, width=w, height=h,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_scene import _box_mask, _check_failed, _make_nerfstudio, _random_rgb, _read, _save, _spin, make_spinnerf
 
 from innout.errors import InputError
-from innout.pretrain import read_scene
+from innout.frames import read_scene
 from innout.scene import import_scene, parse_masks_option
-from test_scene import _box_mask, _check_failed, _make_nerfstudio, _random_rgb, _read, _save, _spin, make_spinnerf
 
 
 def _images_scene(root: Path, annotated: dict[str, np.ndarray], n: int = 5) -> Path:

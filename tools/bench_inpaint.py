@@ -47,12 +47,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from innout.devices import resolve_device  # noqa: E402
 from innout.diffusion import guidance, initial_noise, inpaint_views, latent_size  # noqa: E402
 from innout.ela import align_noise_views  # noqa: E402
 from innout.inpaint import load_views  # noqa: E402
-from innout.models import load_inpainter, resolve_device  # noqa: E402
+from innout.models import load_inpainter  # noqa: E402
 from innout.provenance import RANDOM_WEIGHTS_WARNING  # noqa: E402
-from innout.render import NerfRenderer  # noqa: E402
+from innout.renderer import NerfRenderer  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

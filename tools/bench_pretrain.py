@@ -86,7 +86,7 @@ class _Runner:
         from nerfstudio.engine.callbacks import TrainingCallbackAttributes
         from nerfstudio.engine.optimizers import Optimizers
 
-        from innout.pretrain import _Quiet
+        from innout.nerf_training import _Quiet
 
         self.name = name
         torch.manual_seed(0)
@@ -145,12 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from innout.config import load_method_config
+    from innout.devices import resolve_device
+    from innout.frames import nerfstudio_transforms, read_scene
     from innout.nerf import NerfSettings, make_trainer_config
-    from innout.pretrain import _device, nerfstudio_transforms, read_scene
 
     cfg = load_method_config(args.preset, args.override)
     settings = NerfSettings.from_pretrain(cfg.pretrain)
-    device = _device(args.device or cfg.device)
+    device = str(resolve_device(args.device or cfg.device))
     with tempfile.TemporaryDirectory(prefix="innout-bench-") as tmp_name:
         tmp = Path(tmp_name)
         transforms = args.transforms

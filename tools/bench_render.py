@@ -167,8 +167,9 @@ def measure_rates(transforms: Path, out: Path, threads: int, steps: int = 40) ->
     import torch
 
     from innout.config import load_method_config
-    from innout.pretrain import read_scene, run_pretrain
-    from innout.render import NerfRenderer
+    from innout.frames import read_scene
+    from innout.pretrain import run_pretrain
+    from innout.renderer import NerfRenderer
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

@@ -37,9 +37,10 @@ def posed_transforms(results: Path) -> Path:
 
 def score(nerf: Path, transforms: Path, cfg) -> dict:
     """The evaluate stage's metrics of a NeRF's renders of the test cameras."""
-    from innout.evaluate import _read_mask, _read_rgb, evaluate_views, metrics_from_config
-    from innout.pretrain import read_scene
-    from innout.render import NerfRenderer
+    from innout.evaluate import _read_rgb, evaluate_views, metrics_from_config
+    from innout.frames import read_scene
+    from innout.renderer import NerfRenderer
+    from innout.scene_sources import _read_mask
 
     _, _, _, test = read_scene(transforms)
     renderer = NerfRenderer.from_config(nerf, device=cfg.device)

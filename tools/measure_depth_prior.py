@@ -45,9 +45,9 @@ from innout.base import candidate_views, load_train_views  # noqa: E402
 from innout.cameras import Camera, umeyama_similarity  # noqa: E402
 from innout.config import load_method_config  # noqa: E402
 from innout.depth_prior import align_depth, monocular_depth, ray_cosines  # noqa: E402
+from innout.frames import read_scene  # noqa: E402
 from innout.models import load_depth_model  # noqa: E402
-from innout.pretrain import read_scene  # noqa: E402
-from innout.render import NerfRenderer  # noqa: E402
+from innout.renderer import NerfRenderer  # noqa: E402
 
 
 def _at_98px(disparity: np.ndarray) -> np.ndarray:

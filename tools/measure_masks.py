@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from innout.config import load_method_config
-from innout.masks import carve_views, iou, render_surfaces, train_scene_nerf
 from innout.carving import ViewGeometry
-from innout.pretrain import read_scene
+from innout.config import load_method_config
+from innout.frames import read_scene
+from innout.masks import carve_views, iou, render_surfaces, train_scene_nerf
 from innout.procedural import write_spinnerf_scene
 from innout.scene import import_scene
 from innout.view_suggest import suggest_views

@@ -63,7 +63,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from innout.cameras import Camera, umeyama_similarity  # noqa: E402
 from innout.config import load_method_config  # noqa: E402
-from innout.pretrain import read_scene  # noqa: E402
+from innout.frames import read_scene  # noqa: E402
 from innout.procedural import ProceduralScene  # noqa: E402
 from innout.viz import contact_sheet, overlay_mask, with_weights_banner  # noqa: E402
 

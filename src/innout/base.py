@@ -1,3 +1,4 @@
+# Over 600 lines: the stage's three steps (candidates and vote, depth prior, prior fit) share its inputs and resumable work dir; the losses and samplers live below it.
 """Base-view selection (In-N-Out, stage 3): centroid candidates and a pHash vote.
 
 The candidates are the ``n`` training cameras whose centres are nearest the centroid of
@@ -47,7 +48,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +55,27 @@ from typing import Any, Callable, Mapping, Optional
 
 import imagehash
 import numpy as np
+import torch
 from PIL import Image
 
-from .cameras import Camera
-from .errors import InputError, StageError
-from .provenance import provenance_fields, weights_label, weights_provenance
+from innout import depth_prior  # the module: tests stand in for depth_prior.monocular_depth
+from innout.cameras import Camera
+from innout.config import write_resolved
+from innout.depth_prior import align_depth, check_plausible, ray_cosines
+from innout.devices import stage_device
+from innout.errors import InputError, StageError
+from innout.finetune import NerfTuner
+from innout.frames import load_keep_mask, read_scene
+from innout.images import colourise_depth, save_png
+from innout.models import check_manifest, load_depth_model, load_inpainter, manifest_item
+from innout.nerf_training import NS_DIR
+from innout.patch_sampling import UnmaskedPixelSampler, pixel_rays
+from innout.provenance import provenance_fields, weights_label, weights_provenance
+from innout.renderer import find_nerf_config, latest_checkpoint
+from innout.rule_params import BASE_INPAINT_KEYS
+from innout.stage import atomic_dir
+from innout.training_log import TrainingLog
+from innout.viz import contact_sheet, overlay_mask, with_weights_banner
 
 
 def _centre(camera: Camera | np.ndarray) -> np.ndarray:
@@ -154,10 +170,6 @@ def phash_vote(inpainted: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarr
 _log = logging.getLogger("innout.base")
 
 STAGE = "base"
-NS_DIR = "innout-nerfacto"
-# The inpainting settings the candidates are made with (the inpaint stage's own, so the
-# base view's fill and noise are those the aligned views will be denoised beside).
-BASE_INPAINT_KEYS = ("steps", "guidance_scale", "resolution", "scheduler", "skip_identical_guidance")
 # settings that do not change the fitted NeRF: changing them keeps a fit resumable
 FIT_CURVE_PANELS = {"losses": ["loss/total", "loss/rec", "loss/prior_colour", "loss/prior_depth"],
                     "PSNR of the L_rec rays (dB)": ["psnr_rec"], "learning rate": ["lr"]}
@@ -166,17 +178,6 @@ DEPTH_PRIOR_DEFINITION = ("distance along the unit ray through each pixel centre
                           "(the frame of transforms.json), float32 (H, W) at the working resolution")
 VOTE_DEFINITION = ("summed Hamming distance between the candidate's pHash and the others' (pHash of the "
                    "inpainted image with everything outside the mask white); the smallest wins, ties by name")
-
-
-def base_stage_params(cfg: Any) -> dict:
-    """The config the base rule depends on: its section, the models section and the
-    inpainting settings of :data:`BASE_INPAINT_KEYS` (not ILA / ELA / batching, so
-    tuning those reruns only the inpaint stage)."""
-    from innout.config import stage_params
-
-    params = stage_params(cfg, STAGE, "models")
-    params["inpaint"] = {key: cfg.inpaint[key] for key in BASE_INPAINT_KEYS}
-    return params
 
 
 @dataclass
@@ -193,7 +194,6 @@ class TrainView:
 def load_train_views(transforms: Path) -> list[TrainView]:
     """Every train view of the posed scene with its object mask and keep mask."""
     from innout.diffusion import as_mask
-    from innout.pretrain import load_keep_mask, read_scene
 
     _, _, train, _ = read_scene(Path(transforms))
     views = []
@@ -213,7 +213,6 @@ def load_train_views(transforms: Path) -> list[TrainView]:
 
 def check_nerf(nerf: Path) -> Path:
     """nerfstudio's config.yml of the pre-trained NeRF, with a checkpoint; else one line."""
-    from innout.render import find_nerf_config, latest_checkpoint
 
     try:
         config = find_nerf_config(Path(nerf))
@@ -230,15 +229,6 @@ def _digest(*parts: Any) -> str:
         h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
-
-
-def _save_png(path: Path, image: np.ndarray) -> None:
-    """uint8 (or [0, 1] float) image, written atomically (cached files may be reread)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = image if image.dtype == np.uint8 else (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 # -------------------------------------------------------------------------- candidates
@@ -271,7 +261,7 @@ def inpaint_candidates(pipe: Any, views: Mapping[str, TrainView], names: list[st
                                       skip_identical_guidance=bool(settings["skip_identical_guidance"]))
         log.info("candidate %d/%d %s inpainted in %.1f s", i + 1, len(names), name, time.perf_counter() - t0)
         if png is not None:
-            _save_png(png, images[name])
+            save_png(png, images[name])
             key_file.write_text(key)
     return images, noise, cached
 
@@ -334,7 +324,6 @@ def depth_prior_decision(alignment: Mapping[str, Any], fit: Any) -> dict:
     "max_rel_error", "note"}``. ``fit``: the base section (``depth_prior_use``,
     ``depth_prior_max_rel_error``); the plausibility test is
     :func:`innout.depth_prior.check_plausible`."""
-    from innout.depth_prior import check_plausible
 
     use = str(fit.depth_prior_use)
     if use not in DEPTH_PRIOR_USES:
@@ -377,9 +366,7 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
     :class:`innout.training_log.TrainingLog` that gets the losses, PSNR and learning rate
     at every logged step (its history is part of the resumable state). Returns the fit's
     statistics."""
-    import torch
 
-    from innout.refine import UnmaskedPixelSampler, pixel_rays
 
     iterations = int(fit.prior_iterations)
     depth_weight = float(fit.depth_weight) if use_depth else 0.0
@@ -483,7 +470,6 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
 def _fit_fingerprint(cfg: Any, nerf_config: Path, winner: str, inpainted: np.ndarray, prior_depth: np.ndarray,
                      transforms_bytes: bytes, use_depth: bool) -> str:
     """What a checkpoint of the prior fit must have been made from to be resumed."""
-    from innout.render import latest_checkpoint
 
     fit = {k: v for k, v in dict(cfg.base).items() if k not in _NOT_IN_FIT_FINGERPRINT}
     ckpt = latest_checkpoint(nerf_config.parent / "nerfstudio_models")
@@ -496,7 +482,6 @@ def _fit_fingerprint(cfg: Any, nerf_config: Path, winner: str, inpainted: np.nda
 def _overview(candidates: list[str], images: Mapping[str, np.ndarray], vote: Mapping[str, Any], base: TrainView,
               depth_png: np.ndarray, before: np.ndarray, after: np.ndarray, depth_used: bool, weights: str,
               model_set: str) -> Image.Image:
-    from innout.viz import contact_sheet, overlay_mask, with_weights_banner
 
     tiles = []
     for name in candidates:
@@ -518,16 +503,8 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     cache); ``work_dir``: persistent across reruns (candidate cache, fit checkpoints).
     ``cfg``: ``base``, ``inpaint`` (:data:`BASE_INPAINT_KEYS`), ``models``, ``seed``,
     ``device``. Returns the summary (also ``out_dir/summary.json``)."""
-    import torch
 
-    from innout.config import write_resolved
-    from innout.depth_prior import align_depth, monocular_depth, ray_cosines
     from innout.diffusion import GUIDANCE_MODES, guidance
-    from innout.finetune import NerfTuner
-    from innout.models import check_manifest, load_depth_model, load_inpainter, manifest_item
-    from innout.pretrain import colourise_depth
-    from innout.stage import atomic_dir
-    from innout.training_log import TrainingLog
 
     log = log or _log
     t_stage = time.perf_counter()
@@ -538,7 +515,6 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     nerf_config = check_nerf(Path(nerf))
     views = load_train_views(transforms)
     by_name = {v.name: v for v in views}
-    from innout.devices import stage_device  # torch: not at the top, the workflow imports this module
 
     device_t, device_warning = stage_device(cfg, STAGE)
     device = str(device_t)
@@ -568,7 +544,7 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
 
     # ---- depth prior --------------------------------------------------------------------
     depth_model, processor = load_depth_model(str(cfg.models.depth), cache_dir, device)
-    mono = monocular_depth(depth_model, processor, inpainted[winner])
+    mono = depth_prior.monocular_depth(depth_model, processor, inpainted[winner])
     del depth_model
     tuner = NerfTuner(nerf_config, device=device, learning_rate=float(cfg.base.learning_rate), lr_final=float(cfg.base.lr_final),
                       decay_steps=max(1, int(cfg.base.prior_iterations)), stage=STAGE,
@@ -635,14 +611,14 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     }
     with atomic_dir(out_dir) as tmp:
         for name in candidates:
-            _save_png(tmp / "candidates" / f"{name}.png", inpainted[name])
-        _save_png(tmp / "base.png", inpainted[winner])
-        _save_png(tmp / "mask.png", base.mask.astype(np.uint8) * 255)
+            save_png(tmp / "candidates" / f"{name}.png", inpainted[name])
+        save_png(tmp / "base.png", inpainted[winner])
+        save_png(tmp / "mask.png", base.mask.astype(np.uint8) * 255)
         torch.save(noise.clone().contiguous(), tmp / "noise.pt")
         np.save(tmp / "depth_prior.npy", prior_depth.astype(np.float32))
-        _save_png(tmp / "depth_prior.png", depth_png)
-        _save_png(tmp / "renders" / "before.png", rgb_before)
-        _save_png(tmp / "renders" / "after.png", rgb_after)
+        save_png(tmp / "depth_prior.png", depth_png)
+        save_png(tmp / "renders" / "before.png", rgb_before)
+        save_png(tmp / "renders" / "after.png", rgb_after)
         sheet = _overview(candidates, inpainted, vote, base, depth_png, *((np.clip(r, 0, 1) * 255 + 0.5).astype(np.uint8)
                                                                           for r in (rgb_before, rgb_after)),
                           use_depth, weights, str(cfg.models.name))

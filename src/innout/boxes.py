@@ -57,7 +57,7 @@ def read_object_mask(path: Path | None, frame_name: str, shape: tuple[int, int])
 
 
 def test_view_boxes(frames: Iterable[Any]) -> tuple[dict[str, Bbox], list[str]]:
-    """The box of every ground-truth test view (``innout.pretrain.Frame``) by name, and the
+    """The box of every ground-truth test view (``innout.frames.Frame``) by name, and the
     names of views whose mask is empty (they have no box and are not scored)."""
     boxes: dict[str, Bbox] = {}
     empty: list[str] = []

@@ -14,7 +14,7 @@ camera-path`` reads, parsed by ``nerfstudio.cameras.camera_paths.get_path_from_j
 NeRF's own (nerfstudio-normalised) frame, the frame ``ns-render`` and the viewer work
 in; ``fov``: the VERTICAL field of view in degrees; pixels are square and the principal
 point is the image centre (nerfstudio builds the cameras so). The frame conversion is
-the NeRF's :class:`innout.render.SceneFrame` (passed in, so this module needs no NeRF).
+the NeRF's :class:`innout.renderer.SceneFrame` (passed in, so this module needs no NeRF).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from scipy.interpolate import CubicSpline
+from scipy.spatial.transform import Rotation, RotationSpline
 
 from innout.cameras import Camera, Intrinsics
 from innout.errors import InputError
@@ -59,8 +61,6 @@ def smooth_path(keyframes: "list[Camera]", n_frames: int, intrinsics: Any = None
     ``RotationSpline``: continuous angular velocity) through the keyframes' rotations,
     ``n_frames`` cameras evenly spaced in the parameter. ``intrinsics``: of every frame
     (default: the first keyframe's)."""
-    from scipy.interpolate import CubicSpline
-    from scipy.spatial.transform import Rotation, RotationSpline
 
     if not keyframes:
         raise ValueError("a camera path needs at least one keyframe")
@@ -107,7 +107,7 @@ def _matrix_4x4(c2w_3x4: np.ndarray) -> list[float]:
 def to_nerfstudio(path: "list[Camera]", frame: Any, fps: float, keyframes: "Optional[list[Camera]]" = None,
                   is_cycle: bool = True) -> dict:
     """nerfstudio's camera-path dict (module docstring) of scene-frame cameras; ``frame``:
-    the NeRF's :class:`innout.render.SceneFrame`. Every camera must share one image size
+    the NeRF's :class:`innout.renderer.SceneFrame`. Every camera must share one image size
     and have square pixels with the principal point at the centre (:func:`path_intrinsics`)."""
     if not path:
         raise ValueError("an empty camera path")

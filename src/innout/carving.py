@@ -29,7 +29,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
+from scipy.spatial import cKDTree
 
 from innout.cameras import Camera
 from innout.view_suggest import view_angles
@@ -87,8 +89,6 @@ class _Voter:
     at that pixel (the background seen just past the silhouette stays outside)."""
 
     def __init__(self, geometry: ViewGeometry, mask: np.ndarray, settings: CarvingSettings, margin: int = 0):
-        import cv2
-
         self.geometry = geometry
         self.mask = mask.astype(bool)
         self.tolerance = float(settings.visibility_tolerance)
@@ -134,7 +134,6 @@ def _fill_by_nearest(points: np.ndarray, undecided: np.ndarray, decided: np.ndar
     """Undecided points take the label of the nearest decided point of the same view (3D)."""
     if not undecided.any() or not decided.any():
         return
-    from scipy.spatial import cKDTree
 
     tree = cKDTree(points[decided])
     _, nearest = tree.query(points[undecided], k=1)

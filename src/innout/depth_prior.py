@@ -38,6 +38,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from .cameras import Camera
 
@@ -282,9 +285,6 @@ def monocular_depth(model: Any, processor: Any, image: np.ndarray) -> np.ndarray
     ``(H, W)`` float64: relative disparity for Depth Anything, relative depth for
     MiDaS-style models (``base.depth_kind`` says which), to be aligned with
     :func:`align_depth`."""
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
 
     h, w = image.shape[:2]
     inputs = processor(images=Image.fromarray(np.asarray(image, np.uint8)), return_tensors="pt")

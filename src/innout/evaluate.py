@@ -21,60 +21,38 @@ SSIM
     11-tap, reflected at the crop's border). This is exactly
     ``skimage.metrics.structural_similarity(a, b, channel_axis=-1, data_range=1,
     gaussian_weights=True, sigma=1.5, use_sample_covariance=False, win_size=s)``.
-LPIPS
-    ``lpips`` 0.1.4, version 0.1, inputs scaled to [-1, 1]. Backbone ``vgg`` (the
-    project's default) or ``alex`` (values differ between backbones, so the one used is
-    written into every result; compare only like with like): ImageNet weights read from the
-    models cache (``<cache_dir>/torch/hub/checkpoints/``, filled by the ``models`` rule),
-    never downloaded; the linear heads are the calibrated ones shipped inside the lpips
-    package (``lpips/weights/v0.1/<net>.pth``), checked key by key. Backbone ``random``
-    (offline model sets; results say ``lpips_backbone: random``): a VGG16 trunk with random weights
-    (``pnet_rand=True``, initialised from a fixed seed as torchvision initialises VGG) and
-    random linear heads from the same seed, made non-negative (the calibrated heads are
-    non-negative, so the distance stays >= 0). Identical crops score exactly 0. Crops
-    with a side shorter than ``min_side`` (32 px: VGG pools four times) are enlarged
-    bilinearly, both alike, before the network sees them.
-FID
-    The Frechet distance between Gaussian fits of the 2048-d pool features (the global
-    average pool after ``Mixed_7c``, "pool3") of an Inception-v3 for the crops of the
-    renders and of the photos of one scene: torch-fidelity's ``inception-v3-compat``
-    (the TF-FID network, the weights ``pytorch-fid`` and ``torch-fidelity`` use), crops
-    quantised to ``uint8`` and resized to 299 x 299 inside the network (TF1-style
-    bilinear; non-square crops are stretched). Weights: the models cache; offline model
-    sets (``fid_backbone: random``) use the same architecture randomly initialised from a
-    seed, and results say ``fid_backbone: random``.
-    **Small-sample bias**: a scene has ~40 test views, and a 2048-d covariance estimated
-    from 40 samples has rank <= 39. FID is biased upwards at small N (the bias falls
-    roughly like 1/N; Chong & Forsyth, "Effectively Unbiased FID", CVPR 2020) and noisy,
-    so values are comparable only between methods evaluated on the same views with the
-    same protocol. SPIn-NeRF and In-N-Out report it per scene anyway; so do we.
-    Computation: in float64, ``tr sqrt(S1 S2)`` is taken from the samples as the nuclear
-    norm of ``X1c X2c^T / sqrt((n1-1)(n2-1))`` (``X1c``, ``X2c`` the centred feature
-    matrices): the nonzero eigenvalues of ``S1 S2`` are the squared singular values of
-    that ``n1 x n2`` matrix, so this is the exact value of what ``scipy.linalg.sqrtm``
-    approximates, without its complex round-off and in milliseconds instead of minutes
-    (a 2048 x 2048 ``sqrtm`` took 100-140 s on the project's two shared CPU cores). :func:`frechet_distance` is
-    the textbook ``sqrtm`` form for statistics given as moments; the tests check both agree.
+LPIPS, FID
+    :mod:`innout.lpips_metric` and :mod:`innout.fid_metric` (their docstrings: the networks,
+    the weights, the small-sample bias of FID).
 
 MUSIQ, which some papers also report, is not computed here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
+import html
+import json
+import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage
+from PIL import Image, ImageDraw
 
-from innout.boxes import Bbox, crop, mask_bbox, read_object_mask  # noqa: F401  (the protocol's box: part of this API)
-from innout.errors import StageError
-from innout.devices import resolve_device
-from innout.models import ALEXNET_URL, INCEPTION_URL, VGG16_URL, torch_home
+from innout.boxes import (  # noqa: F401  (the protocol's box: part of this API)
+    Bbox,
+    crop,
+    mask_bbox,
+    read_boxes,
+    read_object_mask,
+)
+from innout.devices import stage_device
+from innout.errors import InputError
+from innout.fid_metric import FidMetric
+from innout.frames import read_scene
+from innout.image_metrics import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, image_pair, psnr, ssim
+from innout.lpips_metric import LPIPS_MIN_SIDE, LpipsMetric
 from innout.provenance import (
     RANDOM_BACKBONE,
     metric_backbones,
@@ -84,20 +62,10 @@ from innout.provenance import (
     weights_provenance,
 )
 from innout.stage import write_text_atomic
+from innout.viz import contact_sheet, weights_banner_html, with_banner, with_weights_banner
 
 # --------------------------------------------------------------------------- constants
 
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
-SSIM_K1 = 0.01
-SSIM_K2 = 0.03
-
-LPIPS_BACKBONES = ("vgg", "alex", "random")
-LPIPS_MIN_SIDE = 32
-BACKBONE_FILES = {"vgg": VGG16_URL.rsplit("/", 1)[1], "alex": ALEXNET_URL.rsplit("/", 1)[1]}
-INCEPTION_FILE = INCEPTION_URL.rsplit("/", 1)[1]
-FID_FEATURE = "2048"  # torch-fidelity's name of the pool3 features
-FID_DIMS = 2048
 
 METRICS_COLUMNS = ("scene", "lpips", "fid", "psnr", "ssim",
                    "lpips_before", "fid_before", "psnr_before", "ssim_before", "weights", "lpips_backbone", "fid_backbone")
@@ -115,363 +83,17 @@ MEAN_ROW = "mean"
 
 # --------------------------------------------------------------------------- inputs
 
-def _as_image(img: Any, name: str = "image") -> np.ndarray:
-    """float64 ``HxWxC`` (C = 1 or 3) in [0, 1] from a float array in [0, 1] (1e-6 of
-    round-off is tolerated and clipped) or ``uint8``."""
-    a = np.asarray(img)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3):
-        raise ValueError(f"{name}: expected HxW or HxWx3, got shape {np.asarray(img).shape}")
-    if a.dtype == np.uint8:
-        return a.astype(np.float64) / 255.0
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{name}: expected float in [0, 1] or uint8, got {a.dtype}")
-    a = a.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name}: has NaN or inf values")
-    if a.size and (a.min() < -1e-6 or a.max() > 1.0 + 1e-6):
-        raise ValueError(f"{name}: values outside [0, 1] (min {a.min():.4g}, max {a.max():.4g})")
-    return np.clip(a, 0.0, 1.0)  # round-off of at most 1e-6 is clipped
-
-
-def _pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
-    p, g = _as_image(pred, "pred"), _as_image(gt, "gt")
-    if p.shape != g.shape:
-        raise ValueError(f"pred and gt differ in shape: {p.shape} vs {g.shape}")
-    if p.shape[0] == 0 or p.shape[1] == 0:
-        raise ValueError(f"empty image of shape {p.shape}")
-    return p, g
-
-
-def _rgb(a: np.ndarray) -> np.ndarray:
-    return np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
-
 
 # --------------------------------------------------------------------------- PSNR, SSIM
-
-def psnr(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB, peak 1.0, over all pixels and channels;
-    ``inf`` for identical images."""
-    p, g = _pair(pred, gt)
-    mse = float(np.mean((p - g) ** 2))
-    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
-
-
-def ssim_window(height: int, width: int) -> int:
-    """The averaging window ``s`` of SSIM for an image of this size: 11, or the largest odd
-    size that fits (>= 3)."""
-    win = min(SSIM_WINDOW, height, width)
-    win -= 1 - win % 2  # largest odd number <= win
-    if win < 3:
-        raise ValueError(f"image of {height}x{width} px is too small for SSIM (needs >= 3 px on each side)")
-    return win
-
-
-def _gaussian(win: int, sigma: float) -> np.ndarray:
-    x = np.arange(win, dtype=np.float64) - (win - 1) / 2
-    k = np.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
-def ssim(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Structural similarity (module docstring: Gaussian window 11, sigma 1.5, K1 0.01,
-    K2 0.03, L 1, mean over the valid positions and the channels). Identical images give 1."""
-    p, g = _pair(pred, gt)
-    h, w = p.shape[:2]
-    r = ssim_window(h, w) // 2
-    kernel = _gaussian(SSIM_WINDOW, SSIM_SIGMA)
-    c1, c2 = (SSIM_K1 * 1.0) ** 2, (SSIM_K2 * 1.0) ** 2
-
-    def smooth(a: np.ndarray) -> np.ndarray:
-        out = ndimage.correlate1d(a, kernel, axis=0, mode="reflect")
-        out = ndimage.correlate1d(out, kernel, axis=1, mode="reflect")
-        return out[r:h - r, r:w - r]  # positions whose window lies inside the image
-
-    values = []
-    for c in range(p.shape[2]):
-        x, y = p[:, :, c], g[:, :, c]
-        mx, my = smooth(x), smooth(y)
-        vx, vy, vxy = smooth(x * x) - mx * mx, smooth(y * y) - my * my, smooth(x * y) - mx * my
-        s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-        values.append(float(s.mean()))
-    return float(np.mean(values))
 
 
 # --------------------------------------------------------------------------- helpers
 
-def checkpoint_path(cache_dir: str | Path | None, filename: str, what: str) -> Path:
-    """``<cache_dir>/torch/hub/checkpoints/<filename>`` (where the ``models`` rule puts the
-    torch.hub checkpoints); a one-line ``StageError`` naming the file when it is absent."""
-    if cache_dir is None:
-        raise StageError("evaluate", f"{what}: no models cache_dir given (it holds torch/hub/checkpoints/{filename})")
-    path = torch_home(cache_dir) / "hub" / "checkpoints" / filename
-    if not path.is_file():
-        raise StageError("evaluate", f"{what} weights missing: {path} (run the `models` rule first; nothing is downloaded here)")
-    return path
-
-
-def _to_tensor(a: np.ndarray, device: Any):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(_rgb(a).transpose(2, 0, 1))).float()[None].to(device)
-
 
 # --------------------------------------------------------------------------- LPIPS
 
-class LpipsMetric:
-    """LPIPS between two crops (module docstring). ``backbone``: ``vgg`` | ``alex`` (ImageNet
-    trunk from ``cache_dir``, calibrated heads from the lpips package) | ``random`` (random
-    trunk and heads from ``seed``: offline presets, results are not measurements).
-
-    Nothing is downloaded: the lpips model is always built with ``pnet_rand=True`` (so
-    torchvision fetches nothing) and the trunk's weights are then copied from the cache."""
-
-    def __init__(self, backbone: str = "vgg", cache_dir: str | Path | None = None, device: str = "cpu", *,
-                 seed: int = 0, min_side: int = LPIPS_MIN_SIDE):
-        if backbone not in LPIPS_BACKBONES:
-            raise ValueError(f"lpips backbone {backbone!r} is not one of {', '.join(LPIPS_BACKBONES)}")
-        self.backbone, self.seed, self.min_side = backbone, int(seed), int(min_side)
-        self.random_weights = backbone == "random"
-        self.device = resolve_device(device)
-        net = "vgg" if self.random_weights else backbone
-        trunk = None if self.random_weights else checkpoint_path(cache_dir, BACKBONE_FILES[backbone], f"LPIPS {backbone} backbone")
-
-        import lpips
-        import torch
-
-        # Built on the meta device (no weights, no download, no 138 M-parameter VGG init),
-        # then allocated and every tensor written below; a tensor left unwritten (NaN) is an error.
-        with warnings.catch_warnings(), torch.device("meta"):
-            # lpips passes torchvision the deprecated `pretrained=False`: a warning, nothing more
-            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
-            model = lpips.LPIPS(net=net, version="0.1", pretrained=False, pnet_rand=True, verbose=False)
-        model = model.to_empty(device="cpu")
-        with torch.no_grad():
-            for tensor in [*model.parameters(), *model.buffers()]:
-                tensor.fill_(float("nan"))
-        model.scaling_layer = lpips.ScalingLayer()  # lpips' input normalisation (constants)
-        if self.random_weights:
-            _random_lpips(model, self.seed)
-            self.description = f"LPIPS v0.1, VGG16 trunk and linear heads with RANDOM weights (seed {self.seed})"
-        else:
-            _load_lpips_heads(model, net)
-            _load_trunk(model.net, net, trunk)
-            self.description = f"LPIPS v0.1, {net} trunk ({trunk.name}), calibrated linear heads (lpips package)"
-        unset = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if torch.isnan(t).any()]
-        if unset:
-            raise RuntimeError(f"LPIPS tensors left uninitialised (lpips version change?): {unset}")
-        self.model = model.eval().requires_grad_(False).to(self.device)
-
-    def __call__(self, pred: np.ndarray, gt: np.ndarray) -> float:
-        import torch
-        import torch.nn.functional as F
-
-        p, g = _pair(pred, gt)
-        a, b = _to_tensor(p, self.device), _to_tensor(g, self.device)
-        h, w = a.shape[-2:]
-        if min(h, w) < self.min_side:
-            scale = self.min_side / min(h, w)
-            size = (max(self.min_side, round(h * scale)), max(self.min_side, round(w * scale)))
-            a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
-            b = F.interpolate(b, size=size, mode="bilinear", align_corners=False)
-        with torch.no_grad():
-            d = self.model(a * 2 - 1, b * 2 - 1)
-        return float(d.reshape(-1)[0].item())
-
-
-def _random_lpips(model: Any, seed: int) -> None:
-    """Seeded random LPIPS weights: the trunk's convolutions as torchvision initialises VGG
-    (Kaiming-normal, fan-out, ReLU; zero bias), the linear heads as PyTorch initialises a
-    1x1 convolution (Kaiming-uniform), then made non-negative."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.net.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=g)
-                torch.nn.init.zeros_(module.bias)
-        for lin in model.lins:
-            conv = lin.model[-1]
-            torch.nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5), generator=g)
-            conv.weight.abs_()
-
-
-def _load_lpips_heads(model: Any, net: str) -> None:
-    """The calibrated linear heads shipped inside the lpips package (``weights/v0.1``)."""
-    import lpips
-    import torch
-
-    path = Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
-    if not path.is_file():
-        raise StageError("evaluate", f"LPIPS linear heads missing: {path} (reinstall the lpips package)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    expected = {k for k in model.state_dict() if k.startswith("lin") and not k.startswith("lins.")}  # lins.* alias lin*
-    if set(state) != expected:
-        raise StageError("evaluate", f"{path}: unexpected LPIPS head keys {sorted(set(state) ^ expected)}")
-    model.load_state_dict(state, strict=False)
-
-
-def _load_trunk(trunk: Any, net: str, path: Path) -> None:
-    """Copy a torchvision ``vgg16`` / ``alexnet`` checkpoint's ``features.<i>`` layers into
-    lpips' trunk, whose slices keep torchvision's layer indices as module names."""
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    wanted = {k for k in state if k.startswith("features.")}
-    used = set()
-    with torch.no_grad():
-        for name, module in trunk.named_modules():
-            if not isinstance(module, torch.nn.Conv2d):
-                continue
-            index = name.rsplit(".", 1)[1]
-            for param in ("weight", "bias"):
-                key = f"features.{index}.{param}"
-                if key not in state or state[key].shape != getattr(module, param).shape:
-                    raise StageError("evaluate", f"{path}: not a torchvision {net} checkpoint ({key} missing or misshapen)")
-                getattr(module, param).copy_(state[key])
-                used.add(key)
-    if used != wanted:
-        raise StageError("evaluate", f"{path}: layers not used by the {net} trunk: {sorted(wanted - used)}")
-
 
 # --------------------------------------------------------------------------- FID
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64, with
-    ``scipy.linalg.sqrtm`` (the pytorch-fid recipe: when the product is singular enough for
-    ``sqrtm`` to fail, ``eps * I`` is added to both covariances; the real part is kept)."""
-    from scipy import linalg
-
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(s1.shape[0]) * eps
-        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(np.real(covmean)))
-
-
-def frechet_distance_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
-    """Frechet distance between Gaussian fits (mean, unbiased covariance) of two feature
-    sets ``(n1, d)`` and ``(n2, d)``, each n >= 2, exactly, in float64:
-    ``|mu1 - mu2|^2 + tr S1 + tr S2 - 2 ||X1c X2c^T||_* / sqrt((n1 - 1)(n2 - 1))``.
-    Cost O(n1 n2 d): meant for the few dozen views of a scene (module docstring).
-    Never negative beyond round-off; clipped at 0."""
-    a, b = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature sets must be (n, d) with equal d, got {a.shape} and {b.shape}")
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"FID needs at least 2 images per set, got {len(a)} and {len(b)}")
-    mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
-    ac, bc = a - mu1, b - mu2
-    n1, n2 = len(a) - 1, len(b) - 1
-    trace_sqrt = np.linalg.svd(ac @ bc.T, compute_uv=False).sum() / math.sqrt(n1 * n2)
-    diff = mu1 - mu2
-    value = diff @ diff + (ac * ac).sum() / n1 + (bc * bc).sum() / n2 - 2.0 * trace_sqrt
-    return max(0.0, float(value))
-
-
-class FidMetric:
-    """FID between the crops of the renders and of the photos of one scene (module
-    docstring): torch-fidelity's ``inception-v3-compat``, 2048-d pool3 features.
-
-    ``random_weights=False`` reads ``<cache_dir>/torch/hub/checkpoints/`` + :data:`INCEPTION_FILE`
-    (the ``models`` rule's download; a missing file is a one-line error, never a download);
-    ``random_weights=True`` builds the same network with seeded random weights (conv:
-    Kaiming-normal for ReLU, batch norms the identity, fc: N(0, 0.01)) for offline presets."""
-
-    def __init__(self, random_weights: bool = False, cache_dir: str | Path | None = None, device: str = "cpu", *,
-                 seed: int = 0, batch_size: int = 8):
-        self.random_weights, self.seed, self.batch_size = bool(random_weights), int(seed), int(batch_size)
-        self.backbone = RANDOM_BACKBONE if self.random_weights else "inception"
-        self.device = resolve_device(device)
-        try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        except ImportError as err:
-            raise StageError("evaluate", "FID needs the torch-fidelity package (pip install torch-fidelity)") from err
-        if self.random_weights:
-            self.network = _random_inception(FeatureExtractorInceptionV3, self.seed)
-            self.description = f"FID: inception-v3-compat (torch-fidelity) with RANDOM weights (seed {self.seed}), 2048-d pool3"
-        else:
-            path = checkpoint_path(cache_dir, INCEPTION_FILE, "FID Inception")
-            self.network = FeatureExtractorInceptionV3("inception-v3-compat", [FID_FEATURE],
-                                                       feature_extractor_weights_path=str(path))
-            self.description = f"FID: inception-v3-compat (torch-fidelity, {path.name}), 2048-d pool3"
-        self.network = self.network.to(self.device).eval()
-        self.cache_size = 1024  # remembered feature vectors (16 kB each)
-        self._cache: dict[tuple, np.ndarray] = {}
-
-    def features(self, images: Iterable[np.ndarray]) -> np.ndarray:
-        """``(n, 2048)`` float64 pool3 features; images of any size (resized to 299 inside),
-        quantised to ``uint8`` as the network expects; equal sizes are batched. Features are
-        remembered by image content (the photos' crops recur when a scene's "before" and
-        "after" renders are scored against them), up to :attr:`cache_size` images."""
-        import torch
-
-        quantised = [np.round(_rgb(_as_image(im, f"image {i}")) * 255.0).astype(np.uint8) for i, im in enumerate(images)]
-        keys = [(q.shape, hashlib.sha1(q.tobytes()).hexdigest()) for q in quantised]
-        found = {k: self._cache[k] for k in keys if k in self._cache}
-        todo: dict[tuple, list[int]] = {}  # image shape -> one index per distinct new image
-        pending: set[tuple] = set()
-        for i, (q, key) in enumerate(zip(quantised, keys)):
-            if key not in found and key not in pending:
-                pending.add(key)
-                todo.setdefault(q.shape, []).append(i)
-        with torch.no_grad():
-            for indices in todo.values():
-                for start in range(0, len(indices), self.batch_size):
-                    chunk = indices[start:start + self.batch_size]
-                    batch = torch.from_numpy(np.stack([quantised[i].transpose(2, 0, 1) for i in chunk])).to(self.device)
-                    (feats,) = self.network(batch)
-                    for i, f in zip(chunk, feats.double().cpu().numpy()):
-                        found[keys[i]] = f
-                        if len(self._cache) >= self.cache_size:
-                            self._cache.pop(next(iter(self._cache)))  # oldest first
-                        self._cache[keys[i]] = f
-        return np.stack([found[k] for k in keys]) if keys else np.zeros((0, FID_DIMS))
-
-    def score(self, preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> float:
-        """FID between two image sets (each >= 2 images; small-sample bias: module docstring)."""
-        if len(preds) < 2 or len(gts) < 2:
-            raise ValueError(f"FID needs at least 2 images per set, got {len(preds)} and {len(gts)}")
-        return frechet_distance_from_features(self.features(preds), self.features(gts))
-
-
-def _random_inception(cls: type, seed: int) -> Any:
-    """torch-fidelity's Inception with seeded random weights. Its constructor always loads
-    a state dict (from a path, else from the internet); it is given an in-memory empty
-    one, and the subclass's ``load_state_dict`` initialises the weights instead."""
-    import torch
-
-    class RandomInceptionV3(cls):
-        def load_state_dict(self, state_dict, strict=True, assign=False):  # noqa: D401 (torch signature)
-            if state_dict:
-                raise RuntimeError("the random Inception takes no weights")
-            g = torch.Generator().manual_seed(seed)
-            with torch.no_grad():
-                for module in self.modules():
-                    if isinstance(module, torch.nn.Conv2d):
-                        torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu", generator=g)
-                        if module.bias is not None:
-                            module.bias.zero_()
-                    elif isinstance(module, torch.nn.BatchNorm2d):
-                        module.reset_parameters()  # weight 1, bias 0, running mean 0, variance 1
-                    elif isinstance(module, torch.nn.Linear):
-                        torch.nn.init.normal_(module.weight, 0.0, 0.01, generator=g)
-                        module.bias.zero_()
-            self.innout_random_init = seed
-            return torch.nn.modules.module._IncompatibleKeys([], [])
-
-    empty = io.BytesIO()
-    torch.save({}, empty)
-    empty.seek(0)
-    network = RandomInceptionV3("inception-v3-compat", [FID_FEATURE], feature_extractor_weights_path=empty)
-    if getattr(network, "innout_random_init", None) != seed:
-        raise RuntimeError("torch-fidelity's Inception did not initialise through load_state_dict (version change?)")
-    return network
 
 
 # --------------------------------------------------------------------------- a scene
@@ -507,7 +129,7 @@ def evaluate_views(renders: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarr
         if mask.shape[:2] != gt.shape[:2]:
             raise ValueError(f"{name}: mask {mask.shape} does not match the image {gt.shape}")
         box = mask_bbox(mask, f"{name} mask")
-        p, g = _pair(crop(render, box), crop(gt, box))
+        p, g = image_pair(crop(render, box), crop(gt, box))
         pred_crops.append(p)
         gt_crops.append(g)
         views[name] = {"lpips": lpips(p, g) if lpips is not None else None,
@@ -635,9 +257,7 @@ BEFORE_WHAT = ("the pre-trained NeRF, trained without the masked pixels (no inpa
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
 
-    from innout.errors import InputError
 
     if not Path(path).is_file():
         raise InputError(path, "render not found")
@@ -652,8 +272,6 @@ def _scene_metrics(result: Mapping[str, Any]) -> dict:
 def _read_box_renders(folder: Path, boxes: Mapping[str, Bbox], what: str) -> dict[str, np.ndarray]:
     """The renders of each view's evaluation box (``folder/rgb/<view>.png``, as
     ``innout.render`` writes them), checked against the boxes the masks give now."""
-    from innout.boxes import read_boxes
-    from innout.errors import InputError
 
     rendered = read_boxes(folder)
     out = {}
@@ -685,11 +303,7 @@ def run_evaluate(transforms: Path, renders_dir: Path, before_dir: Path, out_json
     renders in their box over the photo (the report's picture). ``upstream_summary``: a
     summary.json whose weights provenance carries over (the render stage's): the result's
     ``weights`` is the weakest of it and the model set's (:mod:`innout.provenance`)."""
-    import json
-    import logging
 
-    from innout.devices import stage_device
-    from innout.pretrain import read_scene
 
     log = log or logging.getLogger("innout.evaluate")
     device, device_warning = stage_device(cfg, "evaluate")
@@ -758,9 +372,7 @@ def comparison_sheet(photos: Mapping[str, np.ndarray], boxes: Mapping[str, Bbox]
     the protocol scores; per-view PSNR/LPIPS in the captions; a banner with the weights'
     label (:func:`innout.provenance.banner_text`) and, under it, the note on random
     LPIPS/FID backbones. A picture saying so when there is nothing to compare."""
-    from PIL import Image, ImageDraw
 
-    from innout.viz import contact_sheet, with_banner, with_weights_banner
 
     names = sorted(photos)
     if len(names) > n_views:
@@ -794,9 +406,7 @@ def metrics_html(rows: Sequence[Mapping[str, Any]], networks: Sequence[str] = ()
     banner with the weakest weights' label and the note on random LPIPS/FID backbones when
     there are any; ``networks``: the LPIPS / FID networks the scenes were scored with (in
     words)."""
-    import html
 
-    from innout.viz import weights_banner_html
 
     columns = list(METRICS_COLUMNS)
     mean = mean_row(rows)
@@ -825,7 +435,6 @@ def metrics_html(rows: Sequence[Mapping[str, Any]], networks: Sequence[str] = ()
 def write_metrics_table(metrics_files: Mapping[str, Path], out_tsv: Path, out_html: Path | None = None) -> list[dict]:
     """``results/metrics.tsv`` (and its HTML page) from each scene's metrics.json: one row
     per scene, then the mean row (:func:`mean_row`). Returns the scene rows."""
-    import json
 
     rows, networks = [], []
     for scene, path in metrics_files.items():

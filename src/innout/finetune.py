@@ -4,7 +4,7 @@ The base stage's prior fit (stage 3) and refinement (stage 5) both start from a 
 folder written by an earlier stage (nerfstudio ``config.yml`` + checkpoint, see
 :mod:`innout.render`), optimise the same ``InnoutNerfactoModel`` with their own losses
 on rays they choose, and end in a NeRF folder of the same layout, so
-:meth:`innout.render.NerfRenderer.from_config`, ``ns-viewer`` and ``ns-render`` open it.
+:meth:`innout.renderer.NerfRenderer.from_config`, ``ns-viewer`` and ``ns-render`` open it.
 
 :class:`NerfTuner` holds the model, its Adam optimisers (nerfacto's: one for the
 proposal networks, one for the field, ``eps = 1e-15``, exponential decay), the
@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from innout.errors import StageError
-from innout.render import SIDECAR, NerfRenderer, find_nerf_config, latest_checkpoint
+from innout.renderer import SIDECAR, NerfRenderer, find_nerf_config, latest_checkpoint
 
 
 class NerfTuner:

@@ -1,3 +1,4 @@
+# Over 600 lines: the stage's two rules (a shard, the gather) share their fingerprint, inputs and checks; ELA, ILA and the diffusion calls live below it.
 """Stage 4: aligned multi-view inpainting (ELA + ILA), split into shards of views.
 
 Inputs: the posed scene (``transforms.json``: cameras, images, object masks of the train
@@ -83,13 +84,22 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from innout.cameras import Camera
+from innout.config import write_resolved
+from innout.consistency import UNIT, consistency_error
 from innout.devices import resolve_device, stage_device
+from innout.ela import align_noise_views, fresh_noise, view_seed
 from innout.errors import InputError, StageError
+from innout.frames import read_scene
+from innout.images import save_png
+from innout.models import check_manifest, load_inpainter
 from innout.provenance import provenance_fields, summary_provenance, weakest, weights_label, weights_provenance
-from innout.viz import with_weights_banner
+from innout.renderer import NerfRenderer, find_nerf_config
+from innout.stage import atomic_dir
+from innout.viz import contact_sheet, overlay_mask, with_weights_banner
 
 _log = logging.getLogger("innout.inpaint")
 
@@ -140,7 +150,6 @@ def _read_mask(path: Path) -> np.ndarray:
 
 def load_views(transforms: Path, names: Optional[Sequence[str]] = None) -> tuple[dict[str, Camera], dict[str, View]]:
     """Cameras of every train view (by name), and images/masks of ``names`` (all when None)."""
-    from innout.pretrain import read_scene
 
     _, _, train, _ = read_scene(transforms)
     cameras = {f.name: f.camera for f in train}
@@ -189,7 +198,6 @@ def read_base(base_dir: Path, train_names: Sequence[str], size: tuple[int, int],
 
     noise = _read_noise(base_dir / "noise.pt", latent_hw)
     nerf_dir = base_dir / "nerf"
-    from innout.render import find_nerf_config
 
     try:
         find_nerf_config(nerf_dir)
@@ -265,11 +273,6 @@ def _sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _save_png(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(rgb)).save(path)
-
-
 def masked_depth(renderer: Any, camera: Camera, mask: np.ndarray, stride: int = 1) -> np.ndarray:
     """The NeRF's depth (distance along the unit ray, scene units) of the pixels of
     ``mask`` on a grid of every ``stride``-th row and column; NaN elsewhere. Rendering
@@ -287,12 +290,9 @@ def masked_depth(renderer: Any, camera: Camera, mask: np.ndarray, stride: int = 
 
 
 def _load_pipe(cfg: Any, manifest: Optional[Path], log: logging.Logger):
-    from innout.models import load_inpainter
 
     cache_dir = cfg.models.cache_dir
     if manifest is not None:
-        from innout.models import check_manifest
-
         check_manifest(manifest, cfg.models)
         cache_dir = str(Path(manifest).parent)
     provenance = weights_provenance(cfg.models)
@@ -322,9 +322,6 @@ def run_inpaint_shard(
     ``manifest``: the models cache's ``manifest.json`` (checked against ``cfg.models``;
     its folder is the cache); ``pipe``: an already loaded pipeline (tests)."""
     from innout.diffusion import GUIDANCE_MODES, guidance, latent_size
-    from innout.ela import align_noise_views, fresh_noise, view_seed
-    from innout.render import NerfRenderer
-    from innout.stage import atomic_dir
 
     log = log or _log
     t_stage, cpu_stage = time.perf_counter(), time.process_time()
@@ -393,16 +390,16 @@ def run_inpaint_shard(
         noises[base.name] = base.noise
     with atomic_dir(out_dir) as tmp:
         for name in written:
-            _save_png(tmp / "images" / f"{name}.png", outputs[OUTPUT_VARIANT][name])
+            save_png(tmp / "images" / f"{name}.png", outputs[OUTPUT_VARIANT][name])
             for variant in VARIANTS:
                 if variant != OUTPUT_VARIANT:
-                    _save_png(tmp / "variants" / variant / f"{name}.png", outputs[variant][name])
+                    save_png(tmp / "variants" / variant / f"{name}.png", outputs[variant][name])
             (tmp / "noise").mkdir(exist_ok=True)
             np.save(tmp / "noise" / f"{name}.npy", noises[name].cpu().numpy().astype(np.float32))
             (tmp / "depth").mkdir(exist_ok=True)
             np.save(tmp / "depth" / f"{name}.npy", depths[name])
         for variant, image in base_outputs.items():  # the base trajectories, for the gather's comparison
-            _save_png(tmp / "base" / f"{variant}.png", image)
+            save_png(tmp / "base" / f"{variant}.png", image)
         manifest_data = {
             "shard": shard, "shards": n_shards, "base_view": base.name, "views": written, "targets": list(targets),
             "inputs": shard_inputs(cfg, base_dir, base),
@@ -553,7 +550,6 @@ def _variant_path(root: Path, variant: str, name: str) -> Path:
 
 
 def _consistency(out: Path, base_view: str, base_mask: np.ndarray, views: dict[str, View], depths: dict[str, np.ndarray]) -> dict:
-    from innout.consistency import consistency_error
 
     results = {}
     base_cam = views[base_view].camera
@@ -581,9 +577,6 @@ def gather_inpaint(
 ) -> dict:
     """Merge the shards' folders into ``out_dir`` (see the module docstring), score the
     consistency of every variant and write ``summary.json``. Returns the summary."""
-    from innout.config import write_resolved
-    from innout.consistency import UNIT
-    from innout.stage import atomic_dir
 
     log = log or _log
     t0 = time.perf_counter()
@@ -675,7 +668,6 @@ def _summary(cfg, shards, scores, base: BaseInputs, base_diff: float, weights: s
 
 def _plain(node: Any) -> dict:
     """A config section as a plain dict (for JSON)."""
-    from omegaconf import OmegaConf
 
     return dict(node) if isinstance(node, dict) else OmegaConf.to_container(node, resolve=True)
 
@@ -690,7 +682,6 @@ def _jsonable(x: Any) -> Any:
 
 def _comparison(out: Path, views: dict[str, View], base_view: str, n_targets: int = 3):
     """The base view and a few targets: input with its mask, then one tile per variant."""
-    from innout.viz import contact_sheet, overlay_mask
 
     others = [n for n in sorted(views) if n != base_view]
     # evenly spread over the name-sorted views (neighbours in a capture look alike)

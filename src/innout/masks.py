@@ -4,9 +4,9 @@ Runs only for scenes that give masks of some views (``masks`` column of the scen
 ``some`` or a list of views; see docs/scene-format.md), between ``poses`` and
 ``pretrain``:
 
-1. **Geometry.** A NeRF of the *whole* scene (the pretrain stage's NeRF and settings,
-   :func:`innout.pretrain.run_pretrain`, trained on every pixel of the train views: the
-   object included), in ``work_dir`` (checkpoints there: a killed run resumes). Each train
+1. **Geometry.** A NeRF of the *whole* scene (the pretrain stage's NeRF, settings and
+   training, :func:`innout.nerf_training.train_nerf`, on every pixel of the train views:
+   the object included), in ``work_dir`` (checkpoints there: a killed run resumes). Each train
    view's surface is its median depth (where the ray's volume-rendering weight reaches
    half: one surface per pixel, also at the object's outline, where the expected depth
    would average the object and the background behind it).
@@ -45,13 +45,28 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from innout.cameras import Camera, umeyama_similarity
-from innout.carving import (DECIDED_BY_ANNOTATION, DECIDED_BY_NEIGHBOURS, DECIDED_BY_PROPAGATION, CarvingSettings,
-                            Propagation, ViewGeometry, propagate)
+from innout.carving import (
+    DECIDED_BY_ANNOTATION,
+    DECIDED_BY_NEIGHBOURS,
+    DECIDED_BY_PROPAGATION,
+    CarvingSettings,
+    Propagation,
+    ViewGeometry,
+    propagate,
+)
 from innout.edge_snap import snap_to_edges
 from innout.errors import InputError, StageError
+from innout.frames import read_scene, resolve_path
+from innout.image_metrics import psnr_masked
+from innout.images import load_rgb
 from innout.mask_cleanup import CleanupSettings, clean_mask, dilate_mask
+from innout.nerf_training import NS_DIR, train_nerf
 from innout.object_box import BOX_FILE, ObjectBox, read_box
+from innout.renderer import NerfRenderer
+from innout.sam_refine import load_sam, refine
+from innout.stage import atomic_dir
 from innout.view_suggest import spread_of, suggest_views
+from innout.viz import masks_overview
 
 STAGE = "masks"
 _log = logging.getLogger("innout.masks")
@@ -138,18 +153,13 @@ def _unmasked_transforms(meta: dict, base: Path, train_names: set[str]) -> dict:
         if Path(fr["file_path"]).stem not in train_names:
             continue
         fr = {k: v for k, v in fr.items() if k not in ("mask_path", "innout_object_mask", "innout_mask")}
-        fr["file_path"] = str(_abs(base, fr["file_path"]))
+        fr["file_path"] = str(resolve_path(base, fr["file_path"]))
         frames.append(fr)
     out["frames"] = frames
     out["train_filenames"] = [f["file_path"] for f in frames]
     out["val_filenames"] = out["train_filenames"]
     out["test_filenames"] = []
     return out
-
-
-def _abs(base: Path, value: str) -> Path:
-    p = Path(value)
-    return p if p.is_absolute() else base / p
 
 
 def _nerf_config(cfg: Any) -> Any:
@@ -165,14 +175,13 @@ def _nerf_config(cfg: Any) -> Any:
 
 def train_scene_nerf(meta: dict, base: Path, train_names: set[str], work_dir: Path, cfg: Any, log: logging.Logger) -> Path:
     """Train (or resume, or reuse) the whole-scene NeRF; returns its nerfstudio config.yml."""
-    from innout.pretrain import NS_DIR, run_pretrain
 
     work_dir.mkdir(parents=True, exist_ok=True)
     data = work_dir / "scene_unmasked.json"
     data.write_text(json.dumps(_unmasked_transforms(meta, base, train_names), indent=1))
     nerf_dir = work_dir / "nerf"
     log.info("masks: training a NeRF of the whole scene (every pixel, %d train views)", len(train_names))
-    summary = run_pretrain(data, nerf_dir, work_dir / "train", _nerf_config(cfg), log=log, quality_patches=False)
+    summary = train_nerf(data, nerf_dir, work_dir / "train", _nerf_config(cfg), log=log)  # no quality patches
     log.info("masks: whole-scene NeRF trained (%d steps, final loss %s)", summary["iterations"], summary.get("final_loss"))
     return nerf_dir / NS_DIR / "config.yml"
 
@@ -182,8 +191,6 @@ def render_surfaces(nerf_config: Path, cameras: dict[str, Camera], device: str, 
     """Each view's surface distances (H, W) along its unit pixel rays, scene units, as
     ``{"median": ..., "expected": ...}`` (both come from one rendering), and with
     ``images`` the PSNR of the rendered colour (``"psnr"``: how well the NeRF fits)."""
-    from innout.pretrain import load_rgb, psnr_masked
-    from innout.render import NerfRenderer
 
     renderer = NerfRenderer.from_config(nerf_config, device=device)
     out, t0 = {}, time.perf_counter()
@@ -248,8 +255,6 @@ def _mean(values: list[float]) -> float | None:
 def run_masks(camera_transforms: Path, scene_transforms: Path, out_dir: Path, work_dir: Path, cfg: Any,
               log: logging.Logger | None = None) -> dict:
     """Make every train view's object mask (see the module docstring); returns the summary."""
-    from innout.pretrain import read_scene
-    from innout.stage import atomic_dir
 
     log = log or _log
     t_stage = time.perf_counter()
@@ -319,8 +324,6 @@ def run_masks(camera_transforms: Path, scene_transforms: Path, out_dir: Path, wo
     sam_records: dict[str, dict] = {}
     sam_random = False
     if str(mc.sam):
-        from innout.sam_refine import load_sam, refine
-
         refiner = load_sam(str(mc.sam), device=str(cfg.device))
         sam_random = refiner.random_weights
         images = {f.name: f.image for f in train}
@@ -372,7 +375,6 @@ def run_masks(camera_transforms: Path, scene_transforms: Path, out_dir: Path, wo
             Image.fromarray(raw[n].astype(np.uint8) * 255).save(tmp / "raw" / f"{n}.png")
         out_meta = _transforms_with_masks(meta, camera_transforms.parent, out_dir, set(names), info, per_view)
         (tmp / "transforms.json").write_text(json.dumps(out_meta, indent=2))
-        from innout.viz import masks_overview
 
         masks_overview({f.name: f.image for f in train}, raw, references, sorted(annotations), tmp / "overview.png")
         summary = {
@@ -422,7 +424,7 @@ def _transforms_with_masks(meta: dict, base: Path, out_dir: Path, names: set[str
         fr = dict(fr)
         for key in _PATH_KEYS:
             if key in fr:
-                fr[key] = str(_abs(base, fr[key]))
+                fr[key] = str(resolve_path(base, fr[key]))
         name = Path(fr["file_path"]).stem
         if name in names:
             fr["mask_path"] = str(out_dir / "nerf_masks" / f"{name}.png")
@@ -432,7 +434,7 @@ def _transforms_with_masks(meta: dict, base: Path, out_dir: Path, names: set[str
     out["frames"] = frames
     for key in ("train_filenames", "val_filenames", "test_filenames"):
         if key in out:
-            out[key] = [str(_abs(base, p)) for p in out[key]]
+            out[key] = [str(resolve_path(base, p)) for p in out[key]]
     innout = dict(out.get("innout", {}))
     innout.update({"masks": {**info, "made_by": "masks stage"}, "paths": "absolute"})
     out["innout"] = innout

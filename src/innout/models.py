@@ -1,3 +1,4 @@
+# Over 600 lines: hub, cache and offline random-weight models of every kind, in one manifest; another branch edits it, so it is left whole here.
 """Every model weight the workflow uses: where it comes from, how it is loaded.
 
 Model sets (``src/innout/conf/model/*.yaml``, :class:`innout.config.ModelsConfig`); each

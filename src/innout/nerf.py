@@ -1,3 +1,4 @@
+# Over 600 lines: the innout-nerfacto method: its config, model and field subclasses, and the NeRF-folder helpers nerfstudio's tools need, one registration.
 """The geometry NeRF of In-N-Out as a nerfstudio method plugin (``innout-nerfacto``).
 
 nerfacto with three changes the method needs:
@@ -20,14 +21,14 @@ The method is registered through the ``nerfstudio.method_configs`` entry point
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, Dict, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-
+import yaml
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.configs.base_config import ViewerConfig
@@ -52,6 +53,9 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 from nerfstudio.utils import colormaps
+from torch import Tensor, nn
+
+from innout.errors import StageError
 
 METHOD_NAME = "innout-nerfacto"
 """Name of the method in nerfstudio (entry point name = ``TrainerConfig.method_name``)."""
@@ -74,7 +78,6 @@ def resolve_implementation(name: str, device: str | torch.device) -> str:
     MLPs, several times faster) on CUDA when tiny-cuda-nn imports, else ``torch``.
     ``tcnn`` without CUDA or tiny-cuda-nn is an error: a tcnn NeRF loads only there, and a
     later stage (render, refine) would fail on its checkpoint."""
-    from innout.errors import StageError
 
     name, on_cuda = str(name), torch.device(device).type == "cuda"
     if name not in IMPLEMENTATIONS:
@@ -638,7 +641,6 @@ def workdir_relative(path: Path) -> Path:
 def rebase_transforms(data: Dict[str, Any], from_dir: Path, to_dir: Path) -> Dict[str, Any]:
     """A transforms.json dict with every file path (the frames' and the split lists')
     relative to ``to_dir``; relative paths in ``data`` are taken relative to ``from_dir``."""
-    import os
 
     def rebase(value: str) -> str:
         source = Path(value) if Path(value).is_absolute() else Path(from_dir) / value
@@ -657,7 +659,6 @@ def write_folder_config(config: TrainerConfig, ns_dir: Path, final_ns_dir: Path)
     """Write ``config`` as ``ns_dir/config.yml`` naming the folder ``final_ns_dir`` it will
     live in (``ns_dir`` may be a temporary sibling renamed into place later): output_dir,
     experiment_name and data as nerfstudio's tools resolve them (see above)."""
-    import yaml
 
     final_ns_dir = Path(final_ns_dir)
     config.method_name = METHOD_NAME

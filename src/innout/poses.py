@@ -1,3 +1,4 @@
+# Over 600 lines: the COLMAP run is one sequence (features, matching with its fallback, mapping, checks, writing): split, its steps would only pass their state around.
 """The ``poses`` stage: camera intrinsics and extrinsics from COLMAP (pycolmap).
 
 Input is a canonical scene (``docs/scene-format.md``); output is a folder ::
@@ -79,11 +80,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from innout.cameras import Intrinsics, opencv_w2c_to_opengl_c2w, rotation_angle_deg, umeyama_similarity
 from innout.errors import InputError, StageError
+from innout.stage import replace_dir
 from innout.viz import pose_plot
 
 STAGE = "poses"
@@ -209,7 +212,6 @@ def _source_size(frame: dict, source: Path) -> tuple[int, int]:
 
 def _colmap_mask(object_mask_path: Path, size: tuple[int, int], dilate_px: int) -> Image.Image:
     """COLMAP feature mask at ``size`` (w, h): 0 on the (dilated) object, 255 elsewhere."""
-    import cv2
 
     with Image.open(object_mask_path) as im:
         obj = np.asarray(im.convert("L")) > 127
@@ -320,17 +322,6 @@ class _PhaseClock:
 def _seed_options(obj: Any, seed: int) -> None:
     if hasattr(obj, "random_seed"):
         obj.random_seed = seed
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move ``tmp`` onto ``out_dir``, replacing whatever was there."""
-    old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "x")
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -617,7 +608,7 @@ def estimate_poses(
                   {n: ref[n][:3, 3].tolist() for n in ref} if comparison else None, unregistered,
                   _pose_caption(summary), tmp / "cameras.png")
         shutil.rmtree(work)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

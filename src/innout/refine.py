@@ -1,4 +1,4 @@
-"""Refinement building blocks (In-N-Out, stage 5), pure torch/numpy.
+"""Stage 5, refinement (In-N-Out): the NeRF refined with the patch loss.
 
 The NeRF is refined with
 
@@ -6,64 +6,13 @@ The NeRF is refined with
     L_patch = l1_weight * L1 + lpips_weight * LPIPS + adv_weight * L_adv,
 
 where L_rec is the photometric loss on random rays through UNMASKED pixels of all train
-views (:func:`sample_unmasked_pixels`), L_prior the base view's prior loss (stage 3), and
+views (:func:`innout.patch_sampling.sample_unmasked_pixels`), L_prior the base view's prior loss (stage 3), and
 L_patch compares square patches rendered by the NeRF with the same patches of the
-aligned inpaintings (stage 4). This module holds the pieces; the nerfstudio training
-loop lives elsewhere. ``lambda_patch`` is applied HERE: ``patch_loss(...)["total"]``
-already carries it, so a step's loss is ``rec + prior_weight * prior + out["total"]``.
-
-View subset (:func:`select_patch_views`)
-    Every train view but the base is put in one of 12 groups by the offset of its centre
-    in the base camera's frame, ``d = R_base^T (c_view - c_base)`` (axes: x right, y up,
-    z backwards; :mod:`innout.cameras`):
-
-    * ``x+`` if ``d_x >= 0`` else ``x-``; ``y+`` if ``d_y >= 0`` else ``y-``;
-    * ``z0 / z1 / z2``: terciles of ``d_z`` by RANK among the non-base views (sorted by
-      ``(d_z, name)``, rank ``r`` of ``n`` goes to ``floor(3 r / n)``), so ``z0`` holds
-      the views furthest in front of the base camera (towards the scene) and ``z2``
-      those furthest behind; the three counts differ by at most one, whatever the
-      capture's depth spread (forward-facing captures have almost none).
-
-    Group ids are ``"x+y-z0"`` etc. (:data:`GROUP_IDS`); a group may be empty. From each
-    non-empty group the ``ceil(keep_fraction * n)`` views most similar to the base are
-    kept, so every direction around the base keeps at least one view. The base view itself
-    is added only with ``include_base`` (it is supervised by L_prior already).
-
-    What "similar" means is ``refine.subset_by`` (:func:`subset_scores`):
-
-    * ``phash`` (the paper): the Hamming distance between the perceptual hashes
-      (``imagehash.phash``, 64 bits) of the view's inpainting and the base view's, each
-      cropped to the bounding box of its own mask (the inpainted content and its
-      surroundings; the whole frames would mostly compare where the masks lie);
-    * ``lpips`` (the released code): the LPIPS distance between the same box crops, both
-      resized to the base crop's size;
-    * ``pose``: ``1 - (angle / max_angle + dist / max_dist) / 2`` in [0, 1], ``angle``
-      the angle between the two viewing directions (-z axes), ``dist`` the distance
-      between the centres, both normalised by their maximum over the non-base views (a
-      term whose maximum is 0 contributes 0).
-
-    Ties (pHash distances are integers) go to the pose similarity, then to the name.
-
-Patches (:class:`PatchSampler`)
-    A patch is ``size = min(patch_size, H, W)`` pixels square. Its centre pixel is drawn
-    uniformly from the pixels of the bounding box of the view's mask, the patch is
-    placed at ``y0 = cy - size // 2`` (likewise x) and clamped into the image, so it
-    always lies fully inside the image and always contains the drawn centre, hence
-    intersects the bounding box. Pixel coordinates are integer ``(row, col)`` =
-    ``(y, x)``; the ray of pixel ``(y, x)`` passes through its centre ``(x + .5, y + .5)``
-    as in :meth:`innout.cameras.Camera.rays` (:func:`pixel_rays`).
-
-Losses
-    Images are float tensors in [0, 1], patches ``(N, 3, S, S)``. LPIPS is given an
-    ``lpips.LPIPS``-like module (called as ``module(a, b)`` on images in [-1, 1], which
-    this module maps to); building it (and its backbone) is the caller's business, so
-    nothing is downloaded here. Adversarial: a StyleGAN2-style :class:`Discriminator`
-    on ``tile`` x ``tile`` tiles of the patches (:func:`extract_tiles`), non-saturating
-    losses (generator ``softplus(-D(fake))``; discriminator ``softplus(D(fake)) +
-    softplus(-D(real))``) with the INPAINTED patches as "real" and the NeRF's renders as
-    "fake", and an R1 penalty ``gamma / 2 * E ||grad_x D(x_real)||^2`` with the gradient
-    taken with respect to the image in [-1, 1] (StyleGAN2's convention, so published
-    gammas transfer), optionally lazy (every ``r1_every`` steps, scaled by it).
+aligned inpaintings (stage 4). The pieces live below this module: the view subset
+(:mod:`innout.patch_views`), patches and pixels (:mod:`innout.patch_sampling`), the
+discriminator (:mod:`innout.discriminator`) and the losses (:mod:`innout.patch_losses`);
+this module loads the inputs and runs the loop (:class:`Refiner`). ``lambda_patch`` is
+applied in :func:`innout.patch_losses.patch_loss`: ``patch_loss(...)["total"]`` already carries it, so a step's loss is ``rec + prior_weight * prior + out["total"]``.
 
 A step, in order: render the patches, ``out = patch_loss(pred, target, lpips, D, w)``
 (D's parameters get no gradient from it), backward ``rec + prior + out["total"]`` into
@@ -73,745 +22,46 @@ the NeRF and step its optimiser; then :func:`discriminator_step` with the same p
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
+import json
+import logging
 import math
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import imagehash
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
+from PIL import Image
 from torch import nn
+
+from innout.config import write_resolved
+from innout.devices import stage_device
+from innout.errors import InputError, StageError
+from innout.finetune import NerfTuner
+from innout.frames import load_keep_mask, read_scene
+from innout.images import load_rgb
+from innout.lpips_metric import make_lpips_module
+from innout.patch_losses import (
+    PatchLossWeights,
+    discriminator_step,
+    make_discriminator,
+    make_discriminator_optimizer,
+    patch_loss,
+)
+from innout.patch_sampling import PatchSampler, UnmaskedPixelSampler
+from innout.patch_views import select_patch_views, subset_scores
+from innout.renderer import find_nerf_config
+from innout.stage import atomic_dir
+from innout.training_log import TrainingLog
+from innout.viz import plot_curves
 
 from .cameras import Camera
 from .provenance import metric_backbones, provenance_fields, summary_provenance, weakest, weights_provenance
-
-GROUP_IDS: tuple[str, ...] = tuple(f"x{sx}y{sy}z{z}" for sx in "-+" for sy in "-+" for z in range(3))
-
-
-# --------------------------------------------------------------------------------------
-# view subset
-# --------------------------------------------------------------------------------------
-
-
-def _c2w(camera: Camera | np.ndarray) -> np.ndarray:
-    m = camera.c2w if isinstance(camera, Camera) else camera
-    m = np.asarray(m, dtype=float)
-    if m.shape not in ((4, 4), (3, 4)):
-        raise ValueError(f"a camera is a Camera or a 4x4/3x4 c2w, got shape {m.shape}")
-    return m
-
-
-def group_of_offset(dx: float, dy: float, z_tercile: int) -> str:
-    """The group id of an offset's x/y signs (zero counts as +) and its z tercile."""
-    if z_tercile not in (0, 1, 2):
-        raise ValueError(f"z tercile is 0, 1 or 2, got {z_tercile}")
-    return f"x{'+' if dx >= 0 else '-'}y{'+' if dy >= 0 else '-'}z{z_tercile}"
-
-
-def select_patch_views(
-    cameras: Mapping[str, Camera | np.ndarray],
-    base: str,
-    keep_fraction: float = 0.5,
-    include_base: bool = False,
-    scores: Optional[Mapping[str, float]] = None,
-) -> dict[str, Any]:
-    """Split the train views into the 12 groups around ``base`` and keep, per group, the
-    ``ceil(keep_fraction * n)`` most similar to it (module docstring: definitions).
-    ``scores``: {name: similarity to the base, higher = more similar} of every non-base
-    view (:func:`subset_scores`); None ranks by the pose similarity.
-
-    Returns plain data (JSON-ready)::
-
-        selected    kept names, in the order of ``cameras`` (the base first when included)
-        groups      {group_id: [names, most similar first]} for all 12 ids (maybe empty)
-        kept        {group_id: [kept names, most similar first]}
-        group_of    {name: group_id}
-        score       {name: the ranking score} (``scores``, or the pose similarity)
-        similarity  {name: pose similarity in [0, 1]}, 1 = the base's own pose
-        angle_deg   {name: angle between viewing directions}
-        distance    {name: distance between centres (scene units)}
-        offset      {name: [dx, dy, dz] in the base camera's frame}
-    """
-    if base not in cameras:
-        raise KeyError(f"base view {base!r} is not among the {len(cameras)} cameras")
-    if not 0.0 < keep_fraction <= 1.0:
-        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
-    b = _c2w(cameras[base])
-    rot_b, c_b = b[:3, :3], b[:3, 3]
-    fwd_b = -rot_b[:, 2] / np.linalg.norm(rot_b[:, 2])
-    others = [n for n in cameras if n != base]
-
-    offset, angle, dist = {}, {}, {}
-    for name in others:
-        m = _c2w(cameras[name])
-        offset[name] = rot_b.T @ (m[:3, 3] - c_b)
-        fwd = -m[:3, 2] / np.linalg.norm(m[:3, 2])
-        angle[name] = float(np.arccos(np.clip(np.dot(fwd_b, fwd), -1.0, 1.0)))
-        dist[name] = float(np.linalg.norm(m[:3, 3] - c_b))
-
-    max_a = max(angle.values(), default=0.0)
-    max_d = max(dist.values(), default=0.0)
-    similarity = {}
-    for name in others:
-        a_n = angle[name] / max_a if max_a > 0 else 0.0
-        d_n = dist[name] / max_d if max_d > 0 else 0.0
-        similarity[name] = 1.0 - 0.5 * (a_n + d_n)
-
-    n = len(others)
-    by_z = sorted(others, key=lambda k: (float(offset[k][2]), k))
-    tercile = {name: (3 * rank) // n for rank, name in enumerate(by_z)}
-    group_of = {k: group_of_offset(float(offset[k][0]), float(offset[k][1]), tercile[k]) for k in others}
-
-    score = dict(similarity) if scores is None else {k: float(scores[k]) for k in others}
-    order = lambda k: (-score[k], -similarity[k], k)  # noqa: E731  most similar first; ties: pose, then name
-    groups: dict[str, list[str]] = {g: [] for g in GROUP_IDS}
-    for name in others:
-        groups[group_of[name]].append(name)
-    kept: dict[str, list[str]] = {}
-    for g in GROUP_IDS:
-        groups[g].sort(key=order)
-        k = math.ceil(keep_fraction * len(groups[g]) - 1e-9) if groups[g] else 0
-        kept[g] = groups[g][:k]
-    keep = {name for names in kept.values() for name in names}
-    selected = ([base] if include_base else []) + [k for k in cameras if k in keep]
-    return {
-        "base": base,
-        "selected": selected,
-        "groups": groups,
-        "kept": kept,
-        "group_of": group_of,
-        "score": score,
-        "similarity": similarity,
-        "angle_deg": {k: math.degrees(v) for k, v in angle.items()},
-        "distance": dist,
-        "offset": {k: [float(x) for x in v] for k, v in offset.items()},
-    }
-
-
-SUBSET_BY = ("phash", "lpips", "pose")
-
-
-def box_crop(image: Any, mask: Any) -> np.ndarray:
-    """The image inside the bounding box of its mask (the whole image for an empty mask)."""
-    box = mask_bbox(mask)
-    img = np.asarray(image)
-    return img if box is None else img[box[0]:box[1], box[2]:box[3]]
-
-
-def _uint8(image: Any) -> np.ndarray:
-    a = np.asarray(image)
-    return a if a.dtype == np.uint8 else (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def subset_scores(
-    by: str,
-    inpainted: Mapping[str, Any],
-    masks: Mapping[str, Any],
-    base_image: Any,
-    base_mask: Any,
-    lpips_module: Optional[nn.Module] = None,
-    device: Any = "cpu",
-) -> Optional[dict[str, float]]:
-    """{name: similarity of the view's fill to the base view's, higher = more similar}
-    for ``refine.subset_by`` (module docstring): ``phash`` = minus the Hamming distance of
-    the box crops' pHashes, ``lpips`` = minus their LPIPS distance (``lpips_module`` as
-    :func:`patch_loss` takes it), ``pose`` = None (the pose similarity ranks)."""
-    if by not in SUBSET_BY:
-        raise ValueError(f"refine.subset_by is {by!r}: one of {', '.join(SUBSET_BY)}")
-    if by == "pose":
-        return None
-    base_crop = _uint8(box_crop(base_image, base_mask))
-    if by == "phash":
-        from PIL import Image
-
-        reference = imagehash.phash(Image.fromarray(base_crop))
-        return {n: -float(imagehash.phash(Image.fromarray(_uint8(box_crop(img, masks[n])))) - reference)
-                for n, img in inpainted.items()}
-    if lpips_module is None:
-        raise ValueError("refine.subset_by=lpips needs an LPIPS network (refine.lpips_weight > 0)")
-    h, w = base_crop.shape[:2]
-    ref = to_nchw(torch.from_numpy(base_crop.astype(np.float32) / 255.0)).to(device)
-    scores = {}
-    with torch.no_grad():
-        for name, img in inpainted.items():
-            crop = to_nchw(torch.from_numpy(_uint8(box_crop(img, masks[name])).astype(np.float32) / 255.0)).to(device)
-            crop = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
-            scores[name] = -float(lpips_distance(lpips_module, crop, ref).mean())
-    return scores
-
-
-# --------------------------------------------------------------------------------------
-# patches and pixels
-# --------------------------------------------------------------------------------------
-
-
-def _as_bool_mask(mask: Any) -> np.ndarray:
-    if isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy()
-    m = np.asarray(mask)
-    if m.ndim == 3 and m.shape[-1] == 1:
-        m = m[..., 0]
-    if m.ndim != 2:
-        raise ValueError(f"a mask is H x W, got shape {m.shape}")
-    return m.astype(bool)
-
-
-def mask_bbox(mask: Any) -> Optional[tuple[int, int, int, int]]:
-    """Inclusive bounding box ``(y_min, y_max, x_min, x_max)`` of a mask's True pixels;
-    None for an empty mask."""
-    m = _as_bool_mask(mask)
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-
-
-@dataclass(frozen=True)
-class Patch:
-    """A square patch ``[y0, y0 + size) x [x0, x0 + size)`` of view ``name``."""
-
-    name: str
-    y0: int
-    x0: int
-    size: int
-
-    def pixels(self) -> np.ndarray:
-        """``(size * size, 2)`` int64 ``(y, x)`` pixel coordinates, row-major."""
-        yy, xx = np.meshgrid(np.arange(self.y0, self.y0 + self.size), np.arange(self.x0, self.x0 + self.size), indexing="ij")
-        return np.stack([yy.reshape(-1), xx.reshape(-1)], axis=1).astype(np.int64)
-
-    def crop(self, image: Any) -> Any:
-        """The patch of an ``H x W (x C)`` image (numpy or torch)."""
-        return image[self.y0 : self.y0 + self.size, self.x0 : self.x0 + self.size]
-
-    def ray_indices(self, view_index: int) -> torch.Tensor:
-        """``(size * size, 3)`` long ``(camera, y, x)``: nerfstudio's ray-index layout."""
-        pix = torch.from_numpy(self.pixels())
-        return torch.cat([torch.full((pix.shape[0], 1), int(view_index), dtype=torch.long), pix], dim=1)
-
-
-def place_patch(center_y: int, center_x: int, size: int, height: int, width: int) -> tuple[int, int]:
-    """Top-left corner of the ``size`` patch around a centre pixel, clamped into the image."""
-    if size > height or size > width:
-        raise ValueError(f"a {size} px patch does not fit a {width} x {height} image")
-    y0 = min(max(int(center_y) - size // 2, 0), height - size)
-    x0 = min(max(int(center_x) - size // 2, 0), width - size)
-    return y0, x0
-
-
-class PatchSampler:
-    """Square patches around the masks of some views (module docstring: placement).
-
-    ``masks``: {name: bool H x W} (True = object / inpainted); ``views``: the names to
-    sample from (default: all), views with an empty mask are dropped (``skipped``).
-    Each :meth:`sample` picks a view uniformly. The sampler's RNG state is in
-    :meth:`state_dict` for resumable training."""
-
-    def __init__(self, masks: Mapping[str, Any], patch_size: int = 256, seed: int = 0, views: Optional[Sequence[str]] = None):
-        if patch_size < 1:
-            raise ValueError(f"patch_size must be positive, got {patch_size}")
-        names = list(masks) if views is None else list(views)
-        missing = [n for n in names if n not in masks]
-        if missing:
-            raise KeyError(f"no mask for views {missing}")
-        self.patch_size = int(patch_size)
-        self.shapes: dict[str, tuple[int, int]] = {}
-        self.bboxes: dict[str, tuple[int, int, int, int]] = {}
-        self.skipped: list[str] = []
-        for name in names:
-            m = _as_bool_mask(masks[name])
-            box = mask_bbox(m)
-            if box is None:
-                self.skipped.append(name)
-                continue
-            self.shapes[name] = m.shape
-            self.bboxes[name] = box
-        self.views = list(self.bboxes)
-        if not self.views:
-            raise ValueError("no view with a non-empty mask to sample patches from")
-        self.rng = np.random.default_rng(seed)
-
-    def size_for(self, name: str) -> int:
-        h, w = self.shapes[name]
-        return min(self.patch_size, h, w)
-
-    def sample(self, name: Optional[str] = None) -> Patch:
-        """One patch, of view ``name`` or of a uniformly drawn view."""
-        if name is None:
-            name = self.views[int(self.rng.integers(len(self.views)))]
-        elif name not in self.bboxes:
-            raise KeyError(f"{name!r} is not a view of this sampler")
-        h, w = self.shapes[name]
-        ya, yb, xa, xb = self.bboxes[name]
-        cy = int(self.rng.integers(ya, yb + 1))
-        cx = int(self.rng.integers(xa, xb + 1))
-        size = self.size_for(name)
-        y0, x0 = place_patch(cy, cx, size, h, w)
-        return Patch(name, y0, x0, size)
-
-    def sample_many(self, n: int) -> list[Patch]:
-        return [self.sample() for _ in range(n)]
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
-
-
-def _np_rng(generator: np.random.Generator | int | None) -> np.random.Generator:
-    if isinstance(generator, np.random.Generator):
-        return generator
-    return np.random.default_rng(generator)
-
-
-class UnmaskedPixelSampler:
-    """Pixels drawn uniformly from the pooled UNMASKED pixels (mask False) of all views,
-    for L_rec. Views are indexed in the order of ``masks``; they may differ in size.
-
-    Rejection sampling over the concatenated masks (a uniform pixel of all views, kept
-    if unmasked) is exactly uniform over the unmasked ones; when fewer than a quarter
-    of all pixels are free it samples from an index list of the free pixels instead."""
-
-    _REJECTION_MIN_FREE = 0.25
-
-    def __init__(self, masks: Mapping[str, Any]):
-        self.names = list(masks)
-        flat = [_as_bool_mask(masks[n]) for n in self.names]
-        self.shapes = [m.shape for m in flat]
-        self.widths = np.array([s[1] for s in self.shapes], dtype=np.int64)
-        sizes = np.array([s[0] * s[1] for s in self.shapes], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        self.pooled = np.concatenate([m.reshape(-1) for m in flat]) if flat else np.zeros(0, bool)
-        self.free = np.array([int((~m).sum()) for m in flat], dtype=np.int64)
-        self.total_free = int(self.free.sum())
-        if self.total_free == 0:
-            raise ValueError("every pixel of every view is masked: nothing for L_rec")
-        self.free_fraction = self.total_free / self.pooled.size
-        self._free_index: Optional[np.ndarray] = None
-        if self.free_fraction < self._REJECTION_MIN_FREE:
-            self._free_index = np.flatnonzero(~self.pooled)
-
-    def sample(self, n: int, generator: np.random.Generator | int | None = None) -> torch.Tensor:
-        """``(n, 3)`` long ``(view, y, x)`` of unmasked pixels."""
-        rng = _np_rng(generator)
-        if self._free_index is not None:
-            idx = self._free_index[rng.integers(0, self._free_index.size, size=n)]
-        else:
-            picked: list[np.ndarray] = []
-            have = 0
-            while have < n:
-                cand = rng.integers(0, self.pooled.size, size=int((n - have) / self.free_fraction * 1.2) + 16)
-                cand = cand[~self.pooled[cand]]
-                picked.append(cand)
-                have += cand.size
-            idx = np.concatenate(picked)[:n] if picked else np.zeros(0, np.int64)
-        view = np.searchsorted(self.starts, idx, side="right") - 1
-        y, x = np.divmod(idx - self.starts[view], self.widths[view])
-        return torch.from_numpy(np.stack([view, y, x], axis=1).astype(np.int64))
-
-
-def sample_unmasked_pixels(masks: Mapping[str, Any], n: int, generator: np.random.Generator | int | None = None) -> torch.Tensor:
-    """``(n, 3)`` long ``(view, y, x)``: pixels uniform over all UNMASKED pixels of the
-    views in ``masks`` (view = position in ``masks``). Training loops keep an
-    :class:`UnmaskedPixelSampler` instead of calling this every step."""
-    return UnmaskedPixelSampler(masks).sample(n, generator)
-
-
-def pixel_rays(camera: Camera, ys: Any, xs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Origins and unit directions ``(N, 3)`` through the centres of pixels ``(ys, xs)``
-    (the same rays as :meth:`Camera.rays` there)."""
-    k = camera.intrinsics
-    u = np.asarray(xs, dtype=float).reshape(-1) + 0.5
-    v = np.asarray(ys, dtype=float).reshape(-1) + 0.5
-    d_cam = np.stack([(u - k.cx) / k.fx, -(v - k.cy) / k.fy, -np.ones_like(u)], axis=-1)
-    dirs = d_cam @ np.asarray(camera.c2w, float)[:3, :3].T
-    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
-    origins = np.broadcast_to(np.asarray(camera.c2w, float)[:3, 3], dirs.shape).copy()
-    return origins, dirs
-
-
-# --------------------------------------------------------------------------------------
-# discriminator
-# --------------------------------------------------------------------------------------
-
-_ACT_GAIN = math.sqrt(2.0)
-
-
-def _act(x: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(x, 0.2) * _ACT_GAIN
-
-
-class _Conv(nn.Module):
-    """Conv2d with StyleGAN2's equalized learning rate (weights N(0, 1) scaled by
-    1/sqrt(fan_in) at run time) or, with ``equalized=False``, the same initial
-    function with the scale folded into the stored weights."""
-
-    def __init__(self, c_in: int, c_out: int, k: int, bias: bool = True, equalized: bool = True):
-        super().__init__()
-        scale = 1.0 / math.sqrt(c_in * k * k)
-        self.scale = scale if equalized else 1.0
-        self.weight = nn.Parameter(torch.randn(c_out, c_in, k, k) * (1.0 if equalized else scale))
-        self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
-        self.padding = k // 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
-
-
-class _Linear(nn.Module):
-    def __init__(self, c_in: int, c_out: int, equalized: bool = True):
-        super().__init__()
-        scale = 1.0 / math.sqrt(c_in)
-        self.scale = scale if equalized else 1.0
-        self.weight = nn.Parameter(torch.randn(c_out, c_in) * (1.0 if equalized else scale))
-        self.bias = nn.Parameter(torch.zeros(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.scale, self.bias)
-
-
-class _BlurDown(nn.Module):
-    """Low-pass [1, 3, 3, 1] (outer product, normalised) then stride 2: halves H and W."""
-
-    def __init__(self):
-        super().__init__()
-        k = torch.tensor([1.0, 3.0, 3.0, 1.0])
-        k = torch.outer(k, k)
-        self.register_buffer("kernel", (k / k.sum())[None, None], persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        return F.conv2d(x, self.kernel.expand(c, 1, 4, 4).to(x.dtype), stride=2, padding=1, groups=c)
-
-
-class _ResBlock(nn.Module):
-    """StyleGAN2 residual D block: conv3x3 -> act -> blur-down -> conv3x3 -> act, plus a
-    skip blur-down -> 1x1 conv, summed and scaled by 1/sqrt(2)."""
-
-    def __init__(self, c_in: int, c_out: int, equalized: bool):
-        super().__init__()
-        self.conv0 = _Conv(c_in, c_in, 3, equalized=equalized)
-        self.conv1 = _Conv(c_in, c_out, 3, equalized=equalized)
-        self.skip = _Conv(c_in, c_out, 1, bias=False, equalized=equalized)
-        self.down = _BlurDown()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _act(self.conv1(self.down(_act(self.conv0(x)))))
-        s = self.skip(self.down(x))
-        return (y + s) * (1.0 / math.sqrt(2.0))
-
-
-def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
-    """Append one channel: the std of features over groups of samples, averaged over
-    channels and pixels (StyleGAN2). The group is the largest divisor of the batch size
-    not above ``group_size``."""
-    n, c, h, w = x.shape
-    g = max(d for d in range(1, min(group_size, n) + 1) if n % d == 0)
-    y = x.reshape(g, n // g, c, h, w).float()
-    y = y - y.mean(dim=0)
-    std = (y.square().mean(dim=0) + 1e-8).sqrt()  # (n/g, c, h, w)
-    std = std.mean(dim=(1, 2, 3)).to(x.dtype)  # (n/g,)
-    std = std.reshape(1, n // g, 1, 1, 1).expand(g, n // g, 1, h, w).reshape(n, 1, h, w)
-    return torch.cat([x, std], dim=1)
-
-
-class Discriminator(nn.Module):
-    """StyleGAN2-style residual discriminator on ``tile`` x ``tile`` RGB images in [0, 1].
-
-    fromRGB (1x1) at ``channels``; residual blocks halving the resolution down to 4 x 4,
-    channels doubling per halving up to ``max_channels``; minibatch-stddev; conv3x3;
-    FC -> FC -> one logit per image. Leaky ReLU 0.2 (gain sqrt 2), blur [1,3,3,1]
-    downsampling, equalized learning rate (``equalized``)."""
-
-    def __init__(self, channels: int = 256, tile: int = 64, max_channels: int = 512, mbstd_group: int = 4, equalized: bool = True):
-        super().__init__()
-        if tile < 8 or tile & (tile - 1):
-            raise ValueError(f"tile must be a power of two >= 8, got {tile}")
-        self.tile = int(tile)
-        self.mbstd_group = int(mbstd_group)
-
-        def ch(res: int) -> int:
-            return int(min(max_channels, channels * (tile // res)))
-
-        self.from_rgb = _Conv(3, ch(tile), 1, equalized=equalized)
-        blocks = []
-        res = tile
-        while res > 4:
-            blocks.append(_ResBlock(ch(res), ch(res // 2), equalized))
-            res //= 2
-        self.blocks = nn.ModuleList(blocks)
-        c = ch(4)
-        self.conv = _Conv(c + 1, c, 3, equalized=equalized)
-        self.fc = _Linear(c * 16, c, equalized=equalized)
-        self.out = _Linear(c, 1, equalized=equalized)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N,)`` of images ``(N, 3, tile, tile)`` in [0, 1]."""
-        if x.shape[-2:] != (self.tile, self.tile):
-            raise ValueError(f"the discriminator takes {self.tile} x {self.tile} tiles, got {tuple(x.shape[-2:])}")
-        h = _act(self.from_rgb(x * 2.0 - 1.0))
-        for block in self.blocks:
-            h = block(h)
-        h = minibatch_stddev(h, self.mbstd_group)
-        h = _act(self.conv(h))
-        h = _act(self.fc(h.flatten(1)))
-        return self.out(h).reshape(-1)
-
-
-@contextlib.contextmanager
-def frozen(module: Any) -> Iterator[None]:
-    """Parameters of ``module`` without gradients inside the block (restored after);
-    anything that is not an ``nn.Module`` (None, a plain callable) passes through."""
-    if not isinstance(module, nn.Module):
-        yield
-        return
-    flags = [p.requires_grad for p in module.parameters()]
-    for p in module.parameters():
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(module.parameters(), flags):
-            p.requires_grad_(f)
-
-
-# --------------------------------------------------------------------------------------
-# tiles and losses
-# --------------------------------------------------------------------------------------
-
-
-def to_nchw(x: torch.Tensor) -> torch.Tensor:
-    """``(H, W, 3)``, ``(N, H, W, 3)``, ``(3, H, W)`` or ``(N, 3, H, W)`` -> ``(N, 3, H, W)``."""
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"expected an image or a batch of images, got shape {tuple(x.shape)}")
-    if x.shape[1] != 3 and x.shape[-1] == 3:
-        x = x.permute(0, 3, 1, 2)
-    return x.contiguous()
-
-
-def _torch_rng(generator: torch.Generator | int | None) -> Optional[torch.Generator]:
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    g = torch.Generator()
-    g.manual_seed(int(generator))
-    return g
-
-
-def extract_tiles(
-    patches: torch.Tensor | Sequence[torch.Tensor],
-    tile: int,
-    mode: str = "grid",
-    count: int = 1,
-    generator: torch.Generator | int | None = None,
-) -> torch.Tensor:
-    """Discriminator inputs ``(M, 3, tile, tile)`` from patches ``(N, 3, S, S)`` (or a list
-    of such batches, e.g. of different sizes).
-
-    A patch smaller than ``tile`` is resized (bilinear) to one tile. Otherwise ``grid``
-    cuts it into its ``(S // tile)^2`` non-overlapping tiles (the grid shifted by a random
-    offset when ``tile`` does not divide ``S``) and ``random`` takes ``count`` random
-    crops per patch. Offsets come from ``generator`` (a CPU torch.Generator or a seed)."""
-    if not isinstance(patches, torch.Tensor):
-        return torch.cat([extract_tiles(p, tile, mode, count, generator) for p in patches], dim=0)
-    if mode not in ("grid", "random"):
-        raise ValueError(f"tile mode is grid or random, got {mode!r}")
-    x = to_nchw(patches)
-    n, c, h, w = x.shape
-    if min(h, w) < tile:
-        return F.interpolate(x, size=(tile, tile), mode="bilinear", align_corners=False)
-    gen = _torch_rng(generator)
-
-    def offset(limit: int, k: int) -> torch.Tensor:
-        return torch.randint(0, limit + 1, (k,), generator=gen) if limit > 0 else torch.zeros(k, dtype=torch.long)
-
-    if mode == "grid":
-        ny, nx = h // tile, w // tile
-        oy, ox = int(offset(h - ny * tile, 1)), int(offset(w - nx * tile, 1))
-        x = x[:, :, oy : oy + ny * tile, ox : ox + nx * tile]
-        x = x.unfold(2, tile, tile).unfold(3, tile, tile)  # (n, c, ny, nx, tile, tile)
-        return x.permute(0, 2, 3, 1, 4, 5).reshape(n * ny * nx, c, tile, tile)
-    oys, oxs = offset(h - tile, n * count), offset(w - tile, n * count)
-    tiles = [x[i // count, :, oy : oy + tile, ox : ox + tile] for i, (oy, ox) in enumerate(zip(oys.tolist(), oxs.tolist()))]
-    return torch.stack(tiles, dim=0)
-
-
-@dataclass
-class PatchLossWeights:
-    """Weights of L_patch and how D sees the patches. ``total = lambda_patch * (l1 * L1 +
-    lpips * LPIPS + adv * L_adv)``."""
-
-    l1: float = 1.0
-    lpips: float = 1.0
-    adv: float = 1.0
-    lambda_patch: float = 0.01
-    tile_mode: str = "grid"
-    tiles_per_patch: int = 4
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "PatchLossWeights":
-        """From a RefineConfig (dataclass, DictConfig or mapping)."""
-        get = (lambda k, d: cfg.get(k, d)) if isinstance(cfg, Mapping) or hasattr(cfg, "get") else (lambda k, d: getattr(cfg, k, d))
-        return cls(
-            l1=float(get("l1_weight", 1.0)),
-            lpips=float(get("lpips_weight", 1.0)),
-            adv=float(get("adv_weight", 1.0)),
-            lambda_patch=float(get("lambda_patch", 0.01)),
-            tile_mode=str(get("disc_tiles", "grid")),
-            tiles_per_patch=int(get("tiles_per_patch", 4)),
-        )
-
-
-def lpips_distance(lpips_module: Any, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean LPIPS of image batches in [0, 1] (the module gets them in [-1, 1]). The
-    module's own parameters get no gradient; the images do."""
-    with frozen(lpips_module):
-        d = lpips_module(to_nchw(pred) * 2.0 - 1.0, to_nchw(target) * 2.0 - 1.0)
-    return d.mean()
-
-
-def generator_adv_loss(discriminator: nn.Module, fake_tiles: torch.Tensor) -> torch.Tensor:
-    """Non-saturating generator loss ``E softplus(-D(fake))``; D gets no gradient."""
-    with frozen(discriminator):
-        return F.softplus(-discriminator(fake_tiles)).mean()
-
-
-def patch_loss(
-    pred_patch: torch.Tensor,
-    target_patch: torch.Tensor,
-    lpips_module: Any,
-    discriminator: Optional[nn.Module],
-    weights: PatchLossWeights | Any = None,
-    generator: torch.Generator | int | None = None,
-) -> dict[str, torch.Tensor]:
-    """L_patch of rendered patches against inpainted ones (both ``(N, 3, S, S)`` or
-    ``(N, S, S, 3)``, in [0, 1]).
-
-    Returns ``l1``, ``lpips``, ``adv`` (unweighted), ``patch`` = the weighted sum and
-    ``total`` = ``lambda_patch * patch`` (lambda_patch is applied here). A term whose
-    weight is 0 or whose module is None is 0 and not computed (the ablations)."""
-    w = weights if isinstance(weights, PatchLossWeights) else PatchLossWeights.from_config(weights or {})
-    pred, target = to_nchw(pred_patch), to_nchw(target_patch).to(pred_patch.dtype)
-    if pred.shape != target.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} patches differ")
-    zero = pred.new_zeros(())
-    l1 = (pred - target).abs().mean()
-    lp = lpips_distance(lpips_module, pred, target) if (lpips_module is not None and w.lpips != 0) else zero
-    if discriminator is not None and w.adv != 0:
-        tiles = extract_tiles(pred, discriminator.tile, w.tile_mode, w.tiles_per_patch, generator)
-        adv = generator_adv_loss(discriminator, tiles)
-    else:
-        adv = zero
-    patch = w.l1 * l1 + w.lpips * lp + w.adv * adv
-    return {"l1": l1, "lpips": lp, "adv": adv, "patch": patch, "total": w.lambda_patch * patch}
-
-
-def r1_penalty(discriminator: nn.Module, real_tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(E ||grad D(x)||^2 over the image in [-1, 1], logits)`` at real tiles in [0, 1]
-    (graph kept, so the penalty can be backpropagated into D)."""
-    x = real_tiles.detach().requires_grad_(True)
-    logits = discriminator(x)
-    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
-    # D sees 2x - 1, so d/d(2x - 1) = (d/dx) / 2 and the squared norm is a quarter
-    return grad.square().sum(dim=(1, 2, 3)).mean() / 4.0, logits
-
-
-def discriminator_loss(
-    discriminator: nn.Module,
-    real_tiles: torch.Tensor,
-    fake_tiles: Optional[torch.Tensor],
-    r1_gamma: float = 0.2,
-    r1_every: int = 1,
-    step: int = 0,
-) -> dict[str, torch.Tensor]:
-    """``softplus(D(fake)) + softplus(-D(real)) + R1`` with the INPAINTED tiles as real
-    and the renders as fake (detached here; ``fake_tiles`` may be None: real term only).
-
-    R1 = ``gamma / 2 * E ||grad D(real)||^2`` (gradient w.r.t. the image in [-1, 1]);
-    lazy: computed when ``step % r1_every == 0`` and then multiplied by ``r1_every``."""
-    if r1_every < 1:
-        raise ValueError(f"r1_every must be >= 1, got {r1_every}")
-    use_r1 = r1_gamma > 0 and step % r1_every == 0
-    if use_r1:
-        grad_sq, logits_real = r1_penalty(discriminator, real_tiles)
-        r1 = 0.5 * r1_gamma * r1_every * grad_sq
-    else:
-        logits_real = discriminator(real_tiles.detach())
-        r1 = logits_real.new_zeros(())
-    real = F.softplus(-logits_real).mean()
-    if fake_tiles is not None:
-        logits_fake = discriminator(fake_tiles.detach())
-        fake = F.softplus(logits_fake).mean()
-        fake_mean = logits_fake.detach().mean()
-    else:
-        fake = fake_mean = logits_real.new_zeros(())
-    return {
-        "real": real,
-        "fake": fake,
-        "r1": r1,
-        "total": real + fake + r1,
-        "logit_real": logits_real.detach().mean(),
-        "logit_fake": fake_mean,
-    }
-
-
-def make_discriminator(cfg: Any) -> Discriminator:
-    """The discriminator a RefineConfig describes."""
-    return Discriminator(
-        channels=int(cfg.disc_channels),
-        tile=int(cfg.disc_tile),
-        max_channels=int(cfg.disc_max_channels),
-        mbstd_group=int(cfg.disc_mbstd_group),
-        equalized=bool(cfg.disc_equalized_lr),
-    )
-
-
-def make_discriminator_optimizer(discriminator: nn.Module, cfg: Any) -> torch.optim.Optimizer:
-    """Adam (betas 0, 0.99; with lazy R1 the lr and betas get StyleGAN2's
-    ``k / (k + 1)`` correction) or RMSprop (the released code's), at ``disc_lr``."""
-    kind = str(cfg.disc_optimizer)
-    lr = float(cfg.disc_lr)
-    if kind == "adam":
-        k = int(cfg.r1_every)
-        ratio = k / (k + 1) if k > 1 else 1.0
-        return torch.optim.Adam(discriminator.parameters(), lr=lr * ratio, betas=(0.0, 0.99**ratio), eps=1e-8)
-    if kind == "rmsprop":
-        return torch.optim.RMSprop(discriminator.parameters(), lr=lr)
-    raise ValueError(f"disc_optimizer is adam or rmsprop, got {kind!r}")
-
-
-def discriminator_step(
-    discriminator: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    real_patches: torch.Tensor,
-    fake_patches: Optional[torch.Tensor],
-    cfg: Any,
-    step: int,
-    generator: torch.Generator | int | None = None,
-) -> dict[str, float]:
-    """One D update on the tiles of inpainted (real) and rendered (fake, detached)
-    patches. Skipped (``skipped = 1``) when a gradient is not finite."""
-    w = PatchLossWeights.from_config(cfg)
-    gen = _torch_rng(generator)
-    real = extract_tiles(to_nchw(real_patches), discriminator.tile, w.tile_mode, w.tiles_per_patch, gen)
-    fake = None
-    if fake_patches is not None:
-        fake = extract_tiles(to_nchw(fake_patches).detach(), discriminator.tile, w.tile_mode, w.tiles_per_patch, gen)
-    losses = discriminator_loss(discriminator, real, fake, float(cfg.r1_gamma), int(cfg.r1_every), step)
-    optimizer.zero_grad(set_to_none=True)
-    losses["total"].backward()
-    finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in discriminator.parameters())
-    if finite:
-        optimizer.step()
-    out = {k: float(v.detach()) for k, v in losses.items()}
-    out["skipped"] = 0.0 if finite else 1.0
-    return out
-
 
 # --------------------------------------------------------------------------------------
 # the stage: run_refine
@@ -849,21 +99,17 @@ class RefineInputs:
 
 
 def _read_json(path: Path) -> dict:
-    import json
 
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
-        from innout.errors import InputError
 
         raise InputError(path, f"cannot read: {err}") from None
 
 
 def _load_rgb_at(path: Path, size: tuple[int, int]) -> np.ndarray:
     """float32 RGB in [0, 1] of an image file, resized (bicubic) to ``size`` = (W, H)."""
-    from PIL import Image
 
-    from innout.errors import InputError
 
     if not Path(path).is_file():
         raise InputError(path, "image not found")
@@ -875,9 +121,7 @@ def _load_rgb_at(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 def _load_mask_at(path: Path, size: tuple[int, int]) -> np.ndarray:
     """bool mask (nonzero = object) of a PNG, resized (nearest) to ``size`` = (W, H)."""
-    from PIL import Image
 
-    from innout.errors import InputError
 
     if not Path(path).is_file():
         raise InputError(path, "mask not found")
@@ -891,8 +135,6 @@ def _load_mask_at(path: Path, size: tuple[int, int]) -> np.ndarray:
 def load_refine_inputs(transforms: Path, base_dir: Path, inpaint_dir: Path) -> RefineInputs:
     """Read the scene, the base stage's and the inpaint stage's outputs (one-line
     ``InputError`` naming the file on anything missing or inconsistent)."""
-    from innout.errors import InputError
-    from innout.pretrain import load_keep_mask, load_rgb, read_scene
 
     _, _, train, _ = read_scene(Path(transforms))
     w, h = train[0].camera.intrinsics.width, train[0].camera.intrinsics.height
@@ -968,41 +210,9 @@ class CameraRays:
         return torch.from_numpy(self.c2w[v, :, 3].copy()), torch.from_numpy(dirs)
 
 
-class _MinSide(nn.Module):
-    """An LPIPS module that first enlarges (bilinear, both alike) images with a side below
-    ``min_side``: VGG pools four times, smaller patches have no deep features."""
-
-    def __init__(self, module: nn.Module, min_side: int):
-        super().__init__()
-        self.module = module
-        self.min_side = int(min_side)
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        h, w = a.shape[-2:]
-        if min(h, w) < self.min_side:
-            size = (max(self.min_side, round(h * self.min_side / min(h, w))), max(self.min_side, round(w * self.min_side / min(h, w))))
-            a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
-            b = F.interpolate(b, size=size, mode="bilinear", align_corners=False)
-        return self.module(a, b)
-
-
-def make_lpips_module(models_cfg: Any, device: Any, seed: int = 0, min_side: int = 32) -> tuple[nn.Module, str, str]:
-    """``(module, description, backbone)``: lpips.LPIPS (v0.1, the configured
-    backbone) called on images in [-1, 1]. Real backbones load from the models cache
-    (``innout.evaluate.LpipsMetric``: nothing is downloaded); ``random`` (offline
-    presets) is a seeded random VGG trunk with random heads."""
-    from innout.evaluate import LpipsMetric
-
-    get = (lambda k, d: models_cfg.get(k, d)) if hasattr(models_cfg, "get") else (lambda k, d: getattr(models_cfg, k, d))
-    metric = LpipsMetric(str(get("lpips_backbone", "vgg")), get("cache_dir", None), str(device), seed=seed, min_side=min_side)
-    return _MinSide(metric.model, min_side), metric.description, metric.backbone
-
-
 def _fingerprint(cfg: Any, inputs: "RefineInputs", nerf_config: Path) -> str:
     """What a checkpoint in the work dir must have been trained with to be resumed."""
-    import hashlib
 
-    from omegaconf import OmegaConf
 
     section = OmegaConf.to_container(cfg.refine, resolve=True) if hasattr(cfg.refine, "_metadata") else dict(cfg.refine)
     for key in ("steps_per_checkpoint", "log_every_steps", "tensorboard"):  # do not change the result
@@ -1042,8 +252,6 @@ class Refiner:
         if rc.include_base_in_patches and inputs.base not in self.patch_targets:
             self.patch_targets[inputs.base] = inputs.base_image  # the base's own fill is its target
         if not self.patch_targets:
-            from innout.errors import StageError
-
             raise StageError("refine", "no inpainted view was selected for the patch loss")
         self.patch_sampler = PatchSampler({n: inputs.object_masks[n] for n in self.patch_targets}, int(rc.patch_size), seed + 1)
         self.rec_sampler = UnmaskedPixelSampler(inputs.object_masks)
@@ -1184,19 +392,7 @@ def run_refine(
     ``work_dir`` holds resumable checkpoints (NeRF, its optimisers, D and its optimiser,
     the samplers' RNG states); a rerun with the same settings and inputs resumes there.
     ``on_step(step)`` is called after every completed step (tests interrupt from it)."""
-    import json
-    import logging
-    import shutil
-    import time
 
-    from innout.config import write_resolved
-    from innout.devices import stage_device
-    from innout.errors import InputError
-    from innout.finetune import NerfTuner
-    from innout.render import find_nerf_config
-    from innout.stage import atomic_dir
-    from innout.training_log import TrainingLog
-    from innout.viz import plot_curves
 
     log = log or logging.getLogger("innout.refine")
     t_stage = time.perf_counter()

@@ -73,698 +73,47 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from innout.cameras import Camera, Intrinsics, llff_row_to_camera, opencv_w2c_to_opengl_c2w
+from innout.cameras import Camera
 from innout.errors import InputError
+from innout.images import save_png
 from innout.object_box import BOX_FILE, ObjectBox, check_box_in_view, read_box
-
-STAGE = "scene"
-FORMATS = ("spinnerf", "nerfstudio", "colmap", "images")
-POSES_MODES = ("auto", "provided", "colmap")
-SPINNERF_N_TEST = 40  # the benchmark's first 40 images (by name) are the ground-truth test views
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-_DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
-_ASPECT_TOLERANCE = 0.05  # masks whose aspect ratio is further off than this are errors
-_EXIF_ORIENTATION = 0x0112
-
-_log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- plan
-
-
-@dataclass
-class _Cam:
-    """Pinhole intrinsics at the size the source's numbers refer to, plus distortion."""
-
-    intr: Intrinsics
-    model: str = "OPENCV"
-    dist: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class _View:
-    name: str  # output stem
-    split: str  # "train" | "test"
-    source: Path  # full-resolution image (what COLMAP would read)
-    working: Path  # the file the working image is made from
-    factor: int  # the working image is ``working`` downscaled by this
-    keys: tuple[str, ...] = ()  # names a mask file of this view may carry (stems)
-    mask: Path | None = None
-    mask_semantics: str = "object"  # "object": > half max = object; "nerfstudio": 0 = object
-    mask_ref_size: tuple[int, int] | None = None  # size of the images the mask was drawn on
-    # what the mask is for: "given" (the view's mask), "annotation" (an annotated view of a
-    # scene whose other masks the masks stage makes), "reference" (held back: only scores
-    # the masks stage), "missing" (the masks stage makes it)
-    mask_role: str = "given"
-    c2w: np.ndarray | None = None
-    cam: _Cam | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # per-frame keys for transforms.json
-
-
-@dataclass
-class _Plan:
-    fmt: str
-    views: list[_View]
-    has_poses: bool
-    has_masks: bool
-
-
-class _Warnings:
-    """Collects warnings for summary.json and logs each one."""
-
-    def __init__(self, log: logging.Logger):
-        self.items: list[str] = []
-        self._log = log
-
-    def __call__(self, message: str) -> None:
-        message = " ".join(message.split())
-        self.items.append(message)
-        self._log.warning("%s: %s", STAGE, message)
-
-
-# --------------------------------------------------------------------------- small helpers
-
-
-def _list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name (hidden files skipped)."""
-    return sorted(
-        (p for p in folder.iterdir()
-         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.name,
-    )
-
-
-def _exc_text(exc: BaseException, path: Path) -> str:
-    text = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip(" :")
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _image_header(path: Path) -> tuple[tuple[int, int], int]:
-    """(width, height) and EXIF orientation (1 when absent) without decoding pixels."""
-    try:
-        with Image.open(path) as im:
-            size = im.size
-            try:
-                orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-            except Exception:  # a broken EXIF block does not make the pixels unusable
-                orientation = 1
-    except Exception as exc:
-        raise InputError(path, f"not a readable image ({_exc_text(exc, path)})") from exc
-    return size, orientation
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im if im.mode == "RGB" else im.convert("RGB")
-            return np.array(rgb)
-    except Exception as exc:
-        raise InputError(path, f"corrupt or unreadable image ({_exc_text(exc, path)})") from exc
-
-
-def _read_mask(path: Path) -> np.ndarray:
-    """A mask file as one 2-D numeric array (grey levels, or max over colour channels)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            arr = np.array(im)
-    except Exception as exc:
-        raise InputError(path, f"corrupt or unreadable mask ({_exc_text(exc, path)})") from exc
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    if arr.ndim == 3:
-        if arr.shape[2] in (2, 4):  # grey/colour + alpha: the alpha is the mask if the colour is flat
-            colour = arr[..., :-1]
-            arr = arr[..., -1] if colour.min() == colour.max() else colour.max(axis=2)
-        else:
-            arr = arr.max(axis=2)
-    return arr
-
-
-def _n_levels(arr: np.ndarray) -> int:
-    if arr.dtype == np.uint8:
-        return int(np.count_nonzero(np.bincount(arr.ravel(), minlength=256)))
-    return int(np.unique(arr).size)
-
-
-def _binarize(arr: np.ndarray, semantics: str) -> np.ndarray:
-    """Object mask (bool) from a mask array: object = > half the maximum (or its complement)."""
-    top = float(arr.max()) if arr.size else 0.0
-    high = arr > top / 2.0 if top > 0 else np.zeros(arr.shape, dtype=bool)
-    return ~high if semantics == "nerfstudio" else high
-
-
-def _resize(arr: np.ndarray, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
-    w, h = size
-    if arr.shape[1] == w and arr.shape[0] == h:
-        return arr
-    if nearest:
-        interp = cv2.INTER_NEAREST
-    else:
-        interp = cv2.INTER_AREA if w < arr.shape[1] else cv2.INTER_CUBIC
-    return cv2.resize(arr, (w, h), interpolation=interp)
-
-
-def _write_png(path: Path, arr: np.ndarray) -> None:
-    img = arr[..., ::-1] if arr.ndim == 3 else arr  # OpenCV writes BGR
-    if not cv2.imwrite(str(path), np.ascontiguousarray(img), [cv2.IMWRITE_PNG_COMPRESSION, 3]):
-        raise OSError(f"could not write {path}")
-
-
-def _scaled_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
-    w, h = size
-    return max(1, int(w / factor + 0.5)), max(1, int(h / factor + 0.5))
-
-
-def _aspect_off(a: tuple[int, int], b: tuple[int, int]) -> float:
-    ra, rb = a[0] / a[1], b[0] / b[1]
-    return abs(ra - rb) / rb
-
-
-def _finite_matrix(value: Any) -> np.ndarray | None:
-    try:
-        mat = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        return None
-    if mat.shape == (3, 4):
-        mat = np.vstack([mat, [0.0, 0.0, 0.0, 1.0]])
-    return mat if mat.shape == (4, 4) else None
-
-
-def _check_unique_names(views: list[_View]) -> None:
-    seen: dict[str, Path] = {}
-    for v in views:
-        if v.name in seen:
-            raise InputError(v.source, f"has the same name {v.name!r} as {seen[v.name]}; output files are named by "
-                                       "the image's stem, so stems must be unique")
-        seen[v.name] = v.source
-
-
-# --------------------------------------------------------------------------- mask matching
-
-
-def _match_masks(mask_dir: Path, wanted: list[_View], all_views: list[_View], what: str,
-                 warn: Callable[[str], None]) -> dict[str, Path]:
-    """Mask file of every view in ``wanted``: by stem, else in sorted order (see the module docstring)."""
-    files = _list_images(mask_dir)
-    index: dict[str, Path] = {}
-    for f in files:
-        index.setdefault(f.stem, f)
-    found: dict[str, Path] = {}
-    for v in wanted:
-        for key in v.keys:
-            if key in index:
-                found[v.name] = index[key]
-                break
-    if len(found) == len(wanted):
-        return found
-    if not found:
-        if len(files) == len(wanted):
-            pool = wanted
-        elif len(files) == len(all_views):
-            pool = all_views
-        else:
-            also = f" ({len(all_views)} images in all)" if len(all_views) != len(wanted) else ""
-            views = f"{len(wanted)} {what} view" if what else f"{len(wanted)} image"
-            raise InputError(mask_dir, f"holds {len(files)} masks but there are {views}{'s' * (len(wanted) != 1)}"
-                                       f"{also}, and no mask is named like an image")
-        ordered = sorted(pool, key=lambda v: v.name)
-        pairing = {v.name: f for v, f in zip(ordered, files)}
-        warn(f"{mask_dir}: no mask is named like an image; {len(files)} masks paired with the images in sorted "
-             f"order ({files[0].name} -> {ordered[0].source.name}, ...)")
-        return {v.name: pairing[v.name] for v in wanted}
-    missing = next(v for v in wanted if v.name not in found)
-    raise InputError(mask_dir / f"{missing.name}.png",
-                     f"missing: no mask for {missing.split} view {missing.source} "
-                     "(masks are matched to images by file name)")
-
-
-def _match_some_masks(mask_dir: Path, wanted: list[_View], all_views: list[_View]) -> dict[str, Path]:
-    """Masks of some of ``wanted`` (annotated views), matched by name only; every file must
-    name a view of the scene (an annotation of no view is a mistake worth stopping for)."""
-    if not mask_dir.is_dir():
-        return {}
-    owner = {key: v for v in all_views for key in v.keys}
-    wanted_names = {v.name for v in wanted}
-    found: dict[str, Path] = {}
-    for f in _list_images(mask_dir):
-        view = owner.get(f.stem) or owner.get(f.name)
-        if view is None:
-            examples = ", ".join(v.name for v in all_views[:3])
-            raise InputError(f, f"names no view of the scene (annotated masks are matched to images by file name: "
-                                f"{examples}, ...)")
-        if view.name in wanted_names:
-            found.setdefault(view.name, f)
-    return found
-
-
-# --------------------------------------------------------------------------- formats
-
-
-def detect_format(source: Path) -> str:
-    """The format of ``source`` from its content (see the module docstring)."""
-    source = Path(source)
-    if not source.exists():
-        raise InputError(source, "does not exist")
-    if source.is_file():
-        if source.suffix.lower() == ".json":
-            return "nerfstudio"
-        raise InputError(source, "is a file; expected a scene folder (or a transforms.json)")
-    if (source / "poses_bounds.npy").is_file():
-        return "spinnerf"
-    if (source / "transforms.json").is_file():
-        return "nerfstudio"
-    if _colmap_model_dir(source) is not None:
-        return "colmap"
-    if (source / "images").is_dir():
-        return "images"
-    raise InputError(source, "cannot tell the format: no poses_bounds.npy, transforms.json, sparse/0/ or images/")
-
-
-def _colmap_model_dir(source: Path) -> Path | None:
-    for d in (source / "sparse" / "0", source / "sparse"):
-        if any((d / f"cameras.{ext}").is_file() for ext in ("bin", "txt")):
-            return d
-    return None
-
-
-def _load_poses_bounds(path: Path, n_images: int) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(path, "missing")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise InputError(path, f"not a readable .npy file ({_exc_text(exc, path)})") from exc
-    if arr.ndim != 2 or arr.shape[1] != 17 or arr.shape[0] != n_images:
-        raise InputError(path, f"{tuple(arr.shape)}: expected (N, 17) with N = number of images ({n_images})")
-    try:
-        arr = arr.astype(float)
-    except (TypeError, ValueError) as exc:
-        raise InputError(path, f"not numeric ({exc})") from exc
-    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-    if bad.size:
-        more = f" (and {bad.size - 1} more rows)" if bad.size > 1 else ""
-        raise InputError(path, f"row {bad[0]}{more} holds non-finite numbers")
-    hwf = arr[:, :15].reshape(-1, 3, 5)[:, :, 4]
-    if not (hwf > 0).all():
-        raise InputError(path, "height, width and focal (column 4 of the 3x5 matrix) must be positive")
-    return arr
-
-
-def _closest_level(dirs: dict[int, Path], downscale: int) -> tuple[int, Path] | None:
-    if not dirs:
-        return None
-    return min(dirs.items(), key=lambda kv: (abs(math.log(kv[0] / downscale)), kv[0]))
-
-
-def _plan_spinnerf(src: Path, downscale: int, n_test: int, warn: Callable[[str], None],
-                   log: logging.Logger, partial: bool = False) -> _Plan:
-    full_dir = src / "images"
-    levels: dict[int, Path] = {}
-    for p in src.iterdir():
-        m = re.fullmatch(r"images_(\d+)", p.name)
-        if m and p.is_dir() and int(m[1]) >= 1:
-            levels[int(m[1])] = p
-    full = _list_images(full_dir) if full_dir.is_dir() else []
-    level_dir = levels.get(downscale) if downscale > 1 else None
-    level_imgs = _list_images(level_dir) if level_dir is not None else []
-    mask_level = downscale  # the level whose label folders fit best
-    if not level_imgs:
-        level_dir = None
-    if not full and not level_imgs:
-        # no images/ to make the requested resolution from: the nearest images_N/ the scene
-        # ships (SPIn-NeRF scenes do not all ship every level)
-        nearest = _closest_level({lv: d for lv, d in levels.items() if _list_images(d)}, downscale)
-        if nearest is None:
-            raise InputError(full_dir, f"no images here (nor in images_{downscale}/ or any other images_N/)")
-        mask_level, level_dir = nearest
-        level_imgs = _list_images(level_dir)
-        warn(f"{src / f'images_{downscale}'}: missing (scene.downscale = {downscale}) and no images/ to make it from: "
-             f"using {level_dir}, the nearest level the scene has (1/{mask_level} of the source)")
-
-    # working file of every full-resolution image
-    if full and level_imgs:
-        by_stem = {p.stem: p for p in level_imgs}
-        if all(p.stem in by_stem for p in full):
-            working = [by_stem[p.stem] for p in full]
-        elif len(level_imgs) == len(full):
-            working = list(level_imgs)
-            warn(f"{level_dir}: image names differ from images/; paired in sorted order")
-        else:
-            raise InputError(level_dir, f"holds {len(level_imgs)} images but images/ holds {len(full)}")
-    elif full:
-        working = list(full)
-    else:
-        warn(f"{full_dir}: missing; {level_dir.name}/ images stand in for the full-resolution sources")
-        working = list(level_imgs)
-    primary = full or level_imgs
-    n = len(primary)
-    poses = _load_poses_bounds(src / "poses_bounds.npy", n)
-    if n_test >= n:
-        raise InputError(full_dir if full else level_dir,
-                         f"{n} images: spinnerf_n_test = {n_test} test views would leave no train views")
-
-    views: list[_View] = []
-    for i, (p, w) in enumerate(zip(primary, working)):
-        cam, (near, far) = llff_row_to_camera(poses[i])
-        views.append(_View(
-            name=p.stem, split="test" if i < n_test else "train", source=p, working=w,
-            factor=1 if level_dir is not None else downscale, keys=tuple(dict.fromkeys((p.stem, w.stem))),
-            c2w=cam.c2w, cam=_Cam(cam.intrinsics), extra={"innout_bounds": [near, far]},
-        ))
-    _check_unique_names(views)
-
-    # the poses' image size against the images'
-    k = views[0].cam.intr
-    ref_file = primary[0]
-    (rw, rh), _ = _image_header(ref_file)
-    if _aspect_off((k.width, k.height), (rw, rh)) > 0.02:
-        raise InputError(src / "poses_bounds.npy", f"describes {k.width}x{k.height} images (H, W, f), but "
-                                                   f"{ref_file} is {rw}x{rh}: the aspect ratios differ")
-    if full and (k.width, k.height) != (rw, rh):
-        warn(f"{src / 'poses_bounds.npy'}: describes {k.width}x{k.height} images, images/ holds {rw}x{rh}; "
-             "intrinsics are scaled from the poses' size")
-
-    # masks
-    def level_size(level: int) -> tuple[int, int] | None:
-        imgs = _list_images(levels[level])
-        if imgs:
-            return _image_header(imgs[0])[0]
-        return _scaled_size(_image_header(full[0])[0], level) if full else None
-
-    train = [v for v in views if v.split == "train"]
-    test = [v for v in views if v.split == "test"]
-    label_dirs = {lv: d / "label" for lv, d in levels.items() if (d / "label").is_dir()}
-    test_dirs = {lv: d / "test_label" for lv, d in levels.items() if (d / "test_label").is_dir()}
-    chosen = _closest_level(label_dirs, mask_level)
-    if chosen is None and not partial:
-        raise InputError(src / f"images_{downscale}" / "label",
-                         "missing: SPIn-NeRF scenes need object masks in images_N/label/ (found for no N)")
-    lv, label_dir, matched = None, None, {}
-    if chosen is not None:  # (partial masks: a 3D box may stand in for every train mask)
-        lv, label_dir = chosen
-        if lv != downscale:
-            log.info("%s: train masks from %s, resized", STAGE, label_dir)
-        if partial:
-            matched = _match_some_masks(label_dir, train, views)
-        else:
-            matched = _match_masks(label_dir, train, views, "train", warn)
-    ref_size = level_size(lv) if lv is not None else None
-    for v in train:
-        v.mask, v.mask_ref_size = matched.get(v.name), ref_size
-    if test:
-        chosen_test = _closest_level(test_dirs, mask_level)
-        if chosen_test is not None:
-            tlv, test_dir = chosen_test
-            matched = _match_masks(test_dir, test, views, "test", warn)
-        elif label_dir is None:
-            raise InputError(src / f"images_{downscale}" / "test_label",
-                             f"missing: the {len(test)} test views need their masks (evaluation region); "
-                             "set spinnerf_n_test=0 if there are none")
-        else:
-            tlv, test_dir = lv, label_dir
-            try:
-                matched = _match_masks(label_dir, test, views, "test", warn)
-            except InputError as exc:
-                raise InputError(levels[lv] / "test_label",
-                                 f"missing, and {label_dir} has no masks of the {len(test)} test views "
-                                 "(their evaluation region); set spinnerf_n_test=0 if there are none") from exc
-        ref_size = level_size(tlv)
-        for v in test:
-            v.mask, v.mask_ref_size = matched[v.name], ref_size
-    return _Plan("spinnerf", views, has_poses=True, has_masks=any(v.mask is not None for v in views))
-
-
-def _nerfstudio_camera(meta: dict, frame: dict, image: Path, where: str, tpath: Path) -> _Cam:
-    def get(key: str) -> Any:
-        return frame[key] if key in frame else meta.get(key)
-
-    def number(key: str) -> float | None:
-        value = get(key)
-        if value is None:
-            return None
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise InputError(tpath, f"{where}: {key} = {value!r} is not a number") from None
-        if not math.isfinite(out):
-            raise InputError(tpath, f"{where}: {key} is not finite")
-        return out
-
-    (iw, ih), _ = _image_header(image)
-    w, h = number("w"), number("h")
-    w = float(iw) if w is None else w
-    h = float(ih) if h is None else h
-    fx, fy = number("fl_x"), number("fl_y")
-    ax, ay = number("camera_angle_x"), number("camera_angle_y")
-    if fx is None and ax is not None:
-        fx = 0.5 * w / math.tan(0.5 * ax)
-    if fy is None and ay is not None:
-        fy = 0.5 * h / math.tan(0.5 * ay)
-    if fx is None and fy is None:
-        raise InputError(tpath, f"{where}: no focal length (fl_x, fl_y or camera_angle_x)")
-    fx = fy if fx is None else fx
-    fy = fx if fy is None else fy
-    cx, cy = number("cx"), number("cy")
-    cx = w / 2.0 if cx is None else cx
-    cy = h / 2.0 if cy is None else cy
-    if not (fx > 0 and fy > 0 and w > 0 and h > 0):
-        raise InputError(tpath, f"{where}: focal lengths and image size must be positive")
-    model = str(get("camera_model") or "OPENCV")
-    if model in ("PINHOLE", "SIMPLE_PINHOLE", "PERSPECTIVE"):
-        model = "OPENCV"
-    if model not in ("OPENCV", "OPENCV_FISHEYE"):
-        raise InputError(tpath, f"camera_model {model!r} is not supported (OPENCV, OPENCV_FISHEYE, PINHOLE)")
-    dist = {key: number(key) or 0.0 for key in _DISTORTION_KEYS}
-    return _Cam(Intrinsics(fx, fy, cx, cy, int(round(w)), int(round(h))), model, dist)
-
-
-def _resolve_image(base: Path, rel: str) -> Path:
-    path = Path(rel)
-    path = path if path.is_absolute() else base / path
-    if not path.exists() and path.suffix.lower() not in IMAGE_SUFFIXES:
-        for ext in (".png", ".jpg", ".jpeg"):  # instant-ngp synthetic scenes omit the extension
-            if path.with_name(path.name + ext).is_file():
-                return path.with_name(path.name + ext)
-    return path
-
-
-def _downscaled_sibling(path: Path, root: Path, downscale: int) -> Path | None:
-    """``<root>_{d}/<same relative path>`` (or the same stem as .png), nerfstudio's convention."""
-    if downscale <= 1:
-        return None
-    try:
-        rel = path.relative_to(root)
-    except ValueError:
-        return None
-    base = root.parent / f"{root.name}_{downscale}" / rel
-    for cand in (base, base.with_suffix(".png")):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def _plan_nerfstudio(src: Path, downscale: int, warn: Callable[[str], None], partial: bool = False) -> _Plan:
-    tpath = src if src.is_file() else src / "transforms.json"
-    base = tpath.parent
-    try:
-        meta = json.loads(tpath.read_text())
-    except FileNotFoundError:
-        raise InputError(tpath, "missing") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(tpath, f"not readable JSON ({_exc_text(exc, tpath)})") from exc
-    frames = meta.get("frames") if isinstance(meta, dict) else None
-    if not isinstance(frames, list) or not frames:
-        raise InputError(tpath, "has no frames")
-
-    views: list[_View] = []
-    resized: list[str] = []
-    n_posed = 0
-    for i, fr in enumerate(frames):
-        if not isinstance(fr, dict) or not isinstance(fr.get("file_path"), str):
-            raise InputError(tpath, f"frame {i} has no file_path")
-        where = f"frame {i} ({fr['file_path']})"
-        image = _resolve_image(base, fr["file_path"])
-        if not image.is_file():
-            raise InputError(image, f"missing (named by {where} of {tpath})")
-        split = str(fr.get("innout_split", "train"))
-        if split not in ("train", "test"):
-            raise InputError(tpath, f"{where}: innout_split is {split!r}, expected 'train' or 'test'")
-        small = _downscaled_sibling(image, image.parent, downscale)
-        view = _View(name=image.stem, split=split, source=image, working=small or image,
-                     factor=1 if small else downscale, keys=(image.stem, image.name))
-        if "transform_matrix" in fr:
-            c2w = _finite_matrix(fr["transform_matrix"])
-            if c2w is None:
-                raise InputError(tpath, f"{where}: transform_matrix is not a 4x4 (or 3x4) matrix of numbers")
-            if not np.isfinite(c2w).all():
-                raise InputError(tpath, f"{where}: transform_matrix holds non-finite numbers")
-            if not np.allclose(c2w[3], [0.0, 0.0, 0.0, 1.0]):
-                raise InputError(tpath, f"{where}: transform_matrix's last row is {c2w[3].tolist()}, not [0, 0, 0, 1]")
-            view.c2w = c2w
-            view.cam = _nerfstudio_camera(meta, fr, image, where, tpath)
-            n_posed += 1
-            cam_size, (iw, ih) = (view.cam.intr.width, view.cam.intr.height), _image_header(image)[0]
-            if cam_size != (iw, ih):
-                if _aspect_off(cam_size, (iw, ih)) > 0.02:
-                    raise InputError(image, f"is {iw}x{ih} but {tpath} gives w x h = {cam_size[0]}x{cam_size[1]} "
-                                            f"for {where}: the aspect ratios differ")
-                resized.append(image.name)
-        for key in ("innout_object_mask", "mask_path"):
-            if isinstance(fr.get(key), str):
-                mask = _resolve_image(base, fr[key])
-                if not mask.is_file():
-                    raise InputError(mask, f"missing ({key} of {where} in {tpath})")
-                view.mask = mask
-                view.mask_semantics = "object" if key == "innout_object_mask" else "nerfstudio"
-                break
-        views.append(view)
-    _check_unique_names(views)
-    if resized:
-        warn(f"{tpath}: {len(resized)} images ({resized[0]}, ...) do not have the size w x h given for them; "
-             "their intrinsics are scaled to the images' size")
-    if 0 < n_posed < len(views):
-        i = next(i for i, v in enumerate(views) if v.c2w is None)
-        raise InputError(tpath, f"frame {i} ({frames[i]['file_path']}) has no transform_matrix while others do")
-
-    n_masked = sum(v.mask is not None for v in views)
-    # with partial masks only train views may lack one (test views need their evaluation region)
-    must_have = [v for v in views if v.split == "test"] if partial else views
-    if 0 < n_masked < len(views) and any(v.mask is None for v in must_have):
-        i = next(i for i, v in enumerate(views) if v.mask is None and v in must_have)
-        raise InputError(tpath, f"frame {i} ({frames[i]['file_path']}) names no mask "
-                                "(mask_path or innout_object_mask) while other frames do")
-    if n_masked == 0 and (base / "masks").is_dir():
-        if partial:
-            matched = _match_some_masks(base / "masks", [v for v in views if v.split == "train"], views)
-            for v in views:
-                v.mask = matched.get(v.name)
-            n_masked = len(matched)
-        else:
-            matched = _match_masks(base / "masks", views, views, "", warn)
-            for v in views:
-                v.mask = matched[v.name]
-            n_masked = len(views)
-    return _Plan("nerfstudio", views, has_poses=n_posed > 0, has_masks=n_masked > 0)
-
-
-_COLMAP_PARAMS = {
-    # model: names of its parameters, in COLMAP's order
-    "SIMPLE_PINHOLE": ("f", "cx", "cy"),
-    "PINHOLE": ("fx", "fy", "cx", "cy"),
-    "SIMPLE_RADIAL": ("f", "cx", "cy", "k1"),
-    "RADIAL": ("f", "cx", "cy", "k1", "k2"),
-    "OPENCV": ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2"),
-}
-
-
-def _colmap_camera(cam: Any, model_dir: Path) -> _Cam:
-    model = cam.model_name if hasattr(cam, "model_name") else getattr(cam.model, "name", str(cam.model))
-    model = str(model).split(".")[-1]
-    if model not in _COLMAP_PARAMS:
-        raise InputError(model_dir, f"camera {cam.camera_id} has model {model}; supported: {', '.join(_COLMAP_PARAMS)}")
-    values = dict(zip(_COLMAP_PARAMS[model], (float(x) for x in cam.params)))
-    if "f" in values:
-        values["fx"] = values["fy"] = values["f"]
-    if not all(math.isfinite(x) for x in values.values()):
-        raise InputError(model_dir, f"camera {cam.camera_id} has non-finite parameters")
-    intr = Intrinsics(values["fx"], values["fy"], values["cx"], values["cy"], int(cam.width), int(cam.height))
-    return _Cam(intr, "OPENCV", {k: values.get(k, 0.0) for k in _DISTORTION_KEYS})
-
-
-def _plan_colmap(src: Path, downscale: int, warn: Callable[[str], None], partial: bool = False) -> _Plan:
-    import pycolmap  # heavy; only this format needs it
-
-    model_dir = _colmap_model_dir(src)
-    if model_dir is None:
-        raise InputError(src / "sparse" / "0", "missing: no COLMAP model (cameras.bin or cameras.txt)")
-    try:
-        rec = pycolmap.Reconstruction(str(model_dir))
-    except Exception as exc:
-        raise InputError(model_dir, f"not a readable COLMAP model ({_exc_text(exc, model_dir)})") from exc
-    image_dir = src / "images"
-    if not image_dir.is_dir():
-        raise InputError(image_dir, "missing")
-    views: list[_View] = []
-    cams: dict[int, _Cam] = {}
-    for image in sorted(rec.images.values(), key=lambda im: im.name):
-        if not getattr(image, "has_pose", getattr(image, "registered", True)):
-            continue
-        path = image_dir / image.name
-        if not path.is_file():
-            raise InputError(path, f"missing (registered in the COLMAP model {model_dir})")
-        pose = image.cam_from_world
-        pose = pose() if callable(pose) else pose
-        w2c = np.eye(4)
-        w2c[:3, :] = np.asarray(pose.matrix(), dtype=float)
-        if not np.isfinite(w2c).all():
-            raise InputError(model_dir, f"image {image.name} has a non-finite pose")
-        if image.camera_id not in cams:
-            cams[image.camera_id] = _colmap_camera(rec.cameras[image.camera_id], model_dir)
-        small = _downscaled_sibling(path, image_dir, downscale)
-        views.append(_View(name=path.stem, split="train", source=path, working=small or path,
-                           factor=1 if small else downscale, keys=(path.stem, path.name),
-                           c2w=opencv_w2c_to_opengl_c2w(w2c), cam=cams[image.camera_id]))
-    if not views:
-        raise InputError(model_dir, "has no registered images")
-    _check_unique_names(views)
-    named = {v.source.resolve() for v in views}
-    skipped = [p for p in _list_images(image_dir) if p.resolve() not in named]
-    if skipped:
-        warn(f"{image_dir}: {len(skipped)} images are not in the COLMAP model and are skipped "
-             f"({', '.join(p.name for p in skipped[:3])}{', ...' if len(skipped) > 3 else ''})")
-    has_masks = _attach_mask_folder(src / "masks", views, warn, partial)
-    return _Plan("colmap", views, has_poses=True, has_masks=has_masks)
-
-
-def _attach_mask_folder(mask_dir: Path, views: list[_View], warn: Callable[[str], None], partial: bool = False) -> bool:
-    if not mask_dir.is_dir():
-        return False
-    if partial:
-        matched = _match_some_masks(mask_dir, views, views)
-        for v in views:
-            v.mask = matched.get(v.name)
-        return bool(matched)
-    matched = _match_masks(mask_dir, views, views, "", warn)
-    for v in views:
-        v.mask = matched[v.name]
-    return True
-
-
-def _plan_images(src: Path, downscale: int, warn: Callable[[str], None], partial: bool = False) -> _Plan:
-    image_dir = src / "images"
-    if not image_dir.is_dir():
-        raise InputError(image_dir, "missing")
-    files = _list_images(image_dir)
-    if not files:
-        raise InputError(image_dir, "holds no images (" + ", ".join(IMAGE_SUFFIXES) + ")")
-    views = []
-    for p in files:
-        small = _downscaled_sibling(p, image_dir, downscale)
-        views.append(_View(name=p.stem, split="train", source=p, working=small or p,
-                           factor=1 if small else downscale, keys=(p.stem, p.name)))
-    _check_unique_names(views)
-    has_masks = _attach_mask_folder(src / "masks", views, warn, partial)
-    return _Plan("images", views, has_poses=False, has_masks=has_masks)
-
+from innout.scene_formats import _plan_colmap, _plan_images, _plan_nerfstudio, _plan_spinnerf, detect_format
+from innout.scene_sources import (
+    _ASPECT_TOLERANCE,
+    _DISTORTION_KEYS,
+    FORMATS,
+    POSES_MODES,
+    SPINNERF_N_TEST,
+    STAGE,
+    _aspect_off,
+    _binarize,
+    _Cam,
+    _exc_text,
+    _image_header,
+    _log,
+    _n_levels,
+    _Plan,
+    _read_mask,
+    _read_rgb,
+    _resize,
+    _scaled_size,
+    _View,
+    _Warnings,
+)
+from innout.stage import replace_dir
+from innout.view_suggest import spread_of, suggest_views
 
 # --------------------------------------------------------------------------- partial masks
 
@@ -840,17 +189,16 @@ def _write_partial_mask(tmp: Path, v: _View, obj: np.ndarray, frame: dict[str, A
         if not obj.any():
             raise InputError(v.mask, "is empty: an annotated mask must mark the object (> half its maximum = object)")
         (tmp / "annotations").mkdir(exist_ok=True)
-        _write_png(tmp / "annotations" / f"{v.name}.png", obj)
+        save_png(tmp / "annotations" / f"{v.name}.png", obj, compress_level=3)
         frame["innout_annotation"] = f"annotations/{v.name}.png"
     elif v.mask_role == "reference":
         (tmp / "reference_masks").mkdir(exist_ok=True)
-        _write_png(tmp / "reference_masks" / f"{v.name}.png", obj)
+        save_png(tmp / "reference_masks" / f"{v.name}.png", obj, compress_level=3)
         frame["innout_reference_mask"] = f"reference_masks/{v.name}.png"
 
 
 def _write_partial_masks_info(plan: _Plan, tmp: Path, summary: dict, mode: str, box: ObjectBox | None) -> dict:
     """transforms.json and summary.json of a scene whose masks the masks stage completes."""
-    from innout.view_suggest import spread_of, suggest_views
 
     train = [v for v in plan.views if v.split == "train"]
     annotated = [v.name for v in train if v.mask_role == "annotation"]
@@ -977,7 +325,7 @@ def import_scene(
                                poses=poses, warn=warn)
         if mask_mode != "all":
             summary = _write_partial_masks_info(plan, tmp, summary, mask_mode, box)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -1018,16 +366,6 @@ def _missing_parents(out_dir: Path) -> list[Path]:
         missing.append(p)
         p = p.parent
     return missing
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "x")
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_sizes(plan: _Plan, max_width: int | None,
@@ -1113,7 +451,7 @@ def _write_scene(plan: _Plan, source: Path, tmp: Path, size: tuple[int, int],
 
     for v in tqdm(plan.views, desc="scene: images", unit="img", disable=None, leave=False):
         rgb = _resize(_read_rgb(v.working), size)
-        _write_png(tmp / "images" / f"{v.name}.png", rgb)
+        save_png(tmp / "images" / f"{v.name}.png", rgb, compress_level=3)
         if v.mask is not None:
             raw = _read_mask(v.mask)
             if _n_levels(raw) > 2:
@@ -1133,8 +471,8 @@ def _write_scene(plan: _Plan, source: Path, tmp: Path, size: tuple[int, int],
                 obj = cv2.dilate(obj, kernel_ones, iterations=iterations)
             if v.split == "train" and plan.has_masks and not obj.any():
                 empty_train.append(v.name)
-            _write_png(tmp / "masks" / f"{v.name}.png", obj)
-            _write_png(tmp / "nerf_masks" / f"{v.name}.png", 255 - obj)
+            save_png(tmp / "masks" / f"{v.name}.png", obj, compress_level=3)
+            save_png(tmp / "nerf_masks" / f"{v.name}.png", 255 - obj, compress_level=3)
             fractions[v.name] = float(np.count_nonzero(obj)) / obj.size
             frame["mask_path"] = f"nerf_masks/{v.name}.png"
             frame["innout_object_mask"] = f"masks/{v.name}.png"

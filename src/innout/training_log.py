@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from innout.viz import plot_curves
+
 
 class TrainingLog:
     """Scalars of one training run. ``tensorboard_dir``: where event files go (None: no
@@ -75,6 +77,4 @@ class TrainingLog:
 
     def plot(self, out_png: Path, title: str, panels: Mapping[str, list[str]]) -> None:
         """The history as ``out_png`` (:func:`innout.viz.plot_curves`)."""
-        from innout.viz import plot_curves
-
         plot_curves(self.history, panels, out_png, title)

@@ -16,12 +16,15 @@ look at the object.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from innout.cameras import Camera
+from innout.cameras import Camera, Intrinsics
+from innout.errors import InputError
 
 
 def look_at_point(cameras: Sequence[Camera]) -> np.ndarray:
@@ -97,11 +100,7 @@ def suggest_from_transforms(transforms, counts=(1, 2, 3)) -> dict:
     """Suggestions for the train views of a posed ``transforms.json`` (nerfstudio style, as
     the scene and poses stages write it): ``{"<count>": {"views", "spread_deg",
     "min_angle_deg"}, "centre": [...]}``. One-line InputErrors naming the file."""
-    import json
-    from pathlib import Path
 
-    from innout.cameras import Intrinsics
-    from innout.errors import InputError
 
     path = Path(transforms)
     try:

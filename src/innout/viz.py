@@ -61,13 +61,6 @@ def contact_sheet(tiles: list[tuple[np.ndarray, str]], columns: int = 6, tile_wi
     return sheet
 
 
-def save_png(path: Path, image: np.ndarray) -> None:
-    """An RGB image (uint8, or float in [0, 1]) as a PNG, its folder made."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = image if image.dtype == np.uint8 else (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-    Image.fromarray(arr).save(path)
-
-
 def _pick(names: list[str], count: int) -> list[str]:
     if len(names) <= count:
         return names
@@ -143,7 +136,7 @@ def _placeholder(shape: tuple[int, int], text: str) -> np.ndarray:
 
 def train_view_sheet(frames: list, renders: Path, inpainted: Path | None, base_view: str | None,
                      weights: Optional[str] = None, model_set: str = "", tile_width: int = 240) -> Image.Image:
-    """One row per train view (``innout.pretrain.Frame``): the input photo with the
+    """One row per train view (``innout.frames.Frame``): the input photo with the
     object's mask outlined in red, its aligned inpainting (``inpainted/<view>.png``; a
     grey tile when there is none) and the final NeRF's render (``renders/<view>.png``).
     Captions name the view and mark the base view; the banner of ``weights`` (the
