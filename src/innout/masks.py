@@ -182,7 +182,8 @@ def render_surfaces(nerf_config: Path, cameras: dict[str, Camera], device: str, 
     """Each view's surface distances (H, W) along its unit pixel rays, scene units, as
     ``{"median": ..., "expected": ...}`` (both come from one rendering), and with
     ``images`` the PSNR of the rendered colour (``"psnr"``: how well the NeRF fits)."""
-    from innout.pretrain import load_rgb, psnr_masked
+    from innout.evaluate import psnr
+    from innout.pretrain import load_rgb
     from innout.render import NerfRenderer
 
     renderer = NerfRenderer.from_config(nerf_config, device=device)
@@ -194,7 +195,7 @@ def render_surfaces(nerf_config: Path, cameras: dict[str, Camera], device: str, 
         out[name] = {"median": median, "expected": expected}
         if images is not None:
             gt = load_rgb(images[name])
-            out[name]["psnr"] = psnr_masked(res["rgb"].cpu().numpy(), gt, np.ones(gt.shape[:2], bool))
+            out[name]["psnr"] = psnr(res["rgb"].cpu().numpy(), gt)
         if (i + 1) % 10 == 0 or i + 1 == len(cameras):
             log.info("masks: rendered the surface of %d/%d views (%.0f s)", i + 1, len(cameras), time.perf_counter() - t0)
     return out
