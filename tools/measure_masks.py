@@ -13,7 +13,9 @@ the demo's settings (60 train views, 640x480, imported at 1/4) and with every ma
 
 The NeRF is trained once per scene and reused by every row; a rerun reuses the
 finished work (checkpoints under ``--out``). Prints a table and writes
-``<out>/table-<geometry>.json``. Example (the README's figures)::
+``<out>/table-<geometry>.json`` and, per scene and row, the masks stage's overview picture
+(``<out>/<variant>-<seed>/overview-<geometry>-<k>views.png``: the annotated views, then a
+sample of the others with missed pixels green and extra ones blue). Example (the README's figures)::
 
     nice -n 10 .venv/bin/python tools/measure_masks.py --scenes forward:0 360:0 forward:1 360:1
 
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from innout.carving import ViewGeometry
 from innout.config import load_method_config
@@ -40,6 +43,7 @@ from innout.masks import carve_views, iou, render_surfaces, train_scene_nerf
 from innout.procedural import write_spinnerf_scene
 from innout.scene import import_scene
 from innout.view_suggest import suggest_views
+from innout.viz import masks_overview
 
 DEMO = {"n_train": 60, "n_test": 40, "width": 640, "height": 480, "downscales": (2, 4)}  # config.yaml: generated.demo
 
@@ -59,8 +63,6 @@ def prepare(variant: str, seed: int, out: Path, log: logging.Logger):
     truth = {}
     for f in train:
         key = f.raw.get("innout_annotation") or f.raw.get("innout_reference_mask")
-        from PIL import Image
-
         truth[f.name] = np.asarray(Image.open(scene / key).convert("L")) > 127
     return meta, scene, {f.name: f.camera for f in train}, truth
 
@@ -88,6 +90,10 @@ def geometry(meta: dict, scene: Path, cameras: dict, folder: Path, cfg, log) -> 
     surfaces = render_surfaces(nerf, cameras, str(cfg.device), log)
     np.savez_compressed(cache, **{f"{n}/{k}": both[k] for n, both in surfaces.items() for k in ("median", "expected")})
     return surfaces
+
+
+def suffix(depth: str) -> str:
+    return "" if depth == "median" else f"-{depth}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,11 +128,14 @@ def main(argv: list[str] | None = None) -> int:
                 views = [ViewGeometry(n, cameras[n], surfaces[n][depth]) for n in names]
                 t1 = time.perf_counter()
                 result, _ = carve_views(views, annotated, None, cfg.masks, images=images)
+                carving_s = time.perf_counter() - t1
                 scores = [iou(result.masks[n], truth[n]) for n in names if n not in annotated]
+                masks_overview(images, result.masks, truth, suggestion.views,
+                               out / f"{variant}-{seed}" / f"overview-{args.geometry}-{k}views{suffix(depth)}.png")
                 rows.append({"scene": spec, "geometry": args.geometry, "views": k, "annotated": suggestion.views,
                              "spread_deg": round(suggestion.spread_deg, 1), "depth": depth,
                              "iou_mean": round(float(np.mean(scores)), 4), "iou_min": round(float(np.min(scores)), 4),
-                             "n_scored": len(scores), "carving_s": round(time.perf_counter() - t1, 1),
+                             "n_scored": len(scores), "carving_s": round(carving_s, 1),
                              "geometry_s": round(geometry_s, 1)})
                 log.info("%s", rows[-1])
     (out / f"table-{args.geometry}.json").write_text(json.dumps({"rows": rows, "overrides": args.override}, indent=1))

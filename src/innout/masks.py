@@ -57,7 +57,7 @@ from innout.carving import (
 from innout.edge_snap import snap_to_edges
 from innout.errors import InputError, StageError
 from innout.frames import read_scene, resolve_path
-from innout.image_metrics import psnr_masked
+from innout.image_metrics import psnr
 from innout.images import load_rgb
 from innout.mask_cleanup import CleanupSettings, clean_mask, dilate_mask
 from innout.nerf_training import NS_DIR, train_nerf
@@ -201,7 +201,7 @@ def render_surfaces(nerf_config: Path, cameras: dict[str, Camera], device: str, 
         out[name] = {"median": median, "expected": expected}
         if images is not None:
             gt = load_rgb(images[name])
-            out[name]["psnr"] = psnr_masked(res["rgb"].cpu().numpy(), gt, np.ones(gt.shape[:2], bool))
+            out[name]["psnr"] = psnr(res["rgb"].cpu().numpy(), gt)
         if (i + 1) % 10 == 0 or i + 1 == len(cameras):
             log.info("masks: rendered the surface of %d/%d views (%.0f s)", i + 1, len(cameras), time.perf_counter() - t0)
     return out
