@@ -133,7 +133,7 @@ def test_run_render(trained, tmp_path, offline):  # noqa: F811
     path = json.loads((out / "camera_path.json").read_text())
     assert len(path["camera_path"]) == 6 and path["render_width"] == frames[0].shape[1]
     assert set(summary["video"]["keyframes"]) <= {f.name for f in train}
-    assert summary["random_weights"] is True and summary["n_test_views"] == len(test) and summary["video"]["frames"] == 6
+    assert summary["weights"] == "random" and summary["n_test_views"] == len(test) and summary["video"]["frames"] == 6
     # the box renders are the NeRF's pixels there (rendered again through the API: the same)
     y0, y1, x0, x1 = boxes[test[0].name]
     again = NerfRenderer.from_config(nerf, device="cpu").render_camera(test[0].camera, return_samples=False)["rgb"].numpy()
