@@ -41,7 +41,7 @@ rule base:
     benchmark:
         "benchmarks/{scene}/base.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,

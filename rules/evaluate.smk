@@ -25,7 +25,7 @@ rule evaluate:
     benchmark:
         "benchmarks/{scene}/evaluate.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
@@ -53,7 +53,7 @@ rule metrics:
     benchmark:
         "benchmarks/metrics.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 1
     resources:
         mem_mb=1000,

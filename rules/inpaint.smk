@@ -25,7 +25,7 @@ rule inpaint_shard:
     wildcard_constraints:
         shard=r"\d+",
     conda:
-        "innout"
+        "../envs/innout.yaml"
     # One thread: on a CPU the tiny demo model's small tensors gain nothing from a second
     # intra-op thread, and spinning OpenMP threads on shared cores cost up to 8x the CPU
     # time (measured); shards are the parallelism (Snakemake runs --cores of them at once).
@@ -75,7 +75,7 @@ rule inpaint:
     benchmark:
         "benchmarks/{scene}/inpaint/gather.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,

@@ -28,7 +28,7 @@ rule masks:
     benchmark:
         "benchmarks/{scene}/masks.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,

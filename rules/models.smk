@@ -24,7 +24,7 @@ rule models:
         "benchmarks/models.tsv"
     localrule: True
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,

@@ -20,7 +20,7 @@ rule poses:
     benchmark:
         "benchmarks/{scene}/poses.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,

@@ -20,7 +20,7 @@ rule pretrain:
     benchmark:
         "benchmarks/{scene}/pretrain.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,

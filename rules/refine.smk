@@ -34,7 +34,7 @@ rule refine:
     benchmark:
         "benchmarks/{scene}/refine.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,

@@ -18,7 +18,7 @@ rule render_pretrain:
     benchmark:
         "benchmarks/{scene}/render_pretrain.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
@@ -61,7 +61,7 @@ rule render:
     benchmark:
         "benchmarks/{scene}/render.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
@@ -92,7 +92,7 @@ rule render_camera_path:
     benchmark:
         "benchmarks/{scene}/camera_paths/{path}.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,

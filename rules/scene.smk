@@ -6,7 +6,7 @@ rule generate:
     benchmark:
         "benchmarks/generated/{generated}.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -34,7 +34,7 @@ rule scene:
     benchmark:
         "benchmarks/{scene}/scene.tsv"
     conda:
-        "innout"
+        "../envs/innout.yaml"
     threads: 1
     resources:
         mem_mb=4000,

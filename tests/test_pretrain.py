@@ -257,12 +257,12 @@ def test_nerfstudio_eval_setup_loads_and_agrees(trained, offline):
     assert step == ITERATIONS - 1 and ckpt.is_file()
     renderer = NerfRenderer.from_config(trained["out_dir"], device="cpu")
     _, _, train, _ = read_scene(trained["scene"])
-    by_path = {str(f.image): f for f in train}
+    by_path = {f.image.resolve(): f for f in train}  # nerfstudio's paths are relative to the NeRF folder
     cameras = pipeline.datamanager.train_dataset.cameras
     for i in (0, len(cameras) - 1):
         path = str(pipeline.datamanager.train_dataset.image_filenames[i])
         ns = pipeline.model.get_outputs_for_camera(cameras[i : i + 1].to(pipeline.device))
-        ours = renderer.render_camera(by_path[path].camera, return_samples=False)
+        ours = renderer.render_camera(by_path[Path(path).resolve()].camera, return_samples=False)
         torch.testing.assert_close(ours["rgb"], ns["rgb"].cpu(), atol=2e-3, rtol=0)
         torch.testing.assert_close(ours["depth"] * renderer.frame.scale, ns["expected_depth"][..., 0].cpu(), atol=2e-3, rtol=1e-3)
 
