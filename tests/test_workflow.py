@@ -203,7 +203,7 @@ def test_scene_named_mean_is_refused(tmp_path):
     assert any("scenes.tsv" in l and "mean row" in l for l in (result.stdout + result.stderr).splitlines())
 
 
-CAPTIONS_WITH_MODELS = ("base", "inpaint", "refine", "render", "render_train", "camera_path", "evaluate", "metrics", "models")
+CAPTIONS_WITH_MODELS = ("base", "inpaint", "refine", "render", "render_train", "camera_path", "curves", "evaluate", "metrics", "models")
 
 
 def _captions(method) -> dict[str, str]:

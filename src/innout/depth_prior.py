@@ -264,11 +264,21 @@ def align_depth(
     return aligned.astype(np.float32), stats
 
 
+MAX_ERROR_VS_CONSTANT = 0.7
+"""A plausible prior's ``rel_error`` is at most this fraction of ``rel_error_constant`` (the
+error of one constant depth at the median): a prior that knows nothing about the scene
+aligns to a nearly flat map and scores about 1.0 x; a working one scores far below (0.05 x
+on the unit tests' scene)."""
+
+
 def check_plausible(stats: dict[str, Any], max_rel_error: float) -> tuple[bool, str | None]:
     """``(plausible, reason)`` of an :func:`align_depth` fit: implausible when its scale is
-    not positive (or not finite) or its ``rel_error`` exceeds ``max_rel_error``; the
-    reason says which, with the numbers (None when plausible)."""
+    not positive (or not finite), when its ``rel_error`` exceeds ``max_rel_error``, or when
+    it does not beat a constant map by :data:`MAX_ERROR_VS_CONSTANT` (on a scene of little
+    depth range a prior unrelated to it can stay under ``max_rel_error``); the reason says
+    which, with the numbers (None when plausible)."""
     scale, rel_error = float(stats["scale"]), float(stats["rel_error"])
+    constant = float(stats.get("rel_error_constant", np.inf))
     space = stats.get("space", "depth")
     if not np.isfinite(scale) or scale <= 0:
         return False, (f"scale {scale:.6g} in {space} is not positive: the prior's near-far order is reversed "
@@ -276,6 +286,10 @@ def check_plausible(stats: dict[str, Any], max_rel_error: float) -> tuple[bool, 
     if not np.isfinite(rel_error) or rel_error > max_rel_error:
         return False, (f"median relative error {rel_error:.3g} of the aligned prior against the NeRF's depth outside the "
                        f"mask is above {max_rel_error:.3g}")
+    if np.isfinite(constant) and rel_error > MAX_ERROR_VS_CONSTANT * constant:
+        return False, (f"median relative error {rel_error:.3g} of the aligned prior against the NeRF's depth outside the "
+                       f"mask is no better than a constant depth's {constant:.3g} (more than {MAX_ERROR_VS_CONSTANT:g} x): "
+                       "the prior does not know the scene")
     return True, None
 
 
