@@ -205,8 +205,8 @@ def run(check: Check, args, size: dict) -> None:
         summary = check.stage(f"pretrain-{impl}", run_pretrain, transforms, folder, out / "work" / folder.name, stage_cfg)
         check.note(f"pretrain-{impl}", steps=summary["iterations"], train_seconds=summary["seconds"],
                    steps_per_second=round(summary["iterations"] / max(summary["seconds"], 1e-9), 2),
-                   train_rays_per_second=summary["rays_per_second"], render_seconds=summary["render_seconds"],
-                   render_views=summary["n_train_views"] + summary["n_test_views"], implementation=summary["implementation"])
+                   train_rays_per_second=summary["rays_per_second"], quality_patch_seconds=summary["quality_seconds"],
+                   views=summary["n_train_views"] + summary["n_test_views"], implementation=summary["implementation"])
 
     # ---- base view, prior fit ---------------------------------------------------------------
     from innout.base import run_base
