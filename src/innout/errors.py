@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 class InputError(Exception):
@@ -21,3 +23,21 @@ class StageError(Exception):
         self.stage = stage
         self.problem = " ".join(str(problem).split())
         super().__init__(f"{stage}: {self.problem}")
+
+
+def exception_text(exc: BaseException, path: str | Path) -> str:
+    """An exception as the problem part of an :class:`InputError` on ``path``: its type and
+    message without the path (the error already starts with it)."""
+    text = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip(" :")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``; an :class:`InputError` naming the file when it is missing or
+    not readable JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(path, "missing") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not readable JSON ({exception_text(exc, path)})") from exc

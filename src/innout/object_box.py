@@ -16,7 +16,6 @@ COLMAP's frame with the similarity that aligns the two sets of camera centres.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from innout.cameras import Camera
-from innout.errors import InputError
+from innout.errors import InputError, read_json
 
 BOX_FILE = "object_box.json"
 
@@ -76,12 +75,7 @@ def _vector(path: Path, data: dict, key: str) -> np.ndarray:
 def read_box(path: Path) -> ObjectBox:
     """The box in ``path`` (see the module docstring); one-line errors naming the file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "missing") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"not readable JSON ({exc})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise InputError(path, "must hold a JSON object with min/max or center/size")
     if "min" in data or "max" in data:

@@ -85,7 +85,7 @@ import numpy as np
 from PIL import Image
 
 from innout.cameras import Intrinsics, opencv_w2c_to_opengl_c2w, rotation_angle_deg, umeyama_similarity
-from innout.errors import InputError, StageError
+from innout.errors import InputError, StageError, read_json
 from innout.stage import replace_dir
 from innout.viz import pose_plot
 
@@ -175,10 +175,7 @@ def _read_scene(scene_dir: Path) -> dict:
     path = scene_dir / "transforms.json"
     if not path.is_file():
         raise InputError(path, "missing; run the scene stage first")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"not readable JSON ({exc})") from exc
+    meta = read_json(path)
     frames = meta.get("frames")
     if not isinstance(frames, list) or not frames:
         raise InputError(path, "has no frames")

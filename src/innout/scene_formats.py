@@ -3,7 +3,6 @@ each is read into a :class:`innout.scene_sources._Plan`; :func:`detect_format` t
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -13,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from innout.cameras import Intrinsics, llff_row_to_camera, opencv_w2c_to_opengl_c2w
-from innout.errors import InputError
+from innout.errors import InputError, read_json
 from innout.scene_sources import (
     _DISTORTION_KEYS,
     IMAGE_SUFFIXES,
@@ -281,12 +280,7 @@ def _downscaled_sibling(path: Path, root: Path, downscale: int) -> Path | None:
 def _plan_nerfstudio(src: Path, downscale: int, warn: Callable[[str], None], partial: bool = False) -> _Plan:
     tpath = src if src.is_file() else src / "transforms.json"
     base = tpath.parent
-    try:
-        meta = json.loads(tpath.read_text())
-    except FileNotFoundError:
-        raise InputError(tpath, "missing") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(tpath, f"not readable JSON ({_exc_text(exc, tpath)})") from exc
+    meta = read_json(tpath)
     frames = meta.get("frames") if isinstance(meta, dict) else None
     if not isinstance(frames, list) or not frames:
         raise InputError(tpath, "has no frames")

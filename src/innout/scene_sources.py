@@ -14,6 +14,7 @@ from PIL import Image
 
 from innout.cameras import Intrinsics
 from innout.errors import InputError
+from innout.errors import exception_text as _exc_text  # the name scene, scene_formats import
 
 STAGE = "scene"
 FORMATS = ("spinnerf", "nerfstudio", "colmap", "images")
@@ -90,11 +91,6 @@ def _list_images(folder: Path) -> list[Path]:
          if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES),
         key=lambda p: p.name,
     )
-
-
-def _exc_text(exc: BaseException, path: Path) -> str:
-    text = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip(" :")
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _image_header(path: Path) -> tuple[tuple[int, int], int]:
