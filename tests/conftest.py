@@ -37,7 +37,7 @@ def procedural_like(tmp_path_factory) -> list[str]:
     set: the tiny models saved as local folders (loaded with from_pretrained like shipped
     weights) and ``provenance: procedural``; LPIPS and FID keep their random backbones.
     Its outputs must carry the procedural label and never the random-weights warning."""
-    from innout.models import save_tiny_depth, save_tiny_inpainter
+    from innout.model_presets import save_tiny_depth, save_tiny_inpainter
 
     root = tmp_path_factory.mktemp("procedural-like")
     inpainter = save_tiny_inpainter(root / "inpainter")

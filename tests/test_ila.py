@@ -21,7 +21,7 @@ from innout.diffusion import (
     processing_size,
 )
 from innout.ila import RECORD, SHARE, ILAAttnProcessor, ILAController, ila_installed, install_ila, uninstall_ila
-from innout.models import build_tiny_inpainter
+from innout.model_presets import build_tiny_inpainter
 
 SIZE = 64
 STEPS = 3

@@ -39,7 +39,7 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def pipe(one_thread):
-    from innout.models import build_tiny_inpainter
+    from innout.model_presets import build_tiny_inpainter
 
     return build_tiny_inpainter()
 

@@ -10,23 +10,25 @@ import pytest
 import torch
 
 from innout.errors import InputError, StageError
-from innout.models import (
-    check_manifest,
-    lpips_heads_path,
-    manifest_item,
+from innout.model_presets import (
     SD2_TEXT,
     SD2_UNET,
     SD2_VAE,
     build_sd2_random,
     build_tiny_inpainter,
+    save_tiny_inpainter,
+    sd2_unet_parameter_count,
+)
+from innout.models import (
+    check_manifest,
     depth_model_path,
     download_plan,
     fetch_models,
     load_inpainter,
+    lpips_heads_path,
+    manifest_item,
     preset_dir,
     resolve_dtype,
-    save_tiny_inpainter,
-    sd2_unet_parameter_count,
     select_hub_files,
 )
 from innout.provenance import PROCEDURAL_LABEL, RANDOM_WEIGHTS_WARNING, weights_provenance
@@ -302,7 +304,7 @@ def user_hub(tmp_path, monkeypatch):
     rule fetches them for a GPU) and a tiny depth model; HF_HUB_OFFLINE=1."""
     from huggingface_hub import constants
 
-    from innout.models import save_tiny_depth
+    from innout.model_presets import save_tiny_depth
 
     hub = tmp_path / "hf-home" / "hub"
 

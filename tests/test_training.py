@@ -187,7 +187,7 @@ def test_unet_epsilon_loss_falls_with_plain_and_ila_steps(views):
 
 
 def test_loss_weights_count_the_implied_clean_latent_at_low_snr():
-    from innout.models import SD2_SCHEDULER
+    from innout.model_presets import SD2_SCHEDULER
     from innout.training.inpainter import loss_weights
     from diffusers import PNDMScheduler
 
@@ -212,7 +212,7 @@ def _latent_data(n: int = 4) -> dict:
 
 def test_first_step_samples_hold_no_trace_of_the_clean_latent_and_their_target_recovers_it():
     """What the sampler's first step sees (pure noise at t = 999) and what it must output."""
-    from innout.models import SD2_SCHEDULER
+    from innout.model_presets import SD2_SCHEDULER
     from innout.training.inpainter import noisy_inputs
     from diffusers import PNDMScheduler
 

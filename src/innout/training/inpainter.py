@@ -3,9 +3,9 @@
 Interface (what :mod:`innout.diffusion` feeds it, so that the trained weights drop into
 the workflow unchanged): 9 input channels ``[noisy latents (4), mask (1), masked-image
 latents (4)]``, epsilon prediction, the SD2 noise schedule of the pipeline's scheduler
-(:data:`innout.models.SD2_SCHEDULER`: ``scaled_linear`` betas 0.00085-0.012 over 1000
+(:data:`innout.model_presets.SD2_SCHEDULER`: ``scaled_linear`` betas 0.00085-0.012 over 1000
 steps), cross-attention on the embedding of a fixed empty prompt from a small seeded
-``CLIPTextModel`` with :func:`innout.models.tiny_tokenizer`. The conditioning is built by
+``CLIPTextModel`` with :func:`innout.model_presets.tiny_tokenizer`. The conditioning is built by
 :func:`innout.diffusion.prepare_views` itself (mask thresholded, nearest-downsampled to
 the latent grid; masked-image latents = VAE posterior mode x ``scaling_factor`` of the
 image with the masked pixels zeroed), from the trained VAE.
@@ -133,7 +133,7 @@ def build_text_encoder(seed: int):
     """The frozen text tower (random weights, as the ``tiny`` set's) and the tokenizer."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from innout.models import TINY_TEXT, tiny_tokenizer
+    from innout.model_presets import TINY_TEXT, tiny_tokenizer
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -144,7 +144,7 @@ def build_text_encoder(seed: int):
 def assemble_pipeline(unet, vae, text_encoder, tokenizer, timestep_spacing: str = "leading"):
     """A ``StableDiffusionInpaintPipeline`` with the SD2 scheduler (what is saved); its
     noise schedule is SD2's, ``timestep_spacing`` where the sampler's steps fall."""
-    from innout.models import SD2_SCHEDULER, _assemble, _scheduler
+    from innout.model_presets import SD2_SCHEDULER, _assemble, _scheduler
 
     return _assemble(unet, vae, text_encoder, tokenizer, _scheduler({**SD2_SCHEDULER, "timestep_spacing": timestep_spacing}))
 
