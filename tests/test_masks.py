@@ -9,24 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_pretrain import TINY
 
 from innout.errors import InputError
 from innout.frames import read_scene
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY_NERF = [  # the smoke preset's NeRF, smaller tables and batches for a 64x48 scene
-    "pretrain.iterations=200",
-    "pretrain.rays_per_batch=1024",
-    "pretrain.proposal_log2_hashmap_size=12",
-    "pretrain.log2_hashmap_size=13",
-    "pretrain.max_res=256",
-    "pretrain.eval_rays_per_chunk=4096",
-    "pretrain.proposal_warmup=200",
-    "pretrain.lr_decay_steps=2000",
-    "pretrain.steps_per_checkpoint=100",
-    "device=cpu",
-]
+# pretrain's tiny-scene NeRF settings, with this stage's own step counts
+TINY_NERF = [*(s for s in TINY if not s.startswith("pretrain.log_every_steps=")),
+             "pretrain.iterations=200", "pretrain.steps_per_checkpoint=100"]
 
 
 def _cfg(*extra: str):
