@@ -151,6 +151,7 @@ def test_report_shows_the_removal_on_train_views_without_ground_truth(tmp_path, 
     (work / "config" / "own.tsv").write_text("scene\tpath\tformat\tposes\tprompt\nown\town_photos\tnerfstudio\tprovided\t\n")
     config = yaml.safe_load((work / "config" / "config.yaml").read_text())
     config["scenes"] = "config/own.tsv"
+    config["method"]["model"] = "tiny"  # the set the stand-ins (and their models manifest) were made with
     config["method"]["overrides"] = ["render.train_views=3", "render.video_frames=4", "render.video_scale=0.5"]
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     # the stand-ins have no Snakemake metadata: only their dates say what is up to date

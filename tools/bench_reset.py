@@ -37,17 +37,17 @@ def posed_transforms(results: Path) -> Path:
 
 def score(nerf: Path, transforms: Path, cfg) -> dict:
     """The evaluate stage's metrics of a NeRF's renders of the test cameras."""
+    from innout.boxes import read_object_mask
     from innout.evaluate import _read_rgb, evaluate_views, metrics_from_config
     from innout.frames import read_scene
     from innout.renderer import NerfRenderer
-    from innout.scene_sources import _read_mask
 
     _, _, _, test = read_scene(transforms)
     renderer = NerfRenderer.from_config(nerf, device=cfg.device)
     renders, gts, masks = {}, {}, {}
     for f in test:
         gt = _read_rgb(f.image)
-        mask = _read_mask(f.object_mask, f.name, gt.shape[:2])
+        mask = read_object_mask(f.object_mask, f.name, gt.shape[:2])
         if not mask.any():
             continue
         out = renderer.render_camera(f.camera, return_samples=False)

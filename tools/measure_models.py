@@ -36,7 +36,7 @@ The table (rows: measures, columns: scenes):
   the base stage's plausibility verdict.
 
 Then the issue's bars on the demo. Picture sheets (``--sheets``, default
-``docs/measurements/<scene>.png``): for the base view and two other train views, the input
+``docs/measurements/<scene>.jpg``): for the base view and two other train views, the input
 with its mask, the aligned fill (``inpaint/images``), the final render with the trained
 models and with random weights, and the generator's ground truth without the object.
 Timings are wall-clock seconds of this machine (shared cores are slower).
@@ -276,7 +276,10 @@ def picture_sheet(root: Path, scene: str, default_interp: str, model_set: str, o
     transforms = trained / ("poses" if SCENES[scene]["poses"] == "colmap" else "scene") / "transforms.json"
     _, _, train, _ = read_scene(transforms)
     frames = {f.name: f for f in train}
-    names = _spread(list(frames), base)
+    # the render stage renders only a few train views (render.train_views, base first)
+    rendered = [n for n in frames if (trained / "render" / "train" / "rgb" / f"{n}.png").is_file()
+                and (rnd / "render" / "train" / "rgb" / f"{n}.png").is_file()]
+    names = _spread(rendered, base)
     truth = true_background(root / default_interp, scene, names)
     tiles = []
     for name in names:
@@ -295,7 +298,7 @@ def picture_sheet(root: Path, scene: str, default_interp: str, model_set: str, o
                   (truth[name]["rgb"], "ground truth, no object")]
     sheet = with_weights_banner(contact_sheet(tiles, columns=5, tile_width=200), "procedural", model_set)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out_png, optimize=True)
+    sheet.convert("RGB").save(out_png, quality=88, optimize=True)  # JPEG: the sheets are committed (docs/measurements)
 
 
 # --------------------------------------------------------------------------- main
@@ -334,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     figures = measure(args.out, args.scenes, default_interp)
     for scene in args.scenes:
-        picture_sheet(args.out, scene, default_interp, args.model, args.sheets / f"{scene}.png")
+        picture_sheet(args.out, scene, default_interp, args.model, args.sheets / f"{scene}.jpg")
     print()
     print(f"Trained model set `{args.model}` (ELA `{default_interp}` reads where not said otherwise), `smoke` preset, "
           f"2 inpaint shards; box = SPIn-NeRF protocol on the {DEMO_SIZE['n_test']} ground-truth test views.\n")
@@ -342,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     if "demo" in figures:
         print("\nBars on the demo:")
         print("\n".join(bars(figures["demo"], default_interp)))
-    print("\nPicture sheets: " + ", ".join(str((args.sheets / f"{s}.png").relative_to(REPO)) if (args.sheets / f"{s}.png").is_relative_to(REPO)
-                                             else str(args.sheets / f"{s}.png") for s in args.scenes))
+    print("\nPicture sheets: " + ", ".join(str((args.sheets / f"{s}.jpg").relative_to(REPO)) if (args.sheets / f"{s}.jpg").is_relative_to(REPO)
+                                             else str(args.sheets / f"{s}.jpg") for s in args.scenes))
     if seconds:
         print("Workflow runs: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     print(f"Total time: {time.perf_counter() - t0:.0f} s")
