@@ -336,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Total time: {time.perf_counter() - t0:.0f} s")
         return 1
     figures = measure(args.out, args.scenes, default_interp)
-    for scene in args.scenes:
-        picture_sheet(args.out, scene, default_interp, args.model, args.sheets / f"{scene}.jpg")
+    sheets = {scene: args.sheets / f"{scene}.jpg" for scene in args.scenes}
+    for scene, path in sheets.items():
+        picture_sheet(args.out, scene, default_interp, args.model, path)
     print()
     print(f"Trained model set `{args.model}` (ELA `{default_interp}` reads where not said otherwise), `smoke` preset, "
           f"2 inpaint shards; box = SPIn-NeRF protocol on the {DEMO_SIZE['n_test']} ground-truth test views.\n")
@@ -345,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     if "demo" in figures:
         print("\nBars on the demo:")
         print("\n".join(bars(figures["demo"], default_interp)))
-    print("\nPicture sheets: " + ", ".join(str((args.sheets / f"{s}.jpg").relative_to(REPO)) if (args.sheets / f"{s}.jpg").is_relative_to(REPO)
-                                             else str(args.sheets / f"{s}.jpg") for s in args.scenes))
+    print("\nPicture sheets: " + ", ".join(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p) for p in sheets.values()))
     if seconds:
         print("Workflow runs: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     print(f"Total time: {time.perf_counter() - t0:.0f} s")
