@@ -86,6 +86,8 @@ def test_a_rerun_reuses_the_trained_nerf(stage_run, caplog):
         again = run_masks(transforms, transforms, root / "out", root / "work", _cfg())
     assert any("already complete" in r.getMessage() for r in caplog.records)
     assert again["per_view"] == first["per_view"]  # same seed, same masks
+    # no SAM: the masks come from the scene's geometry, no learnt weights, no label or warning
+    assert first["weights"] == "pretrained" and first["weights_label"] is None and first["warning"] is None
 
 
 def test_sam_refinement_runs_and_says_its_weights_are_random(stage_run):
@@ -94,7 +96,9 @@ def test_sam_refinement_runs_and_says_its_weights_are_random(stage_run):
     root, annotated, _ = stage_run
     transforms = root / "scene" / "transforms.json"
     summary = run_masks(transforms, transforms, root / "out_sam", root / "work", _cfg("masks.sam=random"))
-    assert summary["random_weights"] is True and summary["sam"]["random_weights"] is True
+    assert summary["sam"]["random_weights"] is True
+    # the pair every stage made with models carries (innout.provenance), not a stage-own key
+    assert summary["weights"] == "random" and "RANDOM" in summary["warning"] and "random_weights" not in summary
     records = [v["sam"] for n, v in summary["per_view"].items() if n not in annotated]
     assert len(records) == 18 and all("iou_with_propagated" in r for r in records)
 

@@ -62,6 +62,7 @@ from innout.images import load_rgb
 from innout.mask_cleanup import CleanupSettings, clean_mask, dilate_mask
 from innout.nerf_training import NS_DIR, train_nerf
 from innout.object_box import BOX_FILE, ObjectBox, read_box
+from innout.provenance import PRETRAINED, RANDOM, provenance_fields
 from innout.renderer import NerfRenderer
 from innout.sam_refine import load_sam, refine
 from innout.stage import atomic_dir
@@ -402,7 +403,9 @@ def run_masks(camera_transforms: Path, scene_transforms: Path, out_dir: Path, wo
             "mask_dilation": dilation,
             "sam": {"model": str(mc.sam), "random_weights": sam_random,
                     "used": sum(r["used"] for r in sam_records.values())} if str(mc.sam) else None,
-            "random_weights": sam_random,
+            # SAM is the stage's only learnt model: without it the masks come from the scene's own
+            # geometry and there is nothing to label (provenance "pretrained": no label)
+            **provenance_fields(RANDOM if sam_random else PRETRAINED),
             "seconds": {"geometry": round(geometry_seconds, 2), "carving": round(carving_seconds, 2),
                         "stage": round(time.perf_counter() - t_stage, 2)},
             "seed": int(cfg.seed),
