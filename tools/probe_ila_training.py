@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Does an inpainter use the base view through ILA, and can more ILA training teach it to?
+
+ILA only makes the targets' fills agree with the base view's if a target's attention to
+the base's keys and values carries content. This probe measures that on latent samples
+of procedural scenes that no training run uses (seeds ``--probe-seed`` on, disjoint from
+the training scenes and from ``innout.training.data.RESERVED_SEEDS``): for object-removal
+samples at t >= 500 (where the fill's content is decided), the error of the implied clean
+latent inside the hole, x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), MSE per latent channel,
+
+* ``alone``: the target by itself (ILA off);
+* ``same scene``: ILA at lambda 0.2 (the workflow's default) with another view of the
+  same scene as the base, noised at the same timestep (as in the workflow);
+* ``other scene``: ILA with a view of another scene as the base.
+
+A model that takes content from the base scores ``same scene`` below ``alone``; one whose
+attention to the base is only a disturbance scores both alike, and ``other scene`` worse.
+
+Then (``--steps N``) it continues training a copy of the model the project's own way
+(:func:`innout.training.inpainter.train_unet`, on the shipped training scenes) with ILA
+pairs in ``--ila-fraction`` of the steps and the hole's pixels weighted ``--hole-weight``,
+and measures again. Nothing is saved unless ``--save``.
+
+    .venv/bin/python tools/probe_ila_training.py                       # the shipped procedural set, 1200 steps
+    .venv/bin/python tools/probe_ila_training.py --steps 0             # measure only
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from innout.ila import ILAController, ila_installed  # noqa: E402
+from innout.training.data import DataConfig, render_views  # noqa: E402
+from innout.training.inpainter import PairSampler, UnetConfig, build_samples, noisy_inputs, train_unet  # noqa: E402
+from innout.training.loop import LoopConfig  # noqa: E402
+
+WORKFLOW_LAMBDA = 0.2  # inpaint.ila_lambda's default
+HOLE_NOISE_OFFSET = UnetConfig().hole_noise_offset
+
+
+def load_pipe(weights: Path):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    return StableDiffusionInpaintPipeline.from_pretrained(weights / "inpainter", torch_dtype=torch.float32,
+                                                          safety_checker=None, requires_safety_checker=False)
+
+
+def latent_samples(pipe, data_cfg: DataConfig, seed: int) -> dict:
+    t0 = time.perf_counter()
+    views = render_views(data_cfg)
+    samples = build_samples(pipe, views, UnetConfig(), seed)
+    print(f"  {len(views)} views of {data_cfg.scenes} scenes (seeds {data_cfg.first_seed}-"
+          f"{data_cfg.first_seed + data_cfg.scenes - 1}) -> {len(samples['target'])} samples in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return samples
+
+
+def other_scene_views(pairs: PairSampler, scene_of: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """For each target, an object-removal sample of another scene (drawn until it is one)."""
+    picks = []
+    for target in targets.tolist():
+        while True:
+            pick = int(pairs.candidates[torch.randint(0, len(pairs.candidates), (1,), generator=gen)])
+            if int(scene_of[pick]) != int(scene_of[target]):
+                picks.append(pick)
+                break
+    return torch.tensor(picks)
+
+
+@torch.no_grad()
+def hole_x0_errors(pipe, data: dict, embeds: torch.Tensor, batches: int = 16, batch: int = 16, seed: int = 123) -> dict:
+    """Mean x0 MSE in the hole per latent channel: alone, same-scene base, other-scene base."""
+    unet = pipe.unet.eval()
+    alphas = pipe.scheduler.alphas_cumprod.to(torch.float32)
+    pairs = PairSampler(data)
+    controller = ILAController()
+    gen = torch.Generator().manual_seed(seed)
+    sums = {"alone": 0.0, "same scene": 0.0, "other scene": 0.0}
+    prompt = embeds.expand(batch, -1, -1)
+    with ila_installed(unet, controller):
+        for _ in range(batches):
+            t = torch.randint(500, 1000, (batch,), generator=gen)
+            targets, same = pairs.sample(batch, gen)
+            other = other_scene_views(pairs, data["scene"], targets, gen)
+            x_in, noise, hole = noisy_inputs(data, targets, t, alphas, gen, HOLE_NOISE_OFFSET)
+            to_x0 = ((1 - alphas[t]) / alphas[t]).view(-1, 1, 1, 1)  # eps error -> x0 error, squared
+
+            def error(eps: torch.Tensor) -> float:
+                return float(((eps - noise) ** 2 * to_x0 * hole).sum() / (hole.sum() * eps.shape[1]))
+
+            controller.off()
+            sums["alone"] += error(unet(x_in, t, encoder_hidden_states=prompt).sample)
+            base_gen_state = gen.get_state()
+            for name, bases in (("same scene", same), ("other scene", other)):
+                gen.set_state(base_gen_state)  # both bases get the same noise draw
+                base_in, _, _ = noisy_inputs(data, bases, t, alphas, gen, HOLE_NOISE_OFFSET)
+                controller.record()
+                unet(base_in, t, encoder_hidden_states=prompt)
+                controller.share(WORKFLOW_LAMBDA)
+                sums[name] += error(unet(x_in, t, encoder_hidden_states=prompt).sample)
+                controller.clear()
+    unet.train()
+    return {k: v / batches for k, v in sums.items()}
+
+
+def print_errors(label: str, errors: dict) -> None:
+    alone = errors["alone"]
+    cells = ", ".join(f"{k} {v:.4f} (x{v / alone:.3f})" for k, v in errors.items())
+    print(f"{label}: hole x0 MSE {cells}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", type=Path, default=REPO / "src" / "innout" / "weights" / "procedural")
+    ap.add_argument("--steps", type=int, default=1200, help="further training steps (0: measure only)")
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--ila-fraction", type=float, default=0.7)
+    ap.add_argument("--ila-lambda", type=float, nargs=2, default=(0.1, 0.3))
+    ap.add_argument("--hole-weight", type=float, default=4.0)
+    ap.add_argument("--probe-seed", type=int, default=20_000, help="first seed of the probe's 8 scenes")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", type=Path, help="write the further-trained inpainter here (a diffusers folder)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the training loop's progress lines
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    pipe = load_pipe(args.weights)
+    embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0].detach()
+    print("probe scenes:", flush=True)
+    probe = latent_samples(pipe, DataConfig(scenes=8, first_seed=args.probe_seed), args.seed + 1)
+    print_errors("before", hole_x0_errors(pipe, probe, embeds))
+    if args.steps <= 0:
+        return 0
+
+    print("training scenes (those of innout train-models):", flush=True)
+    train = latent_samples(pipe, DataConfig(), args.seed + 2)
+    cfg = dataclasses.replace(UnetConfig(), ila_fraction=args.ila_fraction, ila_lambda=tuple(args.ila_lambda),
+                              hole_weight=args.hole_weight,
+                              loop=LoopConfig(steps=args.steps, lr=args.lr, batch=16, warmup=20, ema=0.99))
+    t0 = time.perf_counter()
+    summary = train_unet(pipe, train, embeds, cfg, args.seed, None)
+    losses = summary.get("final_losses", {})
+    print(f"trained {args.steps} more steps in {time.perf_counter() - t0:.0f} s "
+          f"(ILA steps {args.ila_fraction:.0%}, lambda {args.ila_lambda[0]}-{args.ila_lambda[1]}, hole weight "
+          f"{args.hole_weight}); final MSE plain {losses.get('mse_plain', float('nan')):.4f}, "
+          f"ILA {losses.get('mse_ila', float('nan')):.4f}", flush=True)
+    print_errors("after ", hole_x0_errors(pipe, probe, embeds))
+    if args.save:
+        pipe.to(dtype=torch.float16).save_pretrained(args.save, safe_serialization=True)
+        print("saved", args.save)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
