@@ -34,7 +34,7 @@ def _poses(args: argparse.Namespace, rest: list[str]) -> int:
         Path(args.scene_dir), Path(args.out), max_num_features=cfg.max_num_features,
         max_image_size=cfg.max_image_size, matcher=cfg.matcher,
         min_registered_fraction=cfg.min_registered_fraction, sequential_overlap=cfg.sequential_overlap,
-        camera_model=cfg.camera_model,
+        camera_model=cfg.camera_model, deterministic=cfg.deterministic,
     )
     print(json.dumps(summary, indent=1))
     return 0

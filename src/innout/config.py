@@ -34,6 +34,9 @@ class PosesConfig:
     # geometry stage trains on pinhole cameras. SIMPLE_RADIAL/OPENCV estimate distortion,
     # which pre-training then refuses (undistort the images first).
     camera_model: str = "PINHOLE"
+    # COLMAP on one thread: bit-identical poses run to run (same seed, same outputs); with more
+    # threads they differ slightly and so does every later stage. Costs the demo ~15 s.
+    deterministic: bool = True
 
 
 @dataclass

@@ -18,6 +18,7 @@ with stage("poses", snakemake.log[0], outputs=[out_dir]) as log:
         min_registered_fraction=cfg.poses.min_registered_fraction,
         sequential_overlap=cfg.poses.sequential_overlap,
         camera_model=cfg.poses.camera_model,
+        deterministic=cfg.poses.deterministic,
         num_threads=snakemake.threads,
         seed=cfg.seed,
         log=log,
