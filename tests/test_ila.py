@@ -162,6 +162,26 @@ def test_processor_on_a_lone_attention_layer():
         ctl.share(1.5)
 
 
+@pytest.mark.parametrize("keep_graph", [False, True])
+def test_a_target_loss_reaches_the_base_only_when_training_keeps_its_graph(keep_graph):
+    """Inference stores the base's K/V detached; training (``keep_graph``) lets a target's
+    loss reach the base's input, so it can teach the base's keys and values."""
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8)
+    ctl = ILAController(0.25)
+    ctl.keep_graph = keep_graph
+    attn.set_processor(ILAAttnProcessor(ctl, "lone"))
+    base = torch.randn(1, 10, 16, requires_grad=True)
+    ctl.record()
+    attn(base)
+    ctl.share()
+    attn(torch.randn(1, 10, 16)).pow(2).sum().backward()
+    reached = base.grad is not None and float(base.grad.abs().sum()) > 0
+    assert reached == keep_graph
+
+
 def test_base_runs_once_per_step_whatever_the_number_of_targets(pipe):
     ctl = ILAController()
     calls = []

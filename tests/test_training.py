@@ -186,6 +186,59 @@ def test_unet_epsilon_loss_falls_with_plain_and_ila_steps(views):
     assert all(type(p).__name__ == "AttnProcessor2_0" for p in pipe.unet.attn_processors.values())  # ILA uninstalled
 
 
+def _offsets(painted: np.ndarray, original: np.ndarray) -> np.ndarray:
+    return painted.astype(np.float64) / 255.0 - original.astype(np.float64) / 255.0
+
+
+def test_hidden_pattern_is_one_field_painted_in_3d_behind_the_references_object(views):
+    from innout.training.hidden_pattern import paint_scene, unproject
+
+    scene = [i for i, (variant, _) in enumerate(training_scenes(TINY_DATA)) if variant == "forward"][0]
+    members = np.nonzero(views.scene == scene)[0]
+    holes = np.stack([silhouette_mask(c) for c in views.coverage])
+    ref = int(members[0])
+    painted = paint_scene(views, members, ref, holes, 0.1, np.random.default_rng(0))
+    ref_offset = _offsets(painted["background"][0], views.background[ref])
+    ref_changed = np.abs(ref_offset).max(-1) > 2 / 255
+    assert ref_changed.sum() > 0.5 * holes[ref].sum() and not (ref_changed & ~holes[ref]).any()  # all behind its object
+    for k, i in enumerate(members[1:], 1):
+        offset = _offsets(painted["background"][k], views.background[i])
+        changed = np.abs(offset).max(-1) > 2 / 255
+        assert painted["covered"][k] > 0.5  # forward cameras: most of a target's hole shows the reference's region
+        # the same 3D points carry the same colour offset in the reference (nearest pixel)
+        uv, _ = views.camera(ref).project(unproject(views.camera(i), views.background_depth[i])[changed])
+        at_ref = ref_offset[np.floor(uv[:, 1]).astype(int), np.floor(uv[:, 0]).astype(int)]
+        assert np.abs(offset[changed] - at_ref).mean() < 0.3 * np.abs(offset[changed]).mean()
+        on_object = views.coverage[i] >= 0.5
+        assert np.array_equal(painted["rgb"][k][on_object], views.rgb[i][on_object])  # the object stays in front
+
+
+def test_unet_trains_on_hidden_pattern_pairs_and_the_option_off_changes_nothing(views):
+    from innout.training.hidden_pattern import build_pattern_samples
+
+    cfg = tiny_config()
+    pipe = _pipeline(views, cfg)
+    data = build_samples(pipe, views, cfg.unet, 4)
+    pattern = build_pattern_samples(pipe, views, 0.15, 2, 7, encode_batch=4)
+    assert pattern["target"].shape[1:] == data["target"].shape[1:] and pattern["mask"].shape[1:] == data["mask"].shape[1:]
+    assert torch.equal(pattern["base"][pattern["base"]], pattern["base"])  # every pair's base is a reference
+    assert len(pattern["target"]) == 2 * len(views)  # 2 references per scene, every view of it each
+    embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0]
+    loop = _with_steps(cfg.unet.loop, 6, ema=0.0)
+    on = replace(cfg.unet, pattern_fraction=0.5, ila_base_gradient=True, pattern_min_covered=0.0, loop=loop)
+    summary = train_unet(pipe, data, embeds, on, 5, pattern=pattern)
+    assert {"mse_pattern", "mse_ila", "mse_plain"} & {k for h in summary["history"] for k in h} >= {"mse_pattern"}
+    with pytest.raises(ValueError, match="pattern"):
+        train_unet(pipe, data, embeds, on, 5)
+    off = replace(cfg.unet, loop=loop)
+    trained = []
+    for given in (None, pattern):  # off: the same seed trains the same weights, samples given or not
+        fresh = _pipeline(views, cfg)
+        train_unet(fresh, data, embeds, off, 5, pattern=given)
+        trained.append(fresh.unet)
+    assert _same_weights(*trained)
+
+
 def test_loss_weights_count_the_implied_clean_latent_at_low_snr():
     from innout.model_presets import SD2_SCHEDULER
     from innout.training.inpainter import loss_weights

@@ -16,13 +16,22 @@ latent inside the hole, x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), MSE per latent c
 A model that takes content from the base scores ``same scene`` below ``alone``; one whose
 attention to the base is only a disturbance scores both alike, and ``other scene`` worse.
 
+The same three on **hidden-pattern** samples (:mod:`innout.training.hidden_pattern`: a random
+colour pattern painted in 3D behind a reference view's object, which only that reference,
+the base, shows in full): there a model that reads the base through ILA scores ``ref base``
+well below ``alone``. Measured with the base at the target's timestep (as the workflow runs
+it) and at a third of it (a less noisy base: an upper bound of what the base can give).
+
 Then (``--steps N``) it continues training a copy of the model the project's own way
 (:func:`innout.training.inpainter.train_unet`, on the shipped training scenes) with ILA
-pairs in ``--ila-fraction`` of the steps and the hole's pixels weighted ``--hole-weight``,
-and measures again. Nothing is saved unless ``--save``.
+pairs in ``--ila-fraction`` of the steps, hidden-pattern pairs in ``--pattern-fraction``,
+the base with gradient (``--base-gradient``) and the hole's pixels weighted
+``--hole-weight``, and measures again. Nothing is saved unless ``--save``.
 
     .venv/bin/python tools/probe_ila_training.py                       # the shipped procedural set, 1200 steps
     .venv/bin/python tools/probe_ila_training.py --steps 0             # measure only
+    .venv/bin/python tools/probe_ila_training.py --steps 4000 --pattern-fraction 0.4 --ila-fraction 0.5 \
+        --base-gradient --lr 5e-4 --ila-lambda 0 0.3 --hole-weight 2 --save /tmp/ila-ft   # the README's run
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from innout.ila import ILAController, ila_installed  # noqa: E402
 from innout.training.data import DataConfig, render_views  # noqa: E402
+from innout.training.hidden_pattern import PatternPairs, build_pattern_samples  # noqa: E402
 from innout.training.inpainter import PairSampler, UnetConfig, build_samples, noisy_inputs, train_unet  # noqa: E402
 from innout.training.loop import LoopConfig  # noqa: E402
 
@@ -55,14 +65,17 @@ def load_pipe(weights: Path):
                                                           safety_checker=None, requires_safety_checker=False)
 
 
-def latent_samples(pipe, data_cfg: DataConfig, seed: int) -> dict:
+def latent_samples(pipe, data_cfg: DataConfig, seed: int, pattern_amplitude: float) -> tuple[dict, dict]:
+    """Plain samples (as ``innout train-models`` builds them) and hidden-pattern samples."""
     t0 = time.perf_counter()
     views = render_views(data_cfg)
-    samples = build_samples(pipe, views, UnetConfig(), seed)
+    cfg = UnetConfig()
+    samples = build_samples(pipe, views, cfg, seed)
+    pattern = build_pattern_samples(pipe, views, pattern_amplitude, cfg.pattern_references, seed + 1)
     print(f"  {len(views)} views of {data_cfg.scenes} scenes (seeds {data_cfg.first_seed}-"
-          f"{data_cfg.first_seed + data_cfg.scenes - 1}) -> {len(samples['target'])} samples in "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
-    return samples
+          f"{data_cfg.first_seed + data_cfg.scenes - 1}) -> {len(samples['target'])} samples, "
+          f"{len(pattern['target'])} hidden-pattern samples in {time.perf_counter() - t0:.0f} s", flush=True)
+    return samples, pattern
 
 
 def other_scene_views(pairs: PairSampler, scene_of: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -78,20 +91,22 @@ def other_scene_views(pairs: PairSampler, scene_of: torch.Tensor, targets: torch
 
 
 @torch.no_grad()
-def hole_x0_errors(pipe, data: dict, embeds: torch.Tensor, batches: int = 16, batch: int = 16, seed: int = 123) -> dict:
-    """Mean x0 MSE in the hole per latent channel: alone, same-scene base, other-scene base."""
+def x0_errors(pipe, data: dict, embeds: torch.Tensor, draw, names: tuple[str, str], base_t_fraction: float = 1.0,
+              batches: int = 16, batch: int = 16, seed: int = 123) -> dict:
+    """Mean x0 MSE in the hole per latent channel at t in [500, 1000): the target alone, and
+    with each of the two bases ``draw(batch, gen) -> (targets, (bases, other bases))`` gives
+    (ILA at the workflow's lambda, the base at ``base_t_fraction`` x the target's t)."""
     unet = pipe.unet.eval()
     alphas = pipe.scheduler.alphas_cumprod.to(torch.float32)
-    pairs = PairSampler(data)
     controller = ILAController()
     gen = torch.Generator().manual_seed(seed)
-    sums = {"alone": 0.0, "same scene": 0.0, "other scene": 0.0}
+    sums = dict.fromkeys(("alone", *names), 0.0)
     prompt = embeds.expand(batch, -1, -1)
     with ila_installed(unet, controller):
         for _ in range(batches):
             t = torch.randint(500, 1000, (batch,), generator=gen)
-            targets, same = pairs.sample(batch, gen)
-            other = other_scene_views(pairs, data["scene"], targets, gen)
+            t_base = (t.float() * base_t_fraction).long()
+            targets, bases = draw(batch, gen)
             x_in, noise, hole = noisy_inputs(data, targets, t, alphas, gen, HOLE_NOISE_OFFSET)
             to_x0 = ((1 - alphas[t]) / alphas[t]).view(-1, 1, 1, 1)  # eps error -> x0 error, squared
 
@@ -101,16 +116,52 @@ def hole_x0_errors(pipe, data: dict, embeds: torch.Tensor, batches: int = 16, ba
             controller.off()
             sums["alone"] += error(unet(x_in, t, encoder_hidden_states=prompt).sample)
             base_gen_state = gen.get_state()
-            for name, bases in (("same scene", same), ("other scene", other)):
+            for name, chosen in zip(names, bases):
                 gen.set_state(base_gen_state)  # both bases get the same noise draw
-                base_in, _, _ = noisy_inputs(data, bases, t, alphas, gen, HOLE_NOISE_OFFSET)
+                base_in, _, _ = noisy_inputs(data, chosen, t_base, alphas, gen, HOLE_NOISE_OFFSET)
                 controller.record()
-                unet(base_in, t, encoder_hidden_states=prompt)
+                unet(base_in, t_base, encoder_hidden_states=prompt)
                 controller.share(WORKFLOW_LAMBDA)
                 sums[name] += error(unet(x_in, t, encoder_hidden_states=prompt).sample)
                 controller.clear()
     unet.train()
     return {k: v / batches for k, v in sums.items()}
+
+
+def hole_x0_errors(pipe, data: dict, embeds: torch.Tensor) -> dict:
+    """Plain pairs: another view of the same scene as the base, or a view of another scene."""
+    pairs = PairSampler(data)
+
+    def draw(batch: int, gen: torch.Generator):
+        targets, same = pairs.sample(batch, gen)
+        return targets, (same, other_scene_views(pairs, data["scene"], targets, gen))
+
+    return x0_errors(pipe, data, embeds, draw, ("same scene", "other scene"))
+
+
+def pattern_x0_errors(pipe, data: dict, embeds: torch.Tensor, base_t_fraction: float = 1.0) -> dict:
+    """Hidden-pattern targets (half their hole painted or more): their reference as the base,
+    or the reference of another pattern (another scene's, or the same scene's other one)."""
+    pairs = PatternPairs(data, 0.5)
+
+    def draw(batch: int, gen: torch.Generator):
+        targets, bases = pairs.sample(batch, gen)
+        others = []
+        for target in targets.tolist():
+            while True:
+                pick = int(data["base"][int(pairs.targets[torch.randint(0, len(pairs.targets), (1,), generator=gen)])])
+                if int(data["group"][pick]) != int(data["group"][target]):
+                    others.append(pick)
+                    break
+        return targets, (bases, torch.tensor(others))
+
+    return x0_errors(pipe, data, embeds, draw, ("ref base", "other pattern"), base_t_fraction, seed=321)
+
+
+def report(label: str, pipe, probe: dict, pattern: dict, embeds: torch.Tensor) -> None:
+    print_errors(f"{label} plain pairs", hole_x0_errors(pipe, probe, embeds))
+    print_errors(f"{label} hidden pattern, base at t", pattern_x0_errors(pipe, pattern, embeds))
+    print_errors(f"{label} hidden pattern, base at t/3", pattern_x0_errors(pipe, pattern, embeds, 1 / 3))
 
 
 def print_errors(label: str, errors: dict) -> None:
@@ -127,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ila-fraction", type=float, default=0.7)
     ap.add_argument("--ila-lambda", type=float, nargs=2, default=(0.1, 0.3))
     ap.add_argument("--hole-weight", type=float, default=4.0)
+    ap.add_argument("--pattern-fraction", type=float, default=0.0, help="steps on hidden-pattern pairs")
+    ap.add_argument("--pattern-amplitude", type=float, default=UnetConfig().pattern_amplitude)
+    ap.add_argument("--base-gradient", action="store_true", help="ILA steps train the base's keys and values too")
     ap.add_argument("--probe-seed", type=int, default=20_000, help="first seed of the probe's 8 scenes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -139,27 +193,30 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipe(args.weights)
     embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0].detach()
     print("probe scenes:", flush=True)
-    probe = latent_samples(pipe, DataConfig(scenes=8, first_seed=args.probe_seed), args.seed + 1)
-    print_errors("before", hole_x0_errors(pipe, probe, embeds))
+    probe, probe_pattern = latent_samples(pipe, DataConfig(scenes=8, first_seed=args.probe_seed), args.seed + 1,
+                                          args.pattern_amplitude)
+    report("before", pipe, probe, probe_pattern, embeds)
     if args.steps <= 0:
         return 0
 
     print("training scenes (those of innout train-models):", flush=True)
-    train = latent_samples(pipe, DataConfig(), args.seed + 2)
+    train, train_pattern = latent_samples(pipe, DataConfig(), args.seed + 2, args.pattern_amplitude)
     cfg = dataclasses.replace(UnetConfig(), ila_fraction=args.ila_fraction, ila_lambda=tuple(args.ila_lambda),
-                              hole_weight=args.hole_weight,
+                              hole_weight=args.hole_weight, pattern_fraction=args.pattern_fraction,
+                              pattern_amplitude=args.pattern_amplitude, ila_base_gradient=args.base_gradient,
                               loop=LoopConfig(steps=args.steps, lr=args.lr, batch=16, warmup=20, ema=0.99))
     t0 = time.perf_counter()
-    summary = train_unet(pipe, train, embeds, cfg, args.seed, None)
+    summary = train_unet(pipe, train, embeds, cfg, args.seed, None, pattern=train_pattern)
     losses = summary.get("final_losses", {})
     print(f"trained {args.steps} more steps in {time.perf_counter() - t0:.0f} s "
-          f"(ILA steps {args.ila_fraction:.0%}, lambda {args.ila_lambda[0]}-{args.ila_lambda[1]}, hole weight "
-          f"{args.hole_weight}); final MSE plain {losses.get('mse_plain', float('nan')):.4f}, "
-          f"ILA {losses.get('mse_ila', float('nan')):.4f}", flush=True)
-    print_errors("after ", hole_x0_errors(pipe, probe, embeds))
+          f"(hidden-pattern steps {args.pattern_fraction:.0%}, ILA {args.ila_fraction:.0%} of the others, lambda "
+          f"{args.ila_lambda[0]}-{args.ila_lambda[1]}, base gradient {args.base_gradient}, hole weight "
+          f"{args.hole_weight}); final MSE " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in losses.items() if k.startswith("mse_")),
+          flush=True)
+    report("after ", pipe, probe, probe_pattern, embeds)
     if args.save:
-        pipe.to(dtype=torch.float16).save_pretrained(args.save, safe_serialization=True)
-        print("saved", args.save)
+        pipe.to(dtype=torch.float16).save_pretrained(args.save / "inpainter", safe_serialization=True)
+        print("saved", args.save / "inpainter")
     return 0
 
 

@@ -50,6 +50,9 @@ class ILAController:
         self.store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.calls = {OFF: 0, RECORD: 0, SHARE: 0}  # per-layer processor calls, for tests and logs
         self.peak_bytes = 0  # largest store held (one step, every layer), for memory reports
+        # inference stores the base's K/V detached; training keeps their graph so that the loss
+        # of a target teaches the base's keys and values to carry what the target needs
+        self.keep_graph = False
 
     def record(self) -> None:
         """Next UNet call runs the base view: store every layer's K/V (replacing the last step's)."""
@@ -119,7 +122,7 @@ class ILAAttnProcessor(AttnProcessor2_0):
             k = attn.norm_k(k)
 
         if ctl.mode == RECORD:
-            ctl.store[self.name] = (k.detach(), v.detach())
+            ctl.store[self.name] = (k, v) if ctl.keep_graph else (k.detach(), v.detach())
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         elif ctl.mode == SHARE:
             lam = ctl.ila_lambda

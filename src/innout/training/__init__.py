@@ -42,8 +42,17 @@ from pathlib import Path
 
 import torch
 
-from innout.training.data import MEASUREMENT_SCENES, RESERVED_SEEDS, DataConfig, Views, render_views, training_scenes
+from innout.training.data import (
+    MEASUREMENT_SCENES,
+    RESERVED_SEEDS,
+    VIEWS_FORMAT,
+    DataConfig,
+    Views,
+    render_views,
+    training_scenes,
+)
 from innout.training.depth import DepthConfig, evaluate_depth, train_depth
+from innout.training.hidden_pattern import build_pattern_samples
 from innout.training.inpainter import UnetConfig, assemble_pipeline, build_samples, build_text_encoder, build_unet, train_unet
 from innout.stage import atomic_dir
 from innout.training.loop import plot_loss_curves
@@ -127,7 +136,7 @@ def _torch_settings(threads: int):
 
 def _cached_views(cfg: DataConfig, work: Path | None) -> Views:
     key = fingerprint(asdict(cfg))
-    path = work / f"views-{key}.npz" if work is not None else None
+    path = work / f"views-{key}-v{VIEWS_FORMAT}.npz" if work is not None else None
     if path is not None and path.is_file():
         log.info("data: reusing %s", path)
         return Views.load(path)
@@ -138,18 +147,23 @@ def _cached_views(cfg: DataConfig, work: Path | None) -> Views:
 
 
 def _cached_samples(pipe, views: Views, cfg: UnetConfig, seed: int, key: str, work: Path | None) -> dict:
-    path = work / f"samples-{key}.pt" if work is not None else None
+    return _cached(work, f"samples-{key}.pt", lambda progress: build_samples(pipe, views, cfg, seed, progress), "samples")
+
+
+def _cached(work: Path | None, name: str, build, what: str) -> dict:
+    """``build(progress)``'s tensors, saved as ``work/name`` and reused from there."""
+    path = work / name if work is not None else None
     if path is not None and path.is_file():
-        log.info("samples: reusing %s", path)
+        log.info("%s: reusing %s", what, path)
         return torch.load(path, weights_only=True)
     last = [time.perf_counter()]
 
-    def progress(what, done, total):
+    def progress(part, done, total):
         if time.perf_counter() - last[0] >= 8.0 or done == total:
-            log.info("samples: encoded %d/%d %s", done, total, what)
+            log.info("%s: encoded %d/%d %s", what, done, total, part)
             last[0] = time.perf_counter()
 
-    samples = build_samples(pipe, views, cfg, seed, progress)
+    samples = build(progress)
     if path is not None:
         tmp = path.with_name(path.name + ".tmp")
         torch.save(samples, tmp)
@@ -181,7 +195,7 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
     scenes = training_scenes(cfg.data)  # refuses reserved seeds before any work
-    seeds = {name: sub_seed(cfg.seed, name) for name in ("vae", "text", "unet", "samples", "depth")}
+    seeds = {name: sub_seed(cfg.seed, name) for name in ("vae", "text", "unet", "samples", "pattern", "depth")}
     start = time.perf_counter()
     phases = {}
     with _torch_settings(cfg.threads):
@@ -205,12 +219,19 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         samples_key = fingerprint(vae_key, state_digest(vae), seeds["samples"],
                                   *(getattr(cfg.unet, k) for k in ("masks_per_view", "extra_hole_fraction", "encode_batch")))
         samples = _cached_samples(pipe, views, cfg.unet, seeds["samples"], samples_key, work)
+        pattern = None
+        if cfg.unet.pattern_fraction > 0:
+            pattern_key = fingerprint(vae_key, state_digest(vae), seeds["pattern"],
+                                      *(getattr(cfg.unet, k) for k in ("pattern_amplitude", "pattern_references", "encode_batch")))
+            pattern = _cached(work, f"pattern-{pattern_key}.pt", lambda progress: build_pattern_samples(
+                pipe, views, cfg.unet.pattern_amplitude, cfg.unet.pattern_references, seeds["pattern"],
+                cfg.unet.encode_batch, progress), "pattern samples")
         phases["samples"] = time.perf_counter() - t
 
         t = time.perf_counter()
         prompt_embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0].detach()
         unet_summary = train_unet(pipe, samples, prompt_embeds, cfg.unet, seeds["unet"], work,
-                                  fingerprint(samples_key, asdict(cfg.unet), seeds["unet"]))
+                                  fingerprint(samples_key, asdict(cfg.unet), seeds["unet"]), pattern)
         phases["unet"] = time.perf_counter() - t
 
         t = time.perf_counter()

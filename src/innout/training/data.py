@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from innout.cameras import Camera, Intrinsics
 from innout.procedural import VARIANTS, ProceduralScene
 
 log = logging.getLogger("innout")
@@ -53,6 +54,10 @@ class DataConfig:
     workers: int = 2  # rendering threads
 
 
+VIEWS_FORMAT = 2
+"""Version of the arrays :class:`Views` saves (2: with the cameras); part of the cache's name."""
+
+
 @dataclass
 class Views:
     """Rendered training views, ``N`` of them, all ``H x W``."""
@@ -63,6 +68,13 @@ class Views:
     background_depth: np.ndarray  # (N, H, W) float32 z-depth without the object
     coverage: np.ndarray  # (N, H, W) float32: fraction of the pixel's rays hitting the object
     scene: np.ndarray  # (N,) int32: index of the view's scene in training_scenes()
+    c2w: np.ndarray  # (N, 4, 4) float64 camera-to-world (OpenGL axes, as innout.cameras.Camera)
+    intrinsics: np.ndarray  # (N, 4) float64 fx, fy, cx, cy in pixels of this H x W
+
+    def camera(self, i: int) -> Camera:
+        fx, fy, cx, cy = (float(v) for v in self.intrinsics[i])
+        h, w = self.rgb.shape[1:3]
+        return Camera(np.asarray(self.c2w[i], np.float64), Intrinsics(fx, fy, cx, cy, w, h))
 
     def __len__(self) -> int:
         return len(self.rgb)
@@ -104,7 +116,8 @@ def training_scenes(cfg: DataConfig) -> list[tuple[str, int]]:
 def render_scene_views(variant: str, seed: int, cfg: DataConfig) -> tuple[Views, list]:
     """``cfg.views_per_scene`` views of one scene (any seed: the inspection tool renders
     the held-out measurement scenes with it), half from its train cameras, half from its
-    test cameras. The views carry their cameras in ``cameras``."""
+    test cameras. Returns the views and their :class:`innout.cameras.Camera` list (the
+    same cameras as ``Views.camera(i)``)."""
     scene = ProceduralScene(variant, seed)
     cams = _cameras(scene, cfg)
     views = [_render_pair(scene, cam, cfg.supersample) for cam in cams]
@@ -121,8 +134,10 @@ def _cameras(scene: ProceduralScene, cfg: DataConfig) -> list:
 def _render_pair(scene: ProceduralScene, cam, supersample: int) -> dict:
     with_object = scene.render(cam, with_object=True, supersample=supersample)
     without = scene.render(cam, with_object=False, supersample=supersample)
+    k = cam.intrinsics
     return {"rgb": _to_u8(with_object["rgb"]), "background": _to_u8(without["rgb"]), "depth": with_object["depth"],
-            "background_depth": without["depth"], "coverage": with_object["object_coverage"]}
+            "background_depth": without["depth"], "coverage": with_object["object_coverage"],
+            "c2w": np.asarray(cam.c2w, np.float64), "intrinsics": np.array([k.fx, k.fy, k.cx, k.cy], np.float64)}
 
 
 def _scene_views(variant: str, seed: int, cfg: DataConfig) -> dict:
@@ -168,5 +183,7 @@ def render_views(cfg: DataConfig) -> Views:
         background_depth=np.concatenate([p["background_depth"] for p in parts]).astype(np.float32),
         coverage=np.concatenate([p["coverage"] for p in parts]).astype(np.float32),
         scene=np.repeat(np.arange(len(scenes), dtype=np.int32), cfg.views_per_scene),
+        c2w=np.concatenate([p["c2w"] for p in parts]),
+        intrinsics=np.concatenate([p["intrinsics"] for p in parts]),
     )
     return views

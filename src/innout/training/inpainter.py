@@ -61,6 +61,15 @@ the same :class:`innout.ila.ILAAttnProcessor` the workflow installs. The other s
 train plain (independent) inpainting, which the base view, the candidates and the
 ``independent``/``ela`` variants use.
 
+Those pairs alone do not teach ILA (``tools/probe_ila_training.py``): the hidden background
+is predicted as well from the target's own context as from the base, and the base's keys and
+values were computed without gradient, so no loss could shape what the base offers. Two
+options (off by default: the shipped set was trained without them, README "Models trained
+here" has the measurements): ``ila_base_gradient`` runs the base with gradient and keeps
+its keys/values in the graph (:attr:`innout.ila.ILAController.keep_graph`; an ILA step then
+costs two backward passes), and ``pattern_fraction`` of the steps train on hidden-pattern
+pairs (:mod:`innout.training.hidden_pattern`), whose hole content only the base shows.
+
 Sizing (``tools/inspect_models.py`` measures the result; timed on the 2-core machine
 while other jobs ran): blocks (32, 64, 64), GroupNorm of 8 groups, one ResNet per level,
 attention (``attn1`` + ``attn2``) at the 20x15 and 10x8 latent levels and in the mid block
@@ -105,6 +114,12 @@ class UnetConfig:
     start_fraction: float = 0.125  # samples per batch trained at the sampler's first step, from pure noise (module doc)
     timestep_spacing: str = "trailing"  # the saved scheduler's (leading: SD2's; trailing: sampling starts at t = 999)
     hole_weight: float = 1.0  # weight of the hole's latent pixels in the MSE (context pixels: 1)
+    ila_base_gradient: bool = False  # ILA steps run the base with gradient: the target's loss trains its keys/values
+    pattern_fraction: float = 0.0  # steps trained on hidden-pattern ILA pairs (innout.training.hidden_pattern)
+    pattern_amplitude: float = 0.15  # the painted pattern's std, in [0, 1] colour units
+    pattern_references: int = 2  # reference (base) views per scene
+    pattern_min_covered: float = 0.2  # a target needs this fraction of its hole painted
+    pattern_same_t: float = 0.5  # fraction of pattern pairs with the base at the target's timestep (else below it)
     encode_batch: int = 16
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2400, lr=1e-3, batch=16, warmup=50, ema=0.995))
 
@@ -294,22 +309,36 @@ class PairSampler:
 
 
 def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, seed: int, work_dir=None,
-               fingerprint: str = "") -> dict:
-    """Train ``pipe.unet`` on latent samples (:func:`build_samples`); returns the summary."""
+               fingerprint: str = "", pattern: dict | None = None) -> dict:
+    """Train ``pipe.unet`` on latent samples (:func:`build_samples`), and on hidden-pattern
+    pairs (``pattern``: :func:`innout.training.hidden_pattern.build_pattern_samples`) in
+    ``cfg.pattern_fraction`` of the steps; returns the summary."""
     from innout.ila import ILAController, ila_installed
+    from innout.training.hidden_pattern import PatternPairs
 
     unet = pipe.unet
     alphas_cumprod = pipe.scheduler.alphas_cumprod.to(torch.float32)
     n_train = int(pipe.scheduler.config.num_train_timesteps)
     pairs = PairSampler(data) if cfg.ila_fraction > 0 else None
+    if cfg.pattern_fraction > 0 and pattern is None:
+        raise ValueError("unet.pattern_fraction > 0 needs the hidden-pattern samples")
+    pattern_pairs = PatternPairs(pattern, cfg.pattern_min_covered) if cfg.pattern_fraction > 0 else None
     controller = ILAController()
+    controller.keep_graph = bool(cfg.ila_base_gradient)
     batch = int(cfg.loop.batch)
     lo, hi = (float(v) for v in cfg.ila_lambda)
 
     n_start = int(round(float(cfg.start_fraction) * batch))
 
-    def noisy(index: torch.Tensor, t: torch.Tensor, gen: torch.Generator, pure_first: int = 0):
-        return noisy_inputs(data, index, t, alphas_cumprod, gen, cfg.hole_noise_offset, pure_first)
+    def noisy(index: torch.Tensor, t: torch.Tensor, gen: torch.Generator, pure_first: int = 0, source: dict = data):
+        return noisy_inputs(source, index, t, alphas_cumprod, gen, cfg.hole_noise_offset, pure_first)
+
+    def base_pass(base_in: torch.Tensor, t_base: torch.Tensor, embeds: torch.Tensor) -> None:
+        """The base view in RECORD mode; with ``ila_base_gradient`` its keys and values keep
+        their graph, so the target's loss also trains what the base offers."""
+        with torch.set_grad_enabled(bool(cfg.ila_base_gradient)):
+            controller.record()
+            unet(base_in, t_base, encoder_hidden_states=embeds)
 
     all_t = torch.arange(n_train)
     weight_of_t = loss_weights(alphas_cumprod, all_t, cfg.loss_weighting, cfg.min_snr_gamma)
@@ -329,17 +358,29 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
 
     def step(_: int, gen: torch.Generator):
         t, weights = draw_timesteps(gen)
-        use_ila = pairs is not None and float(torch.rand(1, generator=gen)) < cfg.ila_fraction
+        # (no draw for the pattern when it is off: the same seed then trains what it trained before)
+        use_pattern = pattern_pairs is not None and float(torch.rand(1, generator=gen)) < cfg.pattern_fraction
+        use_ila = not use_pattern and pairs is not None and float(torch.rand(1, generator=gen)) < cfg.ila_fraction
         embeds = prompt_embeds.expand(batch, -1, -1)
-        if use_ila:
+        if use_pattern:
+            targets, bases = pattern_pairs.sample(batch, gen)
+            lam = lo + (hi - lo) * float(torch.rand(1, generator=gen))
+            same_t = torch.rand(batch, generator=gen) < float(cfg.pattern_same_t)  # as the workflow runs the base
+            t_base = torch.where(same_t, t, (t.float() * torch.rand(batch, generator=gen)).long())
+            base_in, _, _ = noisy(bases, t_base, gen, source=pattern)
+            base_pass(base_in, t_base, embeds)
+            x_in, noise, hole = noisy(targets, t, gen, source=pattern)
+            controller.share(lam)
+            eps = unet(x_in, t, encoder_hidden_states=embeds).sample
+            controller.clear()
+            controller.off()
+        elif use_ila:
             targets, bases = pairs.sample(batch, gen)
             lam = lo + (hi - lo) * float(torch.rand(1, generator=gen))
             # the base no noisier than the target (see the module doc)
             t_base = (t.float() * torch.rand(batch, generator=gen)).long()
             base_in, _, _ = noisy(bases, t_base, gen)
-            with torch.no_grad():
-                controller.record()
-                unet(base_in, t_base, encoder_hidden_states=embeds)
+            base_pass(base_in, t_base, embeds)
             x_in, noise, hole = noisy(targets, t, gen, n_start)
             controller.share(lam)
             eps = unet(x_in, t, encoder_hidden_states=embeds).sample
@@ -353,7 +394,7 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
         per_sample = ((eps - noise).pow(2) * pixel_weight).mean(dim=(1, 2, 3)) / pixel_weight.mean(dim=(1, 2, 3))
         loss = (weights * per_sample).mean()
         parts = {"mse": per_sample.mean().detach()}
-        parts["mse_ila" if use_ila else "mse_plain"] = per_sample.mean().detach()
+        parts["mse_pattern" if use_pattern else "mse_ila" if use_ila else "mse_plain"] = per_sample.mean().detach()
         return loss, parts
 
     with ila_installed(unet, controller):
