@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from innout.cameras import Camera
-from innout.training.data import Views
+from innout.training.data import Views, _to_u8  # stored as the training views are
 from innout.training.masks import silhouette_mask
 
 log = logging.getLogger("innout")
@@ -133,10 +133,6 @@ def paint_scene(views: Views, members: np.ndarray, reference: int, holes: np.nda
         rgbs.append(_to_u8(rgb))
         covered.append(float((painted & holes[i]).sum() / max(1, holes[i].sum())))
     return {"background": np.stack(backgrounds), "rgb": np.stack(rgbs), "covered": np.array(covered)}
-
-
-def _to_u8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def reference_views(count: int, per_scene: int) -> list[int]:

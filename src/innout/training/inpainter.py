@@ -333,12 +333,18 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
     def noisy(index: torch.Tensor, t: torch.Tensor, gen: torch.Generator, pure_first: int = 0, source: dict = data):
         return noisy_inputs(source, index, t, alphas_cumprod, gen, cfg.hole_noise_offset, pure_first)
 
-    def base_pass(base_in: torch.Tensor, t_base: torch.Tensor, embeds: torch.Tensor) -> None:
-        """The base view in RECORD mode; with ``ila_base_gradient`` its keys and values keep
-        their graph, so the target's loss also trains what the base offers."""
+    def ila_pass(base_in, t_base, x_in, t, lam: float, embeds: torch.Tensor) -> torch.Tensor:
+        """The base view in RECORD mode, then the targets' epsilon in SHARE mode. With
+        ``ila_base_gradient`` the base's keys and values keep their graph, so the target's
+        loss also trains what the base offers."""
         with torch.set_grad_enabled(bool(cfg.ila_base_gradient)):
             controller.record()
             unet(base_in, t_base, encoder_hidden_states=embeds)
+        controller.share(lam)
+        eps = unet(x_in, t, encoder_hidden_states=embeds).sample
+        controller.clear()
+        controller.off()
+        return eps
 
     all_t = torch.arange(n_train)
     weight_of_t = loss_weights(alphas_cumprod, all_t, cfg.loss_weighting, cfg.min_snr_gamma)
@@ -368,24 +374,16 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
             same_t = torch.rand(batch, generator=gen) < float(cfg.pattern_same_t)  # as the workflow runs the base
             t_base = torch.where(same_t, t, (t.float() * torch.rand(batch, generator=gen)).long())
             base_in, _, _ = noisy(bases, t_base, gen, source=pattern)
-            base_pass(base_in, t_base, embeds)
             x_in, noise, hole = noisy(targets, t, gen, source=pattern)
-            controller.share(lam)
-            eps = unet(x_in, t, encoder_hidden_states=embeds).sample
-            controller.clear()
-            controller.off()
+            eps = ila_pass(base_in, t_base, x_in, t, lam, embeds)
         elif use_ila:
             targets, bases = pairs.sample(batch, gen)
             lam = lo + (hi - lo) * float(torch.rand(1, generator=gen))
             # the base no noisier than the target (see the module doc)
             t_base = (t.float() * torch.rand(batch, generator=gen)).long()
             base_in, _, _ = noisy(bases, t_base, gen)
-            base_pass(base_in, t_base, embeds)
             x_in, noise, hole = noisy(targets, t, gen, n_start)
-            controller.share(lam)
-            eps = unet(x_in, t, encoder_hidden_states=embeds).sample
-            controller.clear()
-            controller.off()
+            eps = ila_pass(base_in, t_base, x_in, t, lam, embeds)
         else:
             index = torch.randint(0, len(data["target"]), (batch,), generator=gen)
             x_in, noise, hole = noisy(index, t, gen, n_start)
