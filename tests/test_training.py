@@ -19,6 +19,7 @@ from innout.training.data import MEASUREMENT_SCENES, RESERVED_SEEDS, DataConfig,
 from innout.training.depth import DepthConfig, build_depth, predict, ssi_losses, train_depth
 from innout.training.inpainter import (
     OBJECT,
+    PairSampler,
     UnetConfig,
     assemble_pipeline,
     build_samples,
@@ -237,6 +238,33 @@ def test_unet_trains_on_hidden_pattern_pairs_and_the_option_off_changes_nothing(
         train_unet(fresh, data, embeds, off, 5, pattern=given)
         trained.append(fresh.unet)
     assert _same_weights(*trained)
+
+
+def test_ila_pairs_take_the_target_itself_as_base_in_their_self_fraction_only():
+    # 3 scenes x 4 object samples (kind OBJECT) and one background sample each
+    kind = torch.tensor([OBJECT] * 12 + [OBJECT + 1] * 3)
+    scene = torch.cat([torch.arange(3).repeat_interleave(4), torch.arange(3)])
+    data = {"kind": kind, "scene": scene}
+
+    def draw(fraction: float):
+        gen = torch.Generator().manual_seed(0)
+        targets, bases = PairSampler(data, fraction).sample(400, gen)
+        return targets, bases, gen.get_state()
+
+    targets, bases, state = draw(0.0)
+    assert (kind[bases] == OBJECT).all() and torch.equal(scene[bases], scene[targets]) and (bases != targets).all()
+    # off: the draws of a sampler without the option (a target each, then a base each of the
+    # scene's 4 object samples), nothing more, so the same seed trains the same weights
+    gen = torch.Generator().manual_seed(0)
+    torch.randint(0, 12, (400,), generator=gen)
+    for _ in range(400):
+        torch.randint(0, 3, (1,), generator=gen)
+    assert torch.equal(state, gen.get_state())
+    assert torch.equal(draw(1.0)[1], draw(1.0)[0])
+    targets, bases, _ = draw(0.3)
+    share = float((bases == targets).float().mean())
+    assert 0.22 < share < 0.38  # 400 draws: 0.3 +- 4 standard errors
+    assert torch.equal(scene[bases], scene[targets])
 
 
 def test_loss_weights_count_the_implied_clean_latent_at_low_snr():

@@ -11,10 +11,14 @@ latent inside the hole, x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), MSE per latent c
 * ``alone``: the target by itself (ILA off);
 * ``same scene``: ILA at lambda 0.2 (the workflow's default) with another view of the
   same scene as the base, noised at the same timestep (as in the workflow);
-* ``other scene``: ILA with a view of another scene as the base.
+* ``other scene``: ILA with a view of another scene as the base;
+* ``itself``: ILA with the target itself as the base, under other noise: its content
+  sits at the very positions the target needs it, the easiest base to copy from.
 
 A model that takes content from the base scores ``same scene`` below ``alone``; one whose
 attention to the base is only a disturbance scores both alike, and ``other scene`` worse.
+All three with the base at the target's timestep (as in the workflow) and at a third of it
+(a less noisy base: with ``itself`` there, an attention that can copy gains a lot).
 
 The same three on **hidden-pattern** samples (:mod:`innout.training.hidden_pattern`: a random
 colour pattern painted in 3D behind a reference view's object, which only that reference,
@@ -24,7 +28,8 @@ it) and at a third of it (a less noisy base: an upper bound of what the base can
 
 Then (``--steps N``) it continues training a copy of the model the project's own way
 (:func:`innout.training.inpainter.train_unet`, on the shipped training scenes) with ILA
-pairs in ``--ila-fraction`` of the steps, hidden-pattern pairs in ``--pattern-fraction``,
+pairs in ``--ila-fraction`` of the steps (``--self-fraction`` of them with the target as its
+own base), hidden-pattern pairs in ``--pattern-fraction``,
 the base with gradient (``--base-gradient``) and the hole's pixels weighted
 ``--hole-weight``, and measures again. Nothing is saved unless ``--save``.
 
@@ -32,6 +37,8 @@ the base with gradient (``--base-gradient``) and the hole's pixels weighted
     .venv/bin/python tools/probe_ila_training.py --steps 0             # measure only
     .venv/bin/python tools/probe_ila_training.py --steps 4000 --pattern-fraction 0.4 --ila-fraction 0.5 \
         --base-gradient --lr 5e-4 --ila-lambda 0 0.3 --hole-weight 2 --save /tmp/ila-ft   # the README's run
+    .venv/bin/python tools/probe_ila_training.py --steps 1500 --ila-fraction 0.7 --self-fraction 0.5 \
+        --lr 3e-4 --ila-lambda 0 0.3 --hole-weight 2 --save /tmp/ila-self                  # with the target as its own base
 """
 
 from __future__ import annotations
@@ -91,10 +98,10 @@ def other_scene_views(pairs: PairSampler, scene_of: torch.Tensor, targets: torch
 
 
 @torch.no_grad()
-def x0_errors(pipe, data: dict, embeds: torch.Tensor, draw, names: tuple[str, str], base_t_fraction: float = 1.0,
+def x0_errors(pipe, data: dict, embeds: torch.Tensor, draw, names: tuple[str, ...], base_t_fraction: float = 1.0,
               batches: int = 16, batch: int = 16, seed: int = 123) -> dict:
     """Mean x0 MSE in the hole per latent channel at t in [500, 1000): the target alone, and
-    with each of the two bases ``draw(batch, gen) -> (targets, (bases, other bases))`` gives
+    with each of the bases ``draw(batch, gen) -> (targets, (bases, other bases, ...))`` gives
     (ILA at the workflow's lambda, the base at ``base_t_fraction`` x the target's t)."""
     unet = pipe.unet.eval()
     alphas = pipe.scheduler.alphas_cumprod.to(torch.float32)
@@ -128,15 +135,17 @@ def x0_errors(pipe, data: dict, embeds: torch.Tensor, draw, names: tuple[str, st
     return {k: v / batches for k, v in sums.items()}
 
 
-def hole_x0_errors(pipe, data: dict, embeds: torch.Tensor) -> dict:
-    """Plain pairs: another view of the same scene as the base, or a view of another scene."""
+def hole_x0_errors(pipe, data: dict, embeds: torch.Tensor, base_t_fraction: float = 1.0) -> dict:
+    """Plain pairs: another view of the same scene as the base, a view of another scene, or
+    the target itself (its own clean latent under other noise: content at the very pixels
+    the target needs it, the easiest base there is to copy from)."""
     pairs = PairSampler(data)
 
     def draw(batch: int, gen: torch.Generator):
         targets, same = pairs.sample(batch, gen)
-        return targets, (same, other_scene_views(pairs, data["scene"], targets, gen))
+        return targets, (same, other_scene_views(pairs, data["scene"], targets, gen), targets)
 
-    return x0_errors(pipe, data, embeds, draw, ("same scene", "other scene"))
+    return x0_errors(pipe, data, embeds, draw, ("same scene", "other scene", "itself"), base_t_fraction)
 
 
 def pattern_x0_errors(pipe, data: dict, embeds: torch.Tensor, base_t_fraction: float = 1.0) -> dict:
@@ -159,7 +168,8 @@ def pattern_x0_errors(pipe, data: dict, embeds: torch.Tensor, base_t_fraction: f
 
 
 def report(label: str, pipe, probe: dict, pattern: dict, embeds: torch.Tensor) -> None:
-    print_errors(f"{label} plain pairs", hole_x0_errors(pipe, probe, embeds))
+    print_errors(f"{label} plain pairs, base at t", hole_x0_errors(pipe, probe, embeds))
+    print_errors(f"{label} plain pairs, base at t/3", hole_x0_errors(pipe, probe, embeds, 1 / 3))
     print_errors(f"{label} hidden pattern, base at t", pattern_x0_errors(pipe, pattern, embeds))
     print_errors(f"{label} hidden pattern, base at t/3", pattern_x0_errors(pipe, pattern, embeds, 1 / 3))
 
@@ -178,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ila-fraction", type=float, default=0.7)
     ap.add_argument("--ila-lambda", type=float, nargs=2, default=(0.1, 0.3))
     ap.add_argument("--hole-weight", type=float, default=4.0)
+    ap.add_argument("--self-fraction", type=float, default=0.0, help="ILA pairs whose base is the target itself")
     ap.add_argument("--pattern-fraction", type=float, default=0.0, help="steps on hidden-pattern pairs")
     ap.add_argument("--pattern-amplitude", type=float, default=UnetConfig().pattern_amplitude)
     ap.add_argument("--base-gradient", action="store_true", help="ILA steps train the base's keys and values too")
@@ -202,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     print("training scenes (those of innout train-models):", flush=True)
     train, train_pattern = latent_samples(pipe, DataConfig(), args.seed + 2, args.pattern_amplitude)
     cfg = dataclasses.replace(UnetConfig(), ila_fraction=args.ila_fraction, ila_lambda=tuple(args.ila_lambda),
+                              ila_self_fraction=args.self_fraction,
                               hole_weight=args.hole_weight, pattern_fraction=args.pattern_fraction,
                               pattern_amplitude=args.pattern_amplitude, ila_base_gradient=args.base_gradient,
                               loop=LoopConfig(steps=args.steps, lr=args.lr, batch=16, warmup=20, ema=0.99))
@@ -209,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = train_unet(pipe, train, embeds, cfg, args.seed, None, pattern=train_pattern)
     losses = summary.get("final_losses", {})
     print(f"trained {args.steps} more steps in {time.perf_counter() - t0:.0f} s "
-          f"(hidden-pattern steps {args.pattern_fraction:.0%}, ILA {args.ila_fraction:.0%} of the others, lambda "
+          f"(hidden-pattern steps {args.pattern_fraction:.0%}, ILA {args.ila_fraction:.0%} of the others ({args.self_fraction:.0%} "
+          f"of them with the target itself as base), lambda "
           f"{args.ila_lambda[0]}-{args.ila_lambda[1]}, base gradient {args.base_gradient}, hole weight "
           f"{args.hole_weight}); final MSE " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in losses.items() if k.startswith("mse_")),
           flush=True)

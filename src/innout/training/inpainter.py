@@ -63,12 +63,15 @@ train plain (independent) inpainting, which the base view, the candidates and th
 
 Those pairs alone do not teach ILA (``tools/probe_ila_training.py``): the hidden background
 is predicted as well from the target's own context as from the base, and the base's keys and
-values were computed without gradient, so no loss could shape what the base offers. Two
+values were computed without gradient, so no loss could shape what the base offers. Three
 options (off by default: the shipped set was trained without them, README "Models trained
-here" has the measurements): ``ila_base_gradient`` runs the base with gradient and keeps
-its keys/values in the graph (:attr:`innout.ila.ILAController.keep_graph`; an ILA step then
-costs two backward passes), and ``pattern_fraction`` of the steps train on hidden-pattern
-pairs (:mod:`innout.training.hidden_pattern`), whose hole content only the base shows.
+here" has the measurements; none taught this model to copy): ``ila_base_gradient`` runs
+the base with gradient and keeps its keys/values in the graph
+(:attr:`innout.ila.ILAController.keep_graph`; an ILA step then costs two backward passes),
+``pattern_fraction`` of the steps train on hidden-pattern pairs
+(:mod:`innout.training.hidden_pattern`), whose hole content only the base shows, and
+``ila_self_fraction`` of the ILA pairs take the target itself, under other noise, as the
+base: its content sits at the very positions the target needs it.
 
 Sizing (``tools/inspect_models.py`` measures the result; timed on the 2-core machine
 while other jobs ran): blocks (32, 64, 64), GroupNorm of 8 groups, one ResNet per level,
@@ -107,6 +110,7 @@ class UnetConfig:
     extra_hole_fraction: float = 0.3  # object masks united with a box/blob
     ila_fraction: float = 0.5  # steps trained with ILA on view pairs
     ila_lambda: tuple = (0.1, 0.5)  # lambda drawn uniformly in this range for those steps
+    ila_self_fraction: float = 0.0  # ILA pairs whose base is the target itself (fresh noise): copying by position
     loss_weighting: str = "v"  # v | min_snr | uniform (see loss_weights)
     timestep_sampling: str = "uniform"  # uniform | weighted: t drawn in proportion to its loss weight (see train_unet)
     min_snr_gamma: float = 5.0
@@ -285,9 +289,11 @@ def noisy_inputs(data: dict, index: torch.Tensor, t: torch.Tensor, alphas_cumpro
 
 
 class PairSampler:
-    """Object-removal samples and, for each, another view of the same scene (its base)."""
+    """Object-removal samples and, for each, another view of the same scene (its base), or
+    in ``self_fraction`` of the pairs the sample itself (noised apart: the easiest pair to
+    copy from, the base's content sits where the target's is)."""
 
-    def __init__(self, data: dict):
+    def __init__(self, data: dict, self_fraction: float = 0.0):
         obj = torch.nonzero(data["kind"] == OBJECT).flatten()
         scenes = data["scene"][obj]
         self.objects = obj
@@ -297,6 +303,7 @@ class PairSampler:
             raise ValueError("ILA training needs two or more views per scene")
         self.candidates = obj[self.usable]
         self.scene_of = data["scene"]
+        self.self_fraction = float(self_fraction)
 
     def sample(self, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         targets = self.candidates[torch.randint(0, len(self.candidates), (batch,), generator=gen)]
@@ -305,7 +312,10 @@ class PairSampler:
             pool = self.by_scene[int(self.scene_of[t])]
             pick = pool[torch.randint(0, len(pool) - 1, (1,), generator=gen)]
             bases.append(int(pick) if int(pick) != t else int(pool[-1]))  # any other view of the scene
-        return targets, torch.tensor(bases)
+        bases = torch.tensor(bases)
+        if self.self_fraction > 0:  # (no draw when off: the same seed trains what it trained before)
+            bases = torch.where(torch.rand(batch, generator=gen) < self.self_fraction, targets, bases)
+        return targets, bases
 
 
 def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, seed: int, work_dir=None,
@@ -319,7 +329,7 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
     unet = pipe.unet
     alphas_cumprod = pipe.scheduler.alphas_cumprod.to(torch.float32)
     n_train = int(pipe.scheduler.config.num_train_timesteps)
-    pairs = PairSampler(data) if cfg.ila_fraction > 0 else None
+    pairs = PairSampler(data, cfg.ila_self_fraction) if cfg.ila_fraction > 0 else None
     if cfg.pattern_fraction > 0 and pattern is None:
         raise ValueError("unet.pattern_fraction > 0 needs the hidden-pattern samples")
     pattern_pairs = PatternPairs(pattern, cfg.pattern_min_covered) if cfg.pattern_fraction > 0 else None
