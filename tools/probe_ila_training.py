@@ -15,7 +15,8 @@ latent inside the hole, x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), MSE per latent c
 * ``itself``: ILA with the target itself as the base, under other noise: its content
   sits at the very positions the target needs it, the easiest base to copy from.
 
-A model that takes content from the base scores ``same scene`` below ``alone``; one whose
+First, how far attention can move the output at all (``attention reach``). A model that
+takes content from the base scores ``same scene`` below ``alone``; one whose
 attention to the base is only a disturbance scores both alike, and ``other scene`` worse.
 All three with the base at the target's timestep (as in the workflow) and at a third of it
 (a less noisy base: with ``itself`` there, an attention that can copy gains a lot).
@@ -31,7 +32,8 @@ Then (``--steps N``) it continues training a copy of the model the project's own
 pairs in ``--ila-fraction`` of the steps (``--self-fraction`` of them with the target as its
 own base), hidden-pattern pairs in ``--pattern-fraction``,
 the base with gradient (``--base-gradient``) and the hole's pixels weighted
-``--hole-weight``, and measures again. Nothing is saved unless ``--save``.
+``--hole-weight``, and measures again; or (``--fresh-unet``) trains a new UNet by the shipped
+recipe with another ILA fraction. Nothing is saved unless ``--save``.
 
     .venv/bin/python tools/probe_ila_training.py                       # the shipped procedural set, 1200 steps
     .venv/bin/python tools/probe_ila_training.py --steps 0             # measure only
@@ -39,6 +41,8 @@ the base with gradient (``--base-gradient``) and the hole's pixels weighted
         --base-gradient --lr 5e-4 --ila-lambda 0 0.3 --hole-weight 2 --save /tmp/ila-ft   # the README's run
     .venv/bin/python tools/probe_ila_training.py --steps 1500 --ila-fraction 0.7 --self-fraction 0.5 \
         --lr 3e-4 --ila-lambda 0 0.3 --hole-weight 2 --save /tmp/ila-self                  # with the target as its own base
+    .venv/bin/python tools/probe_ila_training.py --fresh-unet --steps 2400 --ila-fraction 0 --save /tmp/no-ila
+                                                       # the shipped recipe without ILA steps
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ sys.path.insert(0, str(REPO / "src"))
 from innout.ila import ILAController, ila_installed  # noqa: E402
 from innout.training.data import DataConfig, render_views  # noqa: E402
 from innout.training.hidden_pattern import PatternPairs, build_pattern_samples  # noqa: E402
-from innout.training.inpainter import PairSampler, UnetConfig, build_samples, noisy_inputs, train_unet  # noqa: E402
+from innout.training import sub_seed  # noqa: E402
+from innout.training.inpainter import PairSampler, UnetConfig, build_samples, build_unet, noisy_inputs, train_unet  # noqa: E402
 from innout.training.loop import LoopConfig  # noqa: E402
 
 WORKFLOW_LAMBDA = 0.2  # inpaint.ila_lambda's default
@@ -167,7 +172,40 @@ def pattern_x0_errors(pipe, data: dict, embeds: torch.Tensor, base_t_fraction: f
     return x0_errors(pipe, data, embeds, draw, ("ref base", "other pattern"), base_t_fraction, seed=321)
 
 
+@torch.no_grad()
+def attention_reach(pipe, data: dict, embeds: torch.Tensor, batch: int = 16, seed: int = 99) -> tuple[float, float]:
+    """How far the self-attention paths can move the output: the mean change of the predicted
+    noise, relative to its mean magnitude, when every ``attn1`` takes another sample's keys and
+    values (ILA at lambda 0; object-removal samples at t >= 500), and the same with the
+    sample's own (must be 0: ILA's plumbing)."""
+    unet = pipe.unet.eval()
+    alphas = pipe.scheduler.alphas_cumprod.to(torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    index = PairSampler(data).candidates[:batch]
+    t = torch.randint(500, 1000, (len(index),), generator=gen)
+    x_in, _, _ = noisy_inputs(data, index, t, alphas, gen, HOLE_NOISE_OFFSET)
+    prompt = embeds.expand(len(index), -1, -1)
+    controller = ILAController()
+    changes = []
+    with ila_installed(unet, controller):
+        controller.off()
+        alone = unet(x_in, t, encoder_hidden_states=prompt).sample
+        for base_in, base_t in ((x_in.roll(1, 0), t.roll(1, 0)), (x_in, t)):
+            controller.record()
+            unet(base_in, base_t, encoder_hidden_states=prompt)
+            controller.share(0.0)
+            changes.append(float((unet(x_in, t, encoder_hidden_states=prompt).sample - alone).abs().mean()
+                                 / alone.abs().mean()))
+            controller.clear()
+            controller.off()
+    unet.train()
+    return changes[0], changes[1]
+
+
 def report(label: str, pipe, probe: dict, pattern: dict, embeds: torch.Tensor) -> None:
+    other, own = attention_reach(pipe, probe, embeds)
+    print(f"{label} attention reach: another sample's keys/values in every attn1 (lambda 0) move the predicted "
+          f"noise by {other:.1%} of its mean magnitude (its own: {own:.1%})", flush=True)
     print_errors(f"{label} plain pairs, base at t", hole_x0_errors(pipe, probe, embeds))
     print_errors(f"{label} plain pairs, base at t/3", hole_x0_errors(pipe, probe, embeds, 1 / 3))
     print_errors(f"{label} hidden pattern, base at t", pattern_x0_errors(pipe, pattern, embeds))
@@ -195,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-seed", type=int, default=20_000, help="first seed of the probe's 8 scenes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fresh-unet", action="store_true",
+                    help="train a new UNet by the shipped recipe (innout train-models' unet settings and seed) instead, "
+                         "taking only --steps and --ila-fraction from the command line")
     ap.add_argument("--save", type=Path, help="write the further-trained inpainter here (a diffusers folder)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the training loop's progress lines
@@ -217,14 +258,21 @@ def main(argv: list[str] | None = None) -> int:
                               hole_weight=args.hole_weight, pattern_fraction=args.pattern_fraction,
                               pattern_amplitude=args.pattern_amplitude, ila_base_gradient=args.base_gradient,
                               loop=LoopConfig(steps=args.steps, lr=args.lr, batch=16, warmup=20, ema=0.99))
+    seed = args.seed
+    if args.fresh_unet:  # the recipe of the shipped set, but for the ILA fraction and the steps
+        recipe = UnetConfig()
+        cfg = dataclasses.replace(recipe, ila_fraction=args.ila_fraction, loop=dataclasses.replace(recipe.loop, steps=args.steps))
+        seed = sub_seed(args.seed, "unet")
+        pipe.unet = build_unet(cfg, pipe.text_encoder.config.hidden_size, seed)
     t0 = time.perf_counter()
-    summary = train_unet(pipe, train, embeds, cfg, args.seed, None, pattern=train_pattern)
+    summary = train_unet(pipe, train, embeds, cfg, seed, None, pattern=train_pattern)
     losses = summary.get("final_losses", {})
-    print(f"trained {args.steps} more steps in {time.perf_counter() - t0:.0f} s "
-          f"(hidden-pattern steps {args.pattern_fraction:.0%}, ILA {args.ila_fraction:.0%} of the others ({args.self_fraction:.0%} "
-          f"of them with the target itself as base), lambda "
-          f"{args.ila_lambda[0]}-{args.ila_lambda[1]}, base gradient {args.base_gradient}, hole weight "
-          f"{args.hole_weight}); final MSE " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in losses.items() if k.startswith("mse_")),
+    print(f"trained {'a fresh UNet ' if args.fresh_unet else ''}{args.steps} {'' if args.fresh_unet else 'more '}steps "
+          f"in {time.perf_counter() - t0:.0f} s "
+          f"(hidden-pattern steps {cfg.pattern_fraction:.0%}, ILA {cfg.ila_fraction:.0%} of the others "
+          f"({cfg.ila_self_fraction:.0%} of them with the target itself as base), lambda {cfg.ila_lambda[0]}-{cfg.ila_lambda[1]}, "
+          f"base gradient {cfg.ila_base_gradient}, hole weight {cfg.hole_weight}, lr {cfg.loop.lr}); final MSE "
+          + ", ".join(f"{k[4:]} {v:.4f}" for k, v in losses.items() if k.startswith("mse_")),
           flush=True)
     report("after ", pipe, probe, probe_pattern, embeds)
     if args.save:
