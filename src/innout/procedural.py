@@ -467,7 +467,8 @@ class ProceduralScene:
 # --------------------------------------------------------------------------- SPIn-NeRF writer
 
 
-def _to_u8(img: np.ndarray) -> np.ndarray:
+def to_u8(img: np.ndarray) -> np.ndarray:
+    """Colours in [0, 1] as the scene writer stores them: 8 bits, rounded to nearest."""
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -540,9 +541,9 @@ def write_spinnerf_scene(out_dir, variant: str = "forward", seed: int = 0, n_tra
             is_test = i < n_test
             out = scene.render(cams[i], with_object=not is_test, supersample=supersample)
             rgb, cov = out["rgb"], out["object_coverage"]
-            save_png(tmp / "images" / names[i], _to_u8(rgb), _PNG_COMPRESS_LEVEL)
+            save_png(tmp / "images" / names[i], to_u8(rgb), _PNG_COMPRESS_LEVEL)
             for n in downscales:
-                save_png(tmp / f"images_{n}" / names[i], _to_u8(_block_mean(rgb, n)), _PNG_COMPRESS_LEVEL)
+                save_png(tmp / f"images_{n}" / names[i], to_u8(_block_mean(rgb, n)), _PNG_COMPRESS_LEVEL)
                 mask = (_block_mean(cov, n) >= 0.5).astype(np.uint8)
                 save_png(tmp / f"images_{n}" / ("test_label" if is_test else "label") / names[i], mask, _PNG_COMPRESS_LEVEL)
             z = out["depth"][np.isfinite(out["depth"])]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from innout.cameras import Camera, Intrinsics
-from innout.procedural import VARIANTS, ProceduralScene
+from innout.procedural import VARIANTS, ProceduralScene, to_u8  # views stored as the scene writer stores renders
 
 log = logging.getLogger("innout")
 
@@ -135,7 +135,7 @@ def _render_pair(scene: ProceduralScene, cam, supersample: int) -> dict:
     with_object = scene.render(cam, with_object=True, supersample=supersample)
     without = scene.render(cam, with_object=False, supersample=supersample)
     k = cam.intrinsics
-    return {"rgb": _to_u8(with_object["rgb"]), "background": _to_u8(without["rgb"]), "depth": with_object["depth"],
+    return {"rgb": to_u8(with_object["rgb"]), "background": to_u8(without["rgb"]), "depth": with_object["depth"],
             "background_depth": without["depth"], "coverage": with_object["object_coverage"],
             "c2w": np.asarray(cam.c2w, np.float64), "intrinsics": np.array([k.fx, k.fy, k.cx, k.cy], np.float64)}
 
@@ -144,11 +144,6 @@ def _scene_views(variant: str, seed: int, cfg: DataConfig) -> dict:
     scene = ProceduralScene(variant, seed)
     views = [_render_pair(scene, cam, cfg.supersample) for cam in _cameras(scene, cfg)]
     return {key: np.stack([v[key] for v in views]) for key in views[0]}
-
-
-def _to_u8(rgb: np.ndarray) -> np.ndarray:
-    """As the scene writer stores renders (round to nearest)."""
-    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def render_views(cfg: DataConfig) -> Views:

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from innout.cameras import Camera
-from innout.training.data import Views, _to_u8  # stored as the training views are
+from innout.procedural import to_u8  # stored as the training views are
+from innout.training.data import Views
 from innout.training.masks import silhouette_mask
 
 log = logging.getLogger("innout")
@@ -129,8 +130,8 @@ def paint_scene(views: Views, members: np.ndarray, reference: int, holes: np.nda
         background = views.background[i] / 255.0 + offset
         object_free = (views.coverage[i] < 0.5)[..., None]  # the object hides the pattern where it is
         rgb = views.rgb[i] / 255.0 + np.where(object_free, offset, 0.0)
-        backgrounds.append(_to_u8(background))
-        rgbs.append(_to_u8(rgb))
+        backgrounds.append(to_u8(background))
+        rgbs.append(to_u8(rgb))
         covered.append(float((painted & holes[i]).sum() / max(1, holes[i].sum())))
     return {"background": np.stack(backgrounds), "rgb": np.stack(rgbs), "covered": np.array(covered)}
 
