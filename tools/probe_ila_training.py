@@ -102,6 +102,18 @@ def other_scene_views(pairs: PairSampler, scene_of: torch.Tensor, targets: torch
     return torch.tensor(picks)
 
 
+def eps_with_base(unet, controller: ILAController, base_in: torch.Tensor, t_base: torch.Tensor, x_in: torch.Tensor,
+                  t: torch.Tensor, lam: float, prompt: torch.Tensor) -> torch.Tensor:
+    """The targets' predicted noise with ILA at ``lam`` on the base's keys and values."""
+    controller.record()
+    unet(base_in, t_base, encoder_hidden_states=prompt)
+    controller.share(lam)
+    eps = unet(x_in, t, encoder_hidden_states=prompt).sample
+    controller.clear()
+    controller.off()
+    return eps
+
+
 @torch.no_grad()
 def x0_errors(pipe, data: dict, embeds: torch.Tensor, draw, names: tuple[str, ...], base_t_fraction: float = 1.0,
               batches: int = 16, batch: int = 16, seed: int = 123) -> dict:
@@ -129,13 +141,9 @@ def x0_errors(pipe, data: dict, embeds: torch.Tensor, draw, names: tuple[str, ..
             sums["alone"] += error(unet(x_in, t, encoder_hidden_states=prompt).sample)
             base_gen_state = gen.get_state()
             for name, chosen in zip(names, bases):
-                gen.set_state(base_gen_state)  # both bases get the same noise draw
+                gen.set_state(base_gen_state)  # every base gets the same noise draw
                 base_in, _, _ = noisy_inputs(data, chosen, t_base, alphas, gen, HOLE_NOISE_OFFSET)
-                controller.record()
-                unet(base_in, t_base, encoder_hidden_states=prompt)
-                controller.share(WORKFLOW_LAMBDA)
-                sums[name] += error(unet(x_in, t, encoder_hidden_states=prompt).sample)
-                controller.clear()
+                sums[name] += error(eps_with_base(unet, controller, base_in, t_base, x_in, t, WORKFLOW_LAMBDA, prompt))
     unet.train()
     return {k: v / batches for k, v in sums.items()}
 
@@ -186,20 +194,17 @@ def attention_reach(pipe, data: dict, embeds: torch.Tensor, batch: int = 16, see
     x_in, _, _ = noisy_inputs(data, index, t, alphas, gen, HOLE_NOISE_OFFSET)
     prompt = embeds.expand(len(index), -1, -1)
     controller = ILAController()
-    changes = []
     with ila_installed(unet, controller):
         controller.off()
         alone = unet(x_in, t, encoder_hidden_states=prompt).sample
-        for base_in, base_t in ((x_in.roll(1, 0), t.roll(1, 0)), (x_in, t)):
-            controller.record()
-            unet(base_in, base_t, encoder_hidden_states=prompt)
-            controller.share(0.0)
-            changes.append(float((unet(x_in, t, encoder_hidden_states=prompt).sample - alone).abs().mean()
-                                 / alone.abs().mean()))
-            controller.clear()
-            controller.off()
+
+        def change(base_in: torch.Tensor, t_base: torch.Tensor) -> float:
+            eps = eps_with_base(unet, controller, base_in, t_base, x_in, t, 0.0, prompt)
+            return float((eps - alone).abs().mean() / alone.abs().mean())
+
+        reach = change(x_in.roll(1, 0), t.roll(1, 0)), change(x_in, t)
     unet.train()
-    return changes[0], changes[1]
+    return reach
 
 
 def report(label: str, pipe, probe: dict, pattern: dict, embeds: torch.Tensor) -> None:
@@ -234,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh-unet", action="store_true",
-                    help="train a new UNet by the shipped recipe (innout train-models' unet settings and seed) instead, "
-                         "taking only --steps and --ila-fraction from the command line")
+                    help="train a new UNet by the shipped recipe (innout train-models' unet settings and seed; the "
+                         "probe's own draw of training masks) instead, taking only --steps and --ila-fraction from the "
+                         "command line")
     ap.add_argument("--save", type=Path, help="write the further-trained inpainter here (a diffusers folder)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the training loop's progress lines
@@ -253,17 +259,18 @@ def main(argv: list[str] | None = None) -> int:
 
     print("training scenes (those of innout train-models):", flush=True)
     train, train_pattern = latent_samples(pipe, DataConfig(), args.seed + 2, args.pattern_amplitude)
-    cfg = dataclasses.replace(UnetConfig(), ila_fraction=args.ila_fraction, ila_lambda=tuple(args.ila_lambda),
-                              ila_self_fraction=args.self_fraction,
-                              hole_weight=args.hole_weight, pattern_fraction=args.pattern_fraction,
-                              pattern_amplitude=args.pattern_amplitude, ila_base_gradient=args.base_gradient,
-                              loop=LoopConfig(steps=args.steps, lr=args.lr, batch=16, warmup=20, ema=0.99))
-    seed = args.seed
+    recipe = UnetConfig()
     if args.fresh_unet:  # the recipe of the shipped set, but for the ILA fraction and the steps
-        recipe = UnetConfig()
         cfg = dataclasses.replace(recipe, ila_fraction=args.ila_fraction, loop=dataclasses.replace(recipe.loop, steps=args.steps))
         seed = sub_seed(args.seed, "unet")
         pipe.unet = build_unet(cfg, pipe.text_encoder.config.hidden_size, seed)
+    else:
+        cfg = dataclasses.replace(recipe, ila_fraction=args.ila_fraction, ila_lambda=tuple(args.ila_lambda),
+                                  ila_self_fraction=args.self_fraction,
+                                  hole_weight=args.hole_weight, pattern_fraction=args.pattern_fraction,
+                                  pattern_amplitude=args.pattern_amplitude, ila_base_gradient=args.base_gradient,
+                                  loop=LoopConfig(steps=args.steps, lr=args.lr, batch=16, warmup=20, ema=0.99))
+        seed = args.seed
     t0 = time.perf_counter()
     summary = train_unet(pipe, train, embeds, cfg, seed, None, pattern=train_pattern)
     losses = summary.get("final_losses", {})
