@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from innout.cameras import Camera, Intrinsics, camera_to_llff_row, llff_row_to_camera
+from innout.images import to_u8
 from innout.procedural import ProceduralScene, generate_main, write_spinnerf_scene
 
 VARIANTS = ("forward", "360")
@@ -244,3 +245,14 @@ def test_write_spinnerf_rejects_bad_arguments(tmp_path):
         write_spinnerf_scene(tmp_path / "c", n_train=1, n_test=0, width=16, height=12, downscales=(2,), progress=False)
     assert (tmp_path / "c" / "keep.txt").read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_eight_bit_colours_round_to_nearest_clip_and_leave_uint8_alone():
+    # every PNG here goes through to_u8: truncation would darken each image by half a
+    # grey level on average, and a copy that forgot the clip would wrap 1.2 round to 50
+    colours = np.array([0.0, 0.6 / 255, 0.4 / 255, 254.5 / 255, 1.2, -0.3], np.float32)
+    assert to_u8(colours).tolist() == [0, 1, 0, 255, 255, 0]
+    assert to_u8(colours).dtype == np.uint8
+    stored = np.array([[3, 250]], np.uint8)
+    assert np.array_equal(to_u8(stored), stored)  # not rescaled as if it were [0, 1]
+    assert to_u8(stored).dtype == np.uint8

@@ -64,6 +64,7 @@ sys.path.insert(0, str(REPO / "src"))
 from innout.cameras import Camera, umeyama_similarity  # noqa: E402
 from innout.config import load_method_config  # noqa: E402
 from innout.frames import read_scene  # noqa: E402
+from innout.images import to_u8  # noqa: E402
 from innout.procedural import ProceduralScene  # noqa: E402
 from innout.viz import contact_sheet, overlay_mask, with_weights_banner  # noqa: E402
 
@@ -175,7 +176,7 @@ def true_background(workdir: Path, scene: str, names: list[str]) -> dict[str, di
         k = by_name[name].camera.intrinsics
         cam = Camera(cams[name].c2w, cams[name].intrinsics.scaled_to(k.width, k.height))
         truth = generator.render(cam, with_object=False, supersample=2)
-        out[name] = {"rgb": (np.clip(truth["rgb"], 0, 1) * 255 + 0.5).astype(np.uint8),
+        out[name] = {"rgb": to_u8(truth["rgb"]),
                      "distance": truth["distance"].astype(np.float64) * scale}
     return out
 

@@ -63,7 +63,8 @@ from innout.ila import ILAController, ila_installed  # noqa: E402
 from innout.training.data import DataConfig, render_views  # noqa: E402
 from innout.training.hidden_pattern import PatternPairs, build_pattern_samples  # noqa: E402
 from innout.training import sub_seed  # noqa: E402
-from innout.training.inpainter import PairSampler, UnetConfig, build_samples, build_unet, noisy_inputs, train_unet  # noqa: E402
+from innout.training.inpainter import (PairSampler, UnetConfig, build_samples, build_unet, eps_with_base,  # noqa: E402
+                                       noisy_inputs, train_unet)
 from innout.training.loop import LoopConfig  # noqa: E402
 
 WORKFLOW_LAMBDA = 0.2  # inpaint.ila_lambda's default
@@ -100,18 +101,6 @@ def other_scene_views(pairs: PairSampler, scene_of: torch.Tensor, targets: torch
                 picks.append(pick)
                 break
     return torch.tensor(picks)
-
-
-def eps_with_base(unet, controller: ILAController, base_in: torch.Tensor, t_base: torch.Tensor, x_in: torch.Tensor,
-                  t: torch.Tensor, lam: float, prompt: torch.Tensor) -> torch.Tensor:
-    """The targets' predicted noise with ILA at ``lam`` on the base's keys and values."""
-    controller.record()
-    unet(base_in, t_base, encoder_hidden_states=prompt)
-    controller.share(lam)
-    eps = unet(x_in, t, encoder_hidden_states=prompt).sample
-    controller.clear()
-    controller.off()
-    return eps
 
 
 @torch.no_grad()

@@ -66,7 +66,7 @@ from innout.devices import stage_device
 from innout.errors import InputError, StageError
 from innout.finetune import NerfTuner
 from innout.frames import load_keep_mask, read_scene
-from innout.images import colourise_depth, save_png
+from innout.images import colourise_depth, save_png, to_u8
 from innout.models import check_manifest, load_depth_model, load_inpainter, manifest_item
 from innout.nerf_training import NS_DIR
 from innout.patch_sampling import UnmaskedPixelSampler, pixel_rays
@@ -109,9 +109,7 @@ def candidate_views(cameras: Mapping[str, Camera | np.ndarray], n: int = 5) -> l
 
 def white_outside_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The uint8 RGB image with every pixel outside ``mask`` (True = inpainted) set to white."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = (np.clip(np.asarray(img, float), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    img = to_u8(image)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     img = img[..., :3].copy()
@@ -619,8 +617,7 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
         save_png(tmp / "depth_prior.png", depth_png)
         save_png(tmp / "renders" / "before.png", rgb_before)
         save_png(tmp / "renders" / "after.png", rgb_after)
-        sheet = _overview(candidates, inpainted, vote, base, depth_png, *((np.clip(r, 0, 1) * 255 + 0.5).astype(np.uint8)
-                                                                          for r in (rgb_before, rgb_after)),
+        sheet = _overview(candidates, inpainted, vote, base, depth_png, to_u8(rgb_before), to_u8(rgb_after),
                           use_depth, weights, str(cfg.models.name))
         sheet.save(tmp / "overview.png")
         tuner.export(tmp / "nerf", extra_meta={"stage": STAGE, "base_view": winner}, final_dir=out_dir / "nerf")

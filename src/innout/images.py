@@ -21,6 +21,14 @@ def load_rgb(path: Path) -> np.ndarray:
     return arr
 
 
+def to_u8(image: np.ndarray) -> np.ndarray:
+    """Colours in [0, 1] as every PNG here stores them: clipped, 8 bits, rounded to nearest
+    (not truncated: truncation darkens every image by half a grey level). uint8 input is
+    returned as it is."""
+    a = np.asarray(image)
+    return a if a.dtype == np.uint8 else (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def colourise_depth(depth: np.ndarray, accumulation: Optional[np.ndarray] = None) -> np.ndarray:
     """uint8 RGB of a depth map (turbo colormap, 1st-99th percentile range)."""
     from nerfstudio.utils import colormaps  # heavy (seconds to import): only when a depth map is drawn

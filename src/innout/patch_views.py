@@ -46,6 +46,7 @@ from PIL import Image
 from torch import nn
 
 from innout.cameras import Camera
+from innout.images import to_u8
 from innout.patch_losses import lpips_distance, to_nchw
 from innout.patch_sampling import mask_bbox
 
@@ -157,11 +158,6 @@ def box_crop(image: Any, mask: Any) -> np.ndarray:
     return img if box is None else img[box[0]:box[1], box[2]:box[3]]
 
 
-def _uint8(image: Any) -> np.ndarray:
-    a = np.asarray(image)
-    return a if a.dtype == np.uint8 else (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def subset_scores(
     by: str,
     inpainted: Mapping[str, Any],
@@ -179,10 +175,10 @@ def subset_scores(
         raise ValueError(f"refine.subset_by is {by!r}: one of {', '.join(SUBSET_BY)}")
     if by == "pose":
         return None
-    base_crop = _uint8(box_crop(base_image, base_mask))
+    base_crop = to_u8(box_crop(base_image, base_mask))
     if by == "phash":
         reference = imagehash.phash(Image.fromarray(base_crop))
-        return {n: -float(imagehash.phash(Image.fromarray(_uint8(box_crop(img, masks[n])))) - reference)
+        return {n: -float(imagehash.phash(Image.fromarray(to_u8(box_crop(img, masks[n])))) - reference)
                 for n, img in inpainted.items()}
     if lpips_module is None:
         raise ValueError("refine.subset_by=lpips needs an LPIPS network (refine.lpips_weight > 0)")
@@ -191,7 +187,7 @@ def subset_scores(
     scores = {}
     with torch.no_grad():
         for name, img in inpainted.items():
-            crop = to_nchw(torch.from_numpy(_uint8(box_crop(img, masks[name])).astype(np.float32) / 255.0)).to(device)
+            crop = to_nchw(torch.from_numpy(to_u8(box_crop(img, masks[name])).astype(np.float32) / 255.0)).to(device)
             crop = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
             scores[name] = -float(lpips_distance(lpips_module, crop, ref).mean())
     return scores

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from innout.cameras import Camera, Intrinsics, camera_to_llff_row, look_at
-from innout.images import save_png
+from innout.images import save_png, to_u8
 from innout.procedural_shapes import _Box, _Cylinder, _Prim, _Room, _Sphere
 from innout.procedural_textures import _make_texture, _rng, _sample_texture
 
@@ -465,11 +465,6 @@ class ProceduralScene:
 
 
 # --------------------------------------------------------------------------- SPIn-NeRF writer
-
-
-def to_u8(img: np.ndarray) -> np.ndarray:
-    """Colours in [0, 1] as the scene writer stores them: 8 bits, rounded to nearest."""
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _block_mean(img: np.ndarray, n: int) -> np.ndarray:

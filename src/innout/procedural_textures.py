@@ -8,6 +8,8 @@ import math
 import cv2
 import numpy as np
 
+from innout.images import to_u8
+
 
 def _rng(seed: int, *tags: int) -> np.random.Generator:
     """An independent generator per (seed, component) so components do not disturb each other."""
@@ -80,7 +82,7 @@ def _ramp_lut(colors: np.ndarray, sharpness: float) -> np.ndarray:
     i0 = np.minimum(f.astype(np.int64), k - 2)
     frac = np.clip((f - i0 - 0.5) * sharpness + 0.5, 0.0, 1.0)[:, None]
     lut = colors[i0] * (1.0 - frac) + colors[i0 + 1] * frac
-    return (np.clip(lut, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(1, 256, 3)
+    return to_u8(lut).reshape(1, 256, 3)
 
 
 def _to_index(field_: np.ndarray) -> np.ndarray:
@@ -195,7 +197,7 @@ def _make_texture(rng: np.random.Generator, h: int, w: int, texel: float, style:
         img = pal[band]
         img[cross] = img[cross] * 0.35 + 0.65 * pal[(band[cross] + 2) % len(pal)]
         img *= (0.8 + 0.4 * _fbm(rng, h, w, 0.15 / texel, 3))[..., None]
-        img8 = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+        img8 = to_u8(img)
         _spots(rng, img8, 0.012 / texel, 0.12, pal)
         for scale, dens in ((0.12, 0.3), (0.06, 0.25), (0.03, 0.12)):
             _draw_shapes(rng, img8, scale / texel, int(area_m2 * dens / (scale * scale)), pal)

@@ -32,7 +32,7 @@ from innout.cameras import Camera
 from innout.devices import stage_device
 from innout.errors import InputError
 from innout.frames import read_scene
-from innout.images import colourise_depth, save_png
+from innout.images import colourise_depth, save_png, to_u8
 from innout.progress import Progress
 from innout.provenance import provenance_fields, summary_provenance, weakest, weights_provenance
 from innout.renderer import NerfRenderer
@@ -117,10 +117,6 @@ def spread_views(names: "list[str]", count: int, first: Optional[str] = None) ->
     return chosen
 
 
-def _uint8(rgb: np.ndarray) -> np.ndarray:
-    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def render_test_boxes(renderer: "NerfRenderer", frames: list, folder: Path, what: str, log: Any) -> dict:
     """Render the evaluation box of every ground-truth test view (:mod:`innout.boxes`) at
     full resolution: ``folder/rgb/<view>.png`` (the box only) and ``folder/boxes.json``.
@@ -137,7 +133,7 @@ def render_test_boxes(renderer: "NerfRenderer", frames: list, folder: Path, what
     with Progress(what, len(cameras), rays, log=log) as progress:
         for name, cam in cameras.items():
             rgb = renderer.render_camera(cam, return_samples=False, progress=progress.advance)["rgb"].cpu().numpy()
-            save_png(folder / "rgb" / f"{name}.png", _uint8(rgb))
+            save_png(folder / "rgb" / f"{name}.png", to_u8(rgb))
             progress.item_done()
     write_boxes(folder, boxes, {n: (by_name[n].camera.intrinsics.width, by_name[n].camera.intrinsics.height) for n in boxes})
     return {"views": len(boxes), "empty_masks": empty, "rays": int(rays), "fraction_of_full_views": rays / max(full, 1)}
@@ -161,7 +157,7 @@ def render_train_views(renderer: "NerfRenderer", frames: list, folder: Path, sca
         for f, cam in zip(frames, cameras):
             out = renderer.render_camera(cam, return_samples=False, progress=progress.advance)
             rgb, depth, acc = (out[k].cpu().numpy() for k in ("rgb", "depth", "accumulation"))
-            save_png(folder / "rgb" / f"{f.name}.png", _uint8(rgb))
+            save_png(folder / "rgb" / f"{f.name}.png", to_u8(rgb))
             np.save(folder / "depth" / f"{f.name}.npy", depth.astype(np.float32))
             save_png(folder / "depth" / f"{f.name}.png", colourise_depth(depth, acc))
             progress.item_done()
@@ -175,7 +171,7 @@ def render_path_frames(renderer: "NerfRenderer", cameras: "list[Camera]", what: 
     frames = []
     with Progress(what, len(cameras), rays, item="frames", log=log) as progress:
         for cam in cameras:
-            frames.append(_uint8(renderer.render_camera(cam, return_samples=False, progress=progress.advance)["rgb"].cpu().numpy()))
+            frames.append(to_u8(renderer.render_camera(cam, return_samples=False, progress=progress.advance)["rgb"].cpu().numpy()))
             progress.item_done()
     return np.stack(frames)
 

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from innout.cameras import Camera, Intrinsics
-from innout.procedural import VARIANTS, ProceduralScene, to_u8  # views stored as the scene writer stores renders
+from innout.images import to_u8  # views stored as the scene writer stores renders
+from innout.procedural import VARIANTS, ProceduralScene
 
 log = logging.getLogger("innout")
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from innout.cameras import Camera
-from innout.procedural import to_u8  # stored as the training views are
+from innout.images import to_u8  # stored as the training views are
 from innout.training.data import Views
 from innout.training.masks import silhouette_mask
 

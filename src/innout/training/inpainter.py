@@ -318,6 +318,22 @@ class PairSampler:
         return targets, bases
 
 
+def eps_with_base(unet, controller, base_in: torch.Tensor, t_base: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor,
+                  lam: float, prompt: torch.Tensor, base_gradient: bool = False) -> torch.Tensor:
+    """The targets' predicted noise with ILA at ``lam`` on the base's keys and values: the
+    base in RECORD mode (:class:`innout.ila.ILAController`), then the targets in SHARE
+    mode. With ``base_gradient`` the base's keys and values keep their graph, so the
+    target's loss also trains what the base offers (the controller's ``keep_graph``)."""
+    with torch.set_grad_enabled(bool(base_gradient)):
+        controller.record()
+        unet(base_in, t_base, encoder_hidden_states=prompt)
+    controller.share(lam)
+    eps = unet(x_in, t, encoder_hidden_states=prompt).sample
+    controller.clear()
+    controller.off()
+    return eps
+
+
 def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, seed: int, work_dir=None,
                fingerprint: str = "", pattern: dict | None = None) -> dict:
     """Train ``pipe.unet`` on latent samples (:func:`build_samples`), and on hidden-pattern
@@ -342,19 +358,6 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
 
     def noisy(index: torch.Tensor, t: torch.Tensor, gen: torch.Generator, pure_first: int = 0, source: dict = data):
         return noisy_inputs(source, index, t, alphas_cumprod, gen, cfg.hole_noise_offset, pure_first)
-
-    def ila_pass(base_in, t_base, x_in, t, lam: float, embeds: torch.Tensor) -> torch.Tensor:
-        """The base view in RECORD mode, then the targets' epsilon in SHARE mode. With
-        ``ila_base_gradient`` the base's keys and values keep their graph, so the target's
-        loss also trains what the base offers."""
-        with torch.set_grad_enabled(bool(cfg.ila_base_gradient)):
-            controller.record()
-            unet(base_in, t_base, encoder_hidden_states=embeds)
-        controller.share(lam)
-        eps = unet(x_in, t, encoder_hidden_states=embeds).sample
-        controller.clear()
-        controller.off()
-        return eps
 
     all_t = torch.arange(n_train)
     weight_of_t = loss_weights(alphas_cumprod, all_t, cfg.loss_weighting, cfg.min_snr_gamma)
@@ -385,7 +388,7 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
             t_base = torch.where(same_t, t, (t.float() * torch.rand(batch, generator=gen)).long())
             base_in, _, _ = noisy(bases, t_base, gen, source=pattern)
             x_in, noise, hole = noisy(targets, t, gen, source=pattern)
-            eps = ila_pass(base_in, t_base, x_in, t, lam, embeds)
+            eps = eps_with_base(unet, controller, base_in, t_base, x_in, t, lam, embeds, cfg.ila_base_gradient)
         elif use_ila:
             targets, bases = pairs.sample(batch, gen)
             lam = lo + (hi - lo) * float(torch.rand(1, generator=gen))
@@ -393,7 +396,7 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
             t_base = (t.float() * torch.rand(batch, generator=gen)).long()
             base_in, _, _ = noisy(bases, t_base, gen)
             x_in, noise, hole = noisy(targets, t, gen, n_start)
-            eps = ila_pass(base_in, t_base, x_in, t, lam, embeds)
+            eps = eps_with_base(unet, controller, base_in, t_base, x_in, t, lam, embeds, cfg.ila_base_gradient)
         else:
             index = torch.randint(0, len(data["target"]), (batch,), generator=gen)
             x_in, noise, hole = noisy(index, t, gen, n_start)
