@@ -33,7 +33,9 @@ pairs in ``--ila-fraction`` of the steps (``--self-fraction`` of them with the t
 own base), hidden-pattern pairs in ``--pattern-fraction``,
 the base with gradient (``--base-gradient``) and the hole's pixels weighted
 ``--hole-weight``, and measures again; or (``--fresh-unet``) trains a new UNet by the shipped
-recipe with another ILA fraction. Nothing is saved unless ``--save``.
+recipe with another ILA fraction and the changes ``--set unet.KEY=VALUE`` names (as
+``innout train-models --set``: another architecture, self pairs from the first step). Nothing
+is saved unless ``--save``.
 
     .venv/bin/python tools/probe_ila_training.py                       # the shipped procedural set, 1200 steps
     .venv/bin/python tools/probe_ila_training.py --steps 0             # measure only
@@ -43,6 +45,11 @@ recipe with another ILA fraction. Nothing is saved unless ``--save``.
         --lr 3e-4 --ila-lambda 0 0.3 --hole-weight 2 --save /tmp/ila-self                  # with the target as its own base
     .venv/bin/python tools/probe_ila_training.py --fresh-unet --steps 2400 --ila-fraction 0 --save /tmp/no-ila
                                                        # the shipped recipe without ILA steps
+    .venv/bin/python tools/probe_ila_training.py --fresh-unet --steps 2400 --ila-fraction 0.5 \
+        --set unet.ila_self_fraction=0.5 --save /tmp/fresh-self     # a new UNet taught to copy from the start
+    .venv/bin/python tools/probe_ila_training.py --fresh-unet --steps 2400 --ila-fraction 0.5 \
+        --set unet.ila_self_fraction=0.5 --set unet.attention_levels=3 --set unet.layers_per_block=2 \
+        --set unet.head_width=16 --save /tmp/fresh-heavy                     # the same with twice the attention
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ sys.path.insert(0, str(REPO / "src"))
 from innout.ila import ILAController, ila_installed  # noqa: E402
 from innout.training.data import DataConfig, render_views  # noqa: E402
 from innout.training.hidden_pattern import PatternPairs, build_pattern_samples  # noqa: E402
-from innout.training import sub_seed  # noqa: E402
+from innout.training import TrainConfig, apply_overrides, sub_seed  # noqa: E402
 from innout.training.inpainter import (PairSampler, UnetConfig, build_samples, build_unet, eps_with_base,  # noqa: E402
                                        noisy_inputs, train_unet)
 from innout.training.loop import LoopConfig  # noqa: E402
@@ -229,10 +236,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh-unet", action="store_true",
                     help="train a new UNet by the shipped recipe (innout train-models' unet settings and seed; the "
-                         "probe's own draw of training masks) instead, taking only --steps and --ila-fraction from the "
+                         "probe's own draw of training masks) instead, taking only --steps, --ila-fraction and --set from the "
                          "command line")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="unet.KEY=VALUE",
+                    help="with --fresh-unet: change the recipe as innout train-models --set does (repeatable), "
+                         "e.g. unet.attention_levels=3 unet.ila_self_fraction=0.5")
     ap.add_argument("--save", type=Path, help="write the further-trained inpainter here (a diffusers folder)")
     args = ap.parse_args(argv)
+    if args.overrides and not args.fresh_unet:
+        ap.error("--set goes with --fresh-unet (a trained UNet keeps its architecture)")
+    if any(not item.startswith("unet.") for item in args.overrides):
+        ap.error("--set takes unet.KEY=VALUE only (the probe trains the UNet alone)")
+    try:  # a wrong key fails here, not after the first measurement
+        recipe = apply_overrides(TrainConfig(), args.overrides).unet
+    except ValueError as err:
+        ap.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the training loop's progress lines
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -248,11 +266,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print("training scenes (those of innout train-models):", flush=True)
     train, train_pattern = latent_samples(pipe, DataConfig(), args.seed + 2, args.pattern_amplitude)
-    recipe = UnetConfig()
-    if args.fresh_unet:  # the recipe of the shipped set, but for the ILA fraction and the steps
+    if args.fresh_unet:  # the recipe of the shipped set, but for the ILA fraction, the steps and --set
         cfg = dataclasses.replace(recipe, ila_fraction=args.ila_fraction, loop=dataclasses.replace(recipe.loop, steps=args.steps))
         seed = sub_seed(args.seed, "unet")
         pipe.unet = build_unet(cfg, pipe.text_encoder.config.hidden_size, seed)
+        print(f"a fresh UNet of {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f} M parameters: "
+              f"{cfg.block_out_channels} channels, attention at {cfg.attention_levels} levels and the mid block, "
+              f"{cfg.layers_per_block} layers per block, heads {cfg.head_width} wide", flush=True)
     else:
         cfg = dataclasses.replace(recipe, ila_fraction=args.ila_fraction, ila_lambda=tuple(args.ila_lambda),
                                   ila_self_fraction=args.self_fraction,
