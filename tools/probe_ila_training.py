@@ -50,6 +50,8 @@ is saved unless ``--save``.
     .venv/bin/python tools/probe_ila_training.py --fresh-unet --steps 2400 --ila-fraction 0.5 \
         --set unet.ila_self_fraction=0.5 --set unet.attention_levels=3 --set unet.layers_per_block=2 \
         --set unet.head_width=16 --save /tmp/fresh-heavy                     # the same with twice the attention
+    .venv/bin/python tools/probe_ila_training.py --fresh-unet --steps 2400 --ila-fraction 1.0 \
+        --set unet.ila_self_fraction=1.0 --set "unet.ila_lambda=[0.0,0.0]"   # only the base's keys/values, always itself
 """
 
 from __future__ import annotations
