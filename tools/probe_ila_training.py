@@ -51,7 +51,10 @@ is saved unless ``--save``.
         --set unet.ila_self_fraction=0.5 --set unet.attention_levels=3 --set unet.layers_per_block=2 \
         --set unet.head_width=16 --save /tmp/fresh-heavy                     # the same with twice the attention
     .venv/bin/python tools/probe_ila_training.py --fresh-unet --steps 2400 --ila-fraction 1.0 \
-        --set unet.ila_self_fraction=1.0 --set "unet.ila_lambda=[0.0,0.0]"   # only the base's keys/values, always itself
+        --set unet.ila_self_fraction=1.0 --set "unet.ila_lambda=[0.0,0.0]" \
+        --save /tmp/fresh-copy                            # only the base's keys/values, always itself
+    .venv/bin/python tools/probe_ila_training.py --weights /tmp/fresh-copy --steps 4800 --lr 1e-3 \
+        --ila-fraction 1.0 --self-fraction 1.0 --ila-lambda 0 0 --hole-weight 1.0   # the same lesson, 3x the steps
 """
 
 from __future__ import annotations
