@@ -55,6 +55,9 @@ is saved unless ``--save``.
         --save /tmp/fresh-copy                            # only the base's keys/values, always itself
     .venv/bin/python tools/probe_ila_training.py --weights /tmp/fresh-copy --steps 4800 --lr 1e-3 \
         --ila-fraction 1.0 --self-fraction 1.0 --ila-lambda 0 0 --hole-weight 1.0   # the same lesson, 3x the steps
+    .venv/bin/python tools/probe_ila_training.py --fresh-unet --steps 2400 --ila-fraction 1.0 \
+        --set unet.ila_self_fraction=1.0 --set "unet.ila_lambda=[0.0,0.0]" \
+        --set unet.ila_base_gradient=true --save /tmp/fresh-copy-kv      # the same lesson, keys/values trained
 """
 
 from __future__ import annotations
