@@ -182,6 +182,38 @@ def test_a_target_loss_reaches_the_base_only_when_training_keeps_its_graph(keep_
     assert reached == keep_graph
 
 
+def test_kept_base_attention_changes_nothing_and_its_rows_are_distributions():
+    """Training's ``base_attention``: the explicit attention gives the fused kernel's output
+    and appends one (B, heads, L_target, L_base) probability tensor per SHARE call."""
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8)
+    ctl = ILAController(0.25)
+    attn.set_processor(ILAAttnProcessor(ctl, "lone"))
+    base, targets = torch.randn(2, 10, 16), torch.randn(4, 10, 16)
+    with torch.no_grad():
+        ctl.record()
+        attn(base)
+        ctl.share()
+        fused = attn(targets)
+        ctl.base_attention = []
+        explicit = attn(targets)
+    torch.testing.assert_close(explicit, fused, atol=1e-6, rtol=1e-5)
+    (probs,) = ctl.base_attention
+    assert probs.shape == (4, 2, 10, 10)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4, 2, 10))
+    # the uncond targets' attention is over the uncond base row: it changes when only that row does
+    ctl.base_attention = []
+    with torch.no_grad():
+        ctl.record()
+        attn(torch.stack([base[0] + torch.randn(10, 16), base[1]]))
+        ctl.share()
+        attn(targets)
+    moved = (ctl.base_attention[0] - probs).abs().amax(dim=(1, 2, 3))
+    assert bool((moved[:2] > 1e-4).all()) and bool((moved[2:] < 1e-6).all())
+
+
 def test_base_runs_once_per_step_whatever_the_number_of_targets(pipe):
     ctl = ILAController()
     calls = []

@@ -15,7 +15,10 @@ latent inside the hole, x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), MSE per latent c
 * ``itself``: ILA with the target itself as the base, under other noise: its content
   sits at the very positions the target needs it, the easiest base to copy from.
 
-First, how far attention can move the output at all (``attention reach``). A model that
+First, how far attention can move the output at all (``attention reach``), and where it
+looks: the fraction of target tokens whose strongest attention to another view of the scene
+falls on their counterpart (``counterpart attention``, :mod:`innout.training.counterparts`;
+chance is a few per cent). A model that
 takes content from the base scores ``same scene`` below ``alone``; one whose
 attention to the base is only a disturbance scores both alike, and ``other scene`` worse.
 All three with the base at the target's timestep (as in the workflow) and at a third of it
@@ -58,6 +61,9 @@ is saved unless ``--save``.
     .venv/bin/python tools/probe_ila_training.py --fresh-unet --steps 2400 --ila-fraction 1.0 \
         --set unet.ila_self_fraction=1.0 --set "unet.ila_lambda=[0.0,0.0]" \
         --set unet.ila_base_gradient=true --save /tmp/fresh-copy-kv      # the same lesson, keys/values trained
+    .venv/bin/python tools/probe_ila_training.py --steps 3000 --lr 3e-4 --ila-fraction 0.5 --pattern-fraction 0.4 \
+        --base-gradient --ila-lambda 0 0 --hole-weight 1 --attention-weight 0.05 \
+        --save /tmp/ila-counterparts           # the attention also told where each token's counterpart is
 """
 
 from __future__ import annotations
@@ -75,7 +81,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from innout.ila import ILAController, ila_installed  # noqa: E402
-from innout.training.data import DataConfig, render_views  # noqa: E402
+from innout.training.counterparts import Counterparts, attention_loss  # noqa: E402
+from innout.training.data import DataConfig, Views, render_views  # noqa: E402
 from innout.training.hidden_pattern import PatternPairs, build_pattern_samples  # noqa: E402
 from innout.training import TrainConfig, apply_overrides, sub_seed  # noqa: E402
 from innout.training.inpainter import (PairSampler, UnetConfig, build_samples, build_unet, eps_with_base,  # noqa: E402
@@ -93,8 +100,8 @@ def load_pipe(weights: Path):
                                                           safety_checker=None, requires_safety_checker=False)
 
 
-def latent_samples(pipe, data_cfg: DataConfig, seed: int, pattern_amplitude: float) -> tuple[dict, dict]:
-    """Plain samples (as ``innout train-models`` builds them) and hidden-pattern samples."""
+def latent_samples(pipe, data_cfg: DataConfig, seed: int, pattern_amplitude: float) -> tuple[dict, dict, Views]:
+    """Plain samples (as ``innout train-models`` builds them), hidden-pattern samples and the views."""
     t0 = time.perf_counter()
     views = render_views(data_cfg)
     cfg = UnetConfig()
@@ -103,7 +110,7 @@ def latent_samples(pipe, data_cfg: DataConfig, seed: int, pattern_amplitude: flo
     print(f"  {len(views)} views of {data_cfg.scenes} scenes (seeds {data_cfg.first_seed}-"
           f"{data_cfg.first_seed + data_cfg.scenes - 1}) -> {len(samples['target'])} samples, "
           f"{len(pattern['target'])} hidden-pattern samples in {time.perf_counter() - t0:.0f} s", flush=True)
-    return samples, pattern
+    return samples, pattern, views
 
 
 def other_scene_views(pairs: PairSampler, scene_of: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -211,10 +218,38 @@ def attention_reach(pipe, data: dict, embeds: torch.Tensor, batch: int = 16, see
     return reach
 
 
-def report(label: str, pipe, probe: dict, pattern: dict, embeds: torch.Tensor) -> None:
+@torch.no_grad()
+def counterpart_hits(pipe, data: dict, views: Views, embeds: torch.Tensor, batches: int = 4, batch: int = 16,
+                     seed: int = 77) -> float:
+    """Fraction of target tokens (with a counterpart in the base) whose strongest attention to
+    the base (head mean, ILA at lambda 0, another view of the scene at the same t >= 500)
+    lands on their counterpart (:mod:`innout.training.counterparts`)."""
+    unet = pipe.unet.eval()
+    alphas = pipe.scheduler.alphas_cumprod.to(torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    pairs, controller = PairSampler(data), ILAController()
+    counterparts = Counterparts(views, tuple(data["target"].shape[-2:]), UnetConfig().ila_attention_sigma)
+    prompt = embeds.expand(batch, -1, -1)
+    rates = []
+    with ila_installed(unet, controller):
+        for _ in range(batches):
+            t = torch.randint(500, 1000, (batch,), generator=gen)
+            targets, bases = pairs.sample(batch, gen)
+            base_in, _, _ = noisy_inputs(data, bases, t, alphas, gen, HOLE_NOISE_OFFSET)
+            x_in, _, _ = noisy_inputs(data, targets, t, alphas, gen, HOLE_NOISE_OFFSET)
+            kept: list = []
+            eps_with_base(unet, controller, base_in, t, x_in, t, 0.0, prompt, attention=kept)
+            rates.append(attention_loss(kept, counterparts, data["view"][targets], data["view"][bases])[1])
+    unet.train()
+    return sum(rates) / len(rates)
+
+
+def report(label: str, pipe, probe: dict, pattern: dict, embeds: torch.Tensor, views: Views) -> None:
     other, own = attention_reach(pipe, probe, embeds)
     print(f"{label} attention reach: another sample's keys/values in every attn1 (lambda 0) move the predicted "
           f"noise by {other:.1%} of its mean magnitude (its own: {own:.1%})", flush=True)
+    print(f"{label} counterpart attention: {counterpart_hits(pipe, probe, views, embeds):.1%} of the target tokens attend "
+          "most to their counterpart in another view (head mean, lambda 0, same t)", flush=True)
     print_errors(f"{label} plain pairs, base at t", hole_x0_errors(pipe, probe, embeds))
     print_errors(f"{label} plain pairs, base at t/3", hole_x0_errors(pipe, probe, embeds, 1 / 3))
     print_errors(f"{label} hidden pattern, base at t", pattern_x0_errors(pipe, pattern, embeds))
@@ -239,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pattern-fraction", type=float, default=0.0, help="steps on hidden-pattern pairs")
     ap.add_argument("--pattern-amplitude", type=float, default=UnetConfig().pattern_amplitude)
     ap.add_argument("--base-gradient", action="store_true", help="ILA steps train the base's keys and values too")
+    ap.add_argument("--attention-weight", type=float, default=0.0,
+                    help="weight of the cross-entropy that teaches the attention to the base where each token's "
+                         "counterpart is (unet.ila_attention_weight)")
     ap.add_argument("--probe-seed", type=int, default=20_000, help="first seed of the probe's 8 scenes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -266,14 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipe(args.weights)
     embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0].detach()
     print("probe scenes:", flush=True)
-    probe, probe_pattern = latent_samples(pipe, DataConfig(scenes=8, first_seed=args.probe_seed), args.seed + 1,
-                                          args.pattern_amplitude)
-    report("before", pipe, probe, probe_pattern, embeds)
+    probe, probe_pattern, probe_views = latent_samples(pipe, DataConfig(scenes=8, first_seed=args.probe_seed),
+                                                       args.seed + 1, args.pattern_amplitude)
+    report("before", pipe, probe, probe_pattern, embeds, probe_views)
     if args.steps <= 0:
         return 0
 
     print("training scenes (those of innout train-models):", flush=True)
-    train, train_pattern = latent_samples(pipe, DataConfig(), args.seed + 2, args.pattern_amplitude)
+    train, train_pattern, train_views = latent_samples(pipe, DataConfig(), args.seed + 2, args.pattern_amplitude)
     if args.fresh_unet:  # the recipe of the shipped set, but for the ILA fraction, the steps and --set
         cfg = dataclasses.replace(recipe, ila_fraction=args.ila_fraction, loop=dataclasses.replace(recipe.loop, steps=args.steps))
         seed = sub_seed(args.seed, "unet")
@@ -286,19 +324,22 @@ def main(argv: list[str] | None = None) -> int:
                                   ila_self_fraction=args.self_fraction,
                                   hole_weight=args.hole_weight, pattern_fraction=args.pattern_fraction,
                                   pattern_amplitude=args.pattern_amplitude, ila_base_gradient=args.base_gradient,
+                                  ila_attention_weight=args.attention_weight,
                                   loop=LoopConfig(steps=args.steps, lr=args.lr, batch=16, warmup=20, ema=0.99))
         seed = args.seed
     t0 = time.perf_counter()
-    summary = train_unet(pipe, train, embeds, cfg, seed, None, pattern=train_pattern)
+    summary = train_unet(pipe, train, embeds, cfg, seed, None, pattern=train_pattern, views=train_views)
     losses = summary.get("final_losses", {})
     print(f"trained {'a fresh UNet ' if args.fresh_unet else ''}{args.steps} {'' if args.fresh_unet else 'more '}steps "
           f"in {time.perf_counter() - t0:.0f} s "
           f"(hidden-pattern steps {cfg.pattern_fraction:.0%}, ILA {cfg.ila_fraction:.0%} of the others "
           f"({cfg.ila_self_fraction:.0%} of them with the target itself as base), lambda {cfg.ila_lambda[0]}-{cfg.ila_lambda[1]}, "
-          f"base gradient {cfg.ila_base_gradient}, hole weight {cfg.hole_weight}, lr {cfg.loop.lr}); final MSE "
-          + ", ".join(f"{k[4:]} {v:.4f}" for k, v in losses.items() if k.startswith("mse_")),
+          f"base gradient {cfg.ila_base_gradient}, counterpart attention weight {cfg.ila_attention_weight}, "
+          f"hole weight {cfg.hole_weight}, lr {cfg.loop.lr}); final MSE "
+          + ", ".join(f"{k[4:]} {v:.4f}" for k, v in losses.items() if k.startswith("mse_"))
+          + "".join(f", {k} {v:.3f}" for k, v in losses.items() if k.startswith("attention_")),
           flush=True)
-    report("after ", pipe, probe, probe_pattern, embeds)
+    report("after ", pipe, probe, probe_pattern, embeds, probe_views)
     if args.save:
         pipe.to(dtype=torch.float16).save_pretrained(args.save / "inpainter", safe_serialization=True)
         print("saved", args.save / "inpainter")

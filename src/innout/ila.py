@@ -53,6 +53,10 @@ class ILAController:
         # inference stores the base's K/V detached; training keeps their graph so that the loss
         # of a target teaches the base's keys and values to carry what the target needs
         self.keep_graph = False
+        # training only: a list makes SHARE mode compute the attention to the base explicitly and
+        # append its probabilities (B, heads, L_target, L_base) per layer, graph kept, so that a loss
+        # can say where it should land (innout.training.counterparts); None: the fused kernel
+        self.base_attention: list[torch.Tensor] | None = None
 
     def record(self) -> None:
         """Next UNet call runs the base view: store every layer's K/V (replacing the last step's)."""
@@ -144,7 +148,10 @@ class ILAAttnProcessor(AttnProcessor2_0):
                 per = batch // rows
                 k_b = k_p.to(q.dtype).repeat_interleave(per, dim=0)
                 v_b = v_p.to(q.dtype).repeat_interleave(per, dim=0)
-                shared = F.scaled_dot_product_attention(q, k_b, v_b, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+                if ctl.base_attention is None:
+                    shared = F.scaled_dot_product_attention(q, k_b, v_b, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+                else:
+                    shared = _attend_keeping_probabilities(q, k_b, v_b, attention_mask, q.shape[-1] ** -0.5, ctl.base_attention)
                 out = shared if out is None else lam * out + (1.0 - lam) * shared
         else:  # pragma: no cover - guarded above
             raise RuntimeError(f"unknown ILA mode {ctl.mode!r}")
@@ -157,6 +164,18 @@ class ILAAttnProcessor(AttnProcessor2_0):
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+def _attend_keeping_probabilities(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None,
+                                  scale: float, kept: list) -> torch.Tensor:
+    """What ``scaled_dot_product_attention`` computes (its default scale: ``q``'s width ** -0.5, passed as
+    ``scale``), with the probabilities appended to ``kept``."""
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probabilities = torch.softmax(scores, dim=-1)
+    kept.append(probabilities)
+    return probabilities @ v
 
 
 def is_self_attention(name: str) -> bool:

@@ -52,7 +52,7 @@ from innout.training.data import (
     training_scenes,
 )
 from innout.training.depth import DepthConfig, evaluate_depth, train_depth
-from innout.training.hidden_pattern import build_pattern_samples
+from innout.training.hidden_pattern import PATTERN_FORMAT, build_pattern_samples
 from innout.training.inpainter import UnetConfig, assemble_pipeline, build_samples, build_text_encoder, build_unet, train_unet
 from innout.stage import atomic_dir
 from innout.training.loop import plot_loss_curves
@@ -221,7 +221,7 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         samples = _cached_samples(pipe, views, cfg.unet, seeds["samples"], samples_key, work)
         pattern = None
         if cfg.unet.pattern_fraction > 0:
-            pattern_key = fingerprint(vae_key, state_digest(vae), seeds["pattern"],
+            pattern_key = fingerprint(vae_key, state_digest(vae), seeds["pattern"], PATTERN_FORMAT,
                                       *(getattr(cfg.unet, k) for k in ("pattern_amplitude", "pattern_references", "encode_batch")))
             pattern = _cached(work, f"pattern-{pattern_key}.pt", lambda progress: build_pattern_samples(
                 pipe, views, cfg.unet.pattern_amplitude, cfg.unet.pattern_references, seeds["pattern"],
@@ -231,7 +231,7 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         t = time.perf_counter()
         prompt_embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0].detach()
         unet_summary = train_unet(pipe, samples, prompt_embeds, cfg.unet, seeds["unet"], work,
-                                  fingerprint(samples_key, asdict(cfg.unet), seeds["unet"]), pattern)
+                                  fingerprint(samples_key, asdict(cfg.unet), seeds["unet"]), pattern, views)
         phases["unet"] = time.perf_counter() - t
 
         t = time.perf_counter()

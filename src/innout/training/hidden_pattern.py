@@ -42,6 +42,7 @@ log = logging.getLogger("innout")
 DEPTH_TOLERANCE = 0.03  # relative: the reference sees a point when its depth there agrees within 3 %
 COMPONENTS = 4  # sinusoids per field
 MIN_REGION_PIXELS = 20  # a reference whose hole holds fewer background pixels gives no pairs
+PATTERN_FORMAT = 2  # version of build_pattern_samples' tensors (2: with "view"); part of the cache's key
 
 
 def unproject(camera: Camera, depth: np.ndarray) -> np.ndarray:
@@ -149,7 +150,8 @@ def build_pattern_samples(pipe, views: Views, amplitude: float, references_per_s
     (:func:`innout.diffusion.prepare_views`; hole = the view's dilated silhouette):
     ``target``, ``mask``, ``masked`` as :func:`innout.training.inpainter.build_samples`;
     ``group`` (N,) one id per (scene, reference); ``base`` (N,) the index of the group's
-    reference sample; ``covered`` (N,) the painted fraction of the sample's hole."""
+    reference sample; ``covered`` (N,) the painted fraction of the sample's hole; ``view``
+    (N,) the index in ``views`` of the sample's camera."""
     from innout.diffusion import prepare_views
 
     rng = np.random.default_rng(seed)
@@ -158,7 +160,7 @@ def build_pattern_samples(pipe, views: Views, amplitude: float, references_per_s
     holes = np.stack([silhouette_mask(c) for c in views.coverage])
     none = [np.zeros((h, w), bool)]
     parts = {"target": [], "mask": [], "masked": []}
-    group, base, covered = [], [], []
+    group, base, covered, view = [], [], [], []
     scenes = np.unique(views.scene)
     count = groups = 0
     for done, scene in enumerate(scenes, 1):
@@ -177,13 +179,15 @@ def build_pattern_samples(pipe, views: Views, amplitude: float, references_per_s
             groups += 1
             base += [count + position] * n
             covered.append(painted["covered"])
+            view += [int(i) for i in members]
             count += n
         if progress:
             progress("pattern scenes", done, len(scenes))
     if not count:
         raise ValueError("hidden-pattern samples: no reference view's hole holds enough background")
     return {**{key: torch.cat(value) for key, value in parts.items()}, "group": torch.tensor(group),
-            "base": torch.tensor(base), "covered": torch.from_numpy(np.concatenate(covered)).float()}
+            "base": torch.tensor(base), "covered": torch.from_numpy(np.concatenate(covered)).float(),
+            "view": torch.tensor(view)}
 
 
 class PatternPairs:

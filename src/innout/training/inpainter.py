@@ -63,15 +63,18 @@ train plain (independent) inpainting, which the base view, the candidates and th
 
 Those pairs alone do not teach ILA (``tools/probe_ila_training.py``): the hidden background
 is predicted as well from the target's own context as from the base, and the base's keys and
-values were computed without gradient, so no loss could shape what the base offers. Three
+values were computed without gradient, so no loss could shape what the base offers. Four
 options (off by default: the shipped set was trained without them, README "Models trained
 here" has the measurements; none taught this model to copy): ``ila_base_gradient`` runs
 the base with gradient and keeps its keys/values in the graph
 (:attr:`innout.ila.ILAController.keep_graph`; an ILA step then costs two backward passes),
 ``pattern_fraction`` of the steps train on hidden-pattern pairs
-(:mod:`innout.training.hidden_pattern`), whose hole content only the base shows, and
+(:mod:`innout.training.hidden_pattern`), whose hole content only the base shows,
 ``ila_self_fraction`` of the ILA pairs take the target itself, under other noise, as the
-base: its content sits at the very positions the target needs it.
+base: its content sits at the very positions the target needs it; and
+``ila_attention_weight`` adds, in the ILA and hidden-pattern steps, a cross-entropy that
+tells the target's attention to the base where each token's counterpart is (from the
+generator's geometry: :mod:`innout.training.counterparts`), which no epsilon loss taught.
 
 Sizing (``tools/inspect_models.py`` measures the result; timed on the 2-core machine
 while other jobs ran): blocks (32, 64, 64), GroupNorm of 8 groups, one ResNet per level,
@@ -124,6 +127,8 @@ class UnetConfig:
     pattern_references: int = 2  # reference (base) views per scene
     pattern_min_covered: float = 0.2  # a target needs this fraction of its hole painted
     pattern_same_t: float = 0.5  # fraction of pattern pairs with the base at the target's timestep (else below it)
+    ila_attention_weight: float = 0.0  # ILA/pattern steps: + this x cross-entropy of the attention to the base vs the counterparts
+    ila_attention_sigma: float = 0.6  # width (tokens) of the counterpart's Gaussian (innout.training.counterparts)
     encode_batch: int = 16
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2400, lr=1e-3, batch=16, warmup=50, ema=0.995))
 
@@ -319,27 +324,35 @@ class PairSampler:
 
 
 def eps_with_base(unet, controller, base_in: torch.Tensor, t_base: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor,
-                  lam: float, prompt: torch.Tensor, base_gradient: bool = False) -> torch.Tensor:
+                  lam: float, prompt: torch.Tensor, base_gradient: bool = False,
+                  attention: list | None = None) -> torch.Tensor:
     """The targets' predicted noise with ILA at ``lam`` on the base's keys and values: the
     base in RECORD mode (:class:`innout.ila.ILAController`), then the targets in SHARE
     mode. With ``base_gradient`` the base's keys and values keep their graph, so the
-    target's loss also trains what the base offers (the controller's ``keep_graph``)."""
+    target's loss also trains what the base offers (the controller's ``keep_graph``).
+    ``attention``: a list that receives every layer's attention probabilities to the base."""
     with torch.set_grad_enabled(bool(base_gradient)):
         controller.record()
         unet(base_in, t_base, encoder_hidden_states=prompt)
     controller.share(lam)
-    eps = unet(x_in, t, encoder_hidden_states=prompt).sample
+    controller.base_attention = attention
+    try:
+        eps = unet(x_in, t, encoder_hidden_states=prompt).sample
+    finally:
+        controller.base_attention = None
     controller.clear()
     controller.off()
     return eps
 
 
 def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, seed: int, work_dir=None,
-               fingerprint: str = "", pattern: dict | None = None) -> dict:
+               fingerprint: str = "", pattern: dict | None = None, views: Views | None = None) -> dict:
     """Train ``pipe.unet`` on latent samples (:func:`build_samples`), and on hidden-pattern
     pairs (``pattern``: :func:`innout.training.hidden_pattern.build_pattern_samples`) in
-    ``cfg.pattern_fraction`` of the steps; returns the summary."""
+    ``cfg.pattern_fraction`` of the steps; returns the summary. ``views`` (those the samples
+    were built from) give the counterparts ``cfg.ila_attention_weight`` needs."""
     from innout.ila import ILAController, ila_installed
+    from innout.training.counterparts import Counterparts, attention_loss
     from innout.training.hidden_pattern import PatternPairs
 
     unet = pipe.unet
@@ -351,6 +364,15 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
     pattern_pairs = PatternPairs(pattern, cfg.pattern_min_covered) if cfg.pattern_fraction > 0 else None
     controller = ILAController()
     controller.keep_graph = bool(cfg.ila_base_gradient)
+    attention_weight = float(cfg.ila_attention_weight)
+    counterparts = None
+    if attention_weight > 0:
+        if views is None:
+            raise ValueError("unet.ila_attention_weight > 0 needs the training views (their cameras and depths)")
+        if pattern is not None and "view" not in pattern:
+            raise ValueError("unet.ila_attention_weight > 0 needs hidden-pattern samples that name their views "
+                             "(rebuild them: the cached ones are older)")
+        counterparts = Counterparts(views, tuple(data["target"].shape[-2:]), cfg.ila_attention_sigma)
     batch = int(cfg.loop.batch)
     lo, hi = (float(v) for v in cfg.ila_lambda)
 
@@ -381,6 +403,7 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
         use_pattern = pattern_pairs is not None and float(torch.rand(1, generator=gen)) < cfg.pattern_fraction
         use_ila = not use_pattern and pairs is not None and float(torch.rand(1, generator=gen)) < cfg.ila_fraction
         embeds = prompt_embeds.expand(batch, -1, -1)
+        attention = [] if counterparts is not None else None  # filled by the ILA steps' SHARE pass
         if use_pattern:
             targets, bases = pattern_pairs.sample(batch, gen)
             lam = lo + (hi - lo) * float(torch.rand(1, generator=gen))
@@ -388,7 +411,8 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
             t_base = torch.where(same_t, t, (t.float() * torch.rand(batch, generator=gen)).long())
             base_in, _, _ = noisy(bases, t_base, gen, source=pattern)
             x_in, noise, hole = noisy(targets, t, gen, source=pattern)
-            eps = eps_with_base(unet, controller, base_in, t_base, x_in, t, lam, embeds, cfg.ila_base_gradient)
+            eps = eps_with_base(unet, controller, base_in, t_base, x_in, t, lam, embeds, cfg.ila_base_gradient, attention)
+            pair_views = (pattern["view"][targets], pattern["view"][bases]) if counterparts is not None else None
         elif use_ila:
             targets, bases = pairs.sample(batch, gen)
             lam = lo + (hi - lo) * float(torch.rand(1, generator=gen))
@@ -396,7 +420,8 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
             t_base = (t.float() * torch.rand(batch, generator=gen)).long()
             base_in, _, _ = noisy(bases, t_base, gen)
             x_in, noise, hole = noisy(targets, t, gen, n_start)
-            eps = eps_with_base(unet, controller, base_in, t_base, x_in, t, lam, embeds, cfg.ila_base_gradient)
+            eps = eps_with_base(unet, controller, base_in, t_base, x_in, t, lam, embeds, cfg.ila_base_gradient, attention)
+            pair_views = (data["view"][targets], data["view"][bases]) if counterparts is not None else None
         else:
             index = torch.randint(0, len(data["target"]), (batch,), generator=gen)
             x_in, noise, hole = noisy(index, t, gen, n_start)
@@ -406,6 +431,11 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
         loss = (weights * per_sample).mean()
         parts = {"mse": per_sample.mean().detach()}
         parts["mse_pattern" if use_pattern else "mse_ila" if use_ila else "mse_plain"] = per_sample.mean().detach()
+        if attention:
+            cross_entropy, hit_rate = attention_loss(attention, counterparts, *pair_views)
+            loss = loss + attention_weight * cross_entropy
+            parts["attention_ce"] = cross_entropy.detach()
+            parts["attention_hit"] = torch.tensor(hit_rate)
         return loss, parts
 
     with ila_installed(unet, controller):
