@@ -41,10 +41,11 @@ def token_grid(latent_h: int, latent_w: int, tokens: int) -> tuple[int, int, int
     raise ValueError(f"no UNet level of a {latent_h}x{latent_w} latent has {tokens} tokens")
 
 
-def counterpart_targets(target: Camera, target_depth: np.ndarray, base: Camera, base_depth: np.ndarray,
-                        latent_hw: tuple[int, int], tokens: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(soft targets (L, L), has counterpart (L,))`` for the ``L = tokens`` tokens of one level:
-    row ``q`` is the distribution over base tokens the target token ``q`` should attend to."""
+def counterpart_positions(target: Camera, target_depth: np.ndarray, base: Camera, base_depth: np.ndarray,
+                          latent_hw: tuple[int, int], tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(position (L, 2), has counterpart (L,))`` for the ``L = tokens`` tokens of one level:
+    where (row, column, in that level's token units) each target token's object-free surface
+    point falls in the base view."""
     height, width = target_depth.shape
     latent_h, latent_w = latent_hw
     factor = height / latent_h
@@ -61,17 +62,32 @@ def counterpart_targets(target: Camera, target_depth: np.ndarray, base: Camera, 
     seen = base_depth[uv[:, 1].astype(int), uv[:, 0].astype(int)]
     with np.errstate(invalid="ignore"):
         valid = inside & (np.abs(seen - depth_in_base) < DEPTH_TOLERANCE * np.abs(depth_in_base))
-    # the projection in the level's token units, then a Gaussian over the base's tokens
-    col = (uv[:, 0] / factor - 0.5) / stride
-    row = (uv[:, 1] / factor - 0.5) / stride
-    dist2 = (grid_r.reshape(1, -1) - row[:, None]) ** 2 + (grid_c.reshape(1, -1) - col[:, None]) ** 2
-    weights = np.exp(-dist2 / (2.0 * float(sigma) ** 2))
-    weights /= np.maximum(weights.sum(1, keepdims=True), 1e-12)
-    return torch.from_numpy(weights.astype(np.float32)), torch.from_numpy(valid)
+    position = np.stack([(uv[:, 1] / factor - 0.5) / stride, (uv[:, 0] / factor - 0.5) / stride], axis=1)
+    return torch.from_numpy(position.astype(np.float32)), torch.from_numpy(valid)
+
+
+def gaussian_targets(position: torch.Tensor, rows: int, cols: int, sigma: float) -> torch.Tensor:
+    """``(..., L, rows * cols)``: per target token a Gaussian of ``sigma`` tokens over the base's
+    tokens around its counterpart's ``position`` (``(..., L, 2)``, row and column), summing to 1."""
+    grid_r, grid_c = torch.meshgrid(torch.arange(rows, dtype=torch.float32), torch.arange(cols, dtype=torch.float32),
+                                    indexing="ij")
+    dist2 = ((position[..., 0:1] - grid_r.reshape(-1)) ** 2 + (position[..., 1:2] - grid_c.reshape(-1)) ** 2)
+    weights = torch.exp(-dist2 / (2.0 * float(sigma) ** 2))
+    return weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
+def counterpart_targets(target: Camera, target_depth: np.ndarray, base: Camera, base_depth: np.ndarray,
+                        latent_hw: tuple[int, int], tokens: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(soft targets (L, L), has counterpart (L,))``: row ``q`` is the distribution over base
+    tokens the target token ``q`` should attend to."""
+    position, valid = counterpart_positions(target, target_depth, base, base_depth, latent_hw, tokens)
+    _, rows, cols = token_grid(*latent_hw, tokens)
+    return gaussian_targets(position, rows, cols, sigma), valid
 
 
 class Counterparts:
-    """:func:`counterpart_targets` for pairs of training views, computed once per pair and level."""
+    """The counterparts of pairs of training views: positions computed once per pair and level
+    (a few KB each; the targets, L x L, are made per batch)."""
 
     def __init__(self, views: Views, latent_hw: tuple[int, int], sigma: float):
         self.views, self.latent_hw, self.sigma = views, tuple(int(v) for v in latent_hw), float(sigma)
@@ -81,14 +97,17 @@ class Counterparts:
         key = (int(target), int(base), int(tokens))
         if key not in self.cache:
             views = self.views
-            self.cache[key] = counterpart_targets(views.camera(key[0]), views.background_depth[key[0]],
-                                                  views.camera(key[1]), views.background_depth[key[1]],
-                                                  self.latent_hw, key[2], self.sigma)
+            self.cache[key] = counterpart_positions(views.camera(key[0]), views.background_depth[key[0]],
+                                                    views.camera(key[1]), views.background_depth[key[1]],
+                                                    self.latent_hw, key[2])
         return self.cache[key]
 
     def batch(self, targets: torch.Tensor, bases: torch.Tensor, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(targets (B, L, L), has counterpart (B, L))`` of the pairs ``targets[i] -> bases[i]``."""
         pairs = [self.of(t, b, tokens) for t, b in zip(targets.tolist(), bases.tolist())]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        _, rows, cols = token_grid(*self.latent_hw, tokens)
+        position = torch.stack([p[0] for p in pairs])
+        return gaussian_targets(position, rows, cols, self.sigma), torch.stack([p[1] for p in pairs])
 
 
 def attention_loss(probabilities: list[torch.Tensor], counterparts: Counterparts, targets: torch.Tensor,
