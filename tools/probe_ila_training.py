@@ -64,6 +64,9 @@ is saved unless ``--save``.
     .venv/bin/python tools/probe_ila_training.py --steps 3000 --lr 3e-4 --ila-fraction 0.5 --pattern-fraction 0.4 \
         --base-gradient --ila-lambda 0 0 --hole-weight 1 --attention-weight 0.05 \
         --save /tmp/ila-counterparts           # the attention also told where each token's counterpart is
+    .venv/bin/python tools/probe_ila_training.py --fresh-unet --steps 2400 --ila-fraction 0.5 \
+        --set unet.ila_attention_weight=0.05 --set unet.pattern_fraction=0.4 --set unet.ila_base_gradient=true \
+        --save /tmp/fresh-counterparts         # the same lesson from a new UNet's first step
 """
 
 from __future__ import annotations
