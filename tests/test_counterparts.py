@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from innout.cameras import Camera, Intrinsics
-from innout.training.counterparts import attention_loss, counterpart_targets, token_grid
+from innout.training.counterparts import attention_loss, counterpart_positions, gaussian_targets, token_grid
 
 W, H = 160, 120  # the training views' size; latent 20 x 15
 LATENT = (15, 20)
@@ -23,6 +23,13 @@ def _camera(x: float = 0.0) -> Camera:
 
 def _wall() -> np.ndarray:
     return np.full((H, W), PLANE, np.float32)
+
+
+def counterpart_targets(target, target_depth, base, base_depth, latent_hw, tokens, sigma):
+    """Soft targets (L, L) and validity (L,) of one pair, as Counterparts.batch builds them."""
+    position, valid = counterpart_positions(target, target_depth, base, base_depth, latent_hw, tokens)
+    _, rows, cols = token_grid(*latent_hw, tokens)
+    return gaussian_targets(position, rows, cols, sigma), valid
 
 
 def _argmax_shift(targets: torch.Tensor, valid: torch.Tensor, cols: int) -> set[tuple[int, int]]:

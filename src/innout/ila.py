@@ -151,7 +151,7 @@ class ILAAttnProcessor(AttnProcessor2_0):
                 if ctl.base_attention is None:
                     shared = F.scaled_dot_product_attention(q, k_b, v_b, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
                 else:
-                    shared = _attend_keeping_probabilities(q, k_b, v_b, attention_mask, q.shape[-1] ** -0.5, ctl.base_attention)
+                    shared = _attend_keeping_probabilities(q, k_b, v_b, attention_mask, ctl.base_attention)
                 out = shared if out is None else lam * out + (1.0 - lam) * shared
         else:  # pragma: no cover - guarded above
             raise RuntimeError(f"unknown ILA mode {ctl.mode!r}")
@@ -167,10 +167,10 @@ class ILAAttnProcessor(AttnProcessor2_0):
 
 
 def _attend_keeping_probabilities(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None,
-                                  scale: float, kept: list) -> torch.Tensor:
-    """What ``scaled_dot_product_attention`` computes (its default scale: ``q``'s width ** -0.5, passed as
-    ``scale``), with the probabilities appended to ``kept``."""
-    scores = (q @ k.transpose(-1, -2)) * scale
+                                  kept: list) -> torch.Tensor:
+    """What ``scaled_dot_product_attention`` computes (at its default scale, ``q``'s width ** -0.5),
+    with the probabilities appended to ``kept``."""
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     if attention_mask is not None:
         scores = scores + attention_mask
     probabilities = torch.softmax(scores, dim=-1)

@@ -76,15 +76,6 @@ def gaussian_targets(position: torch.Tensor, rows: int, cols: int, sigma: float)
     return weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
-def counterpart_targets(target: Camera, target_depth: np.ndarray, base: Camera, base_depth: np.ndarray,
-                        latent_hw: tuple[int, int], tokens: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(soft targets (L, L), has counterpart (L,))``: row ``q`` is the distribution over base
-    tokens the target token ``q`` should attend to."""
-    position, valid = counterpart_positions(target, target_depth, base, base_depth, latent_hw, tokens)
-    _, rows, cols = token_grid(*latent_hw, tokens)
-    return gaussian_targets(position, rows, cols, sigma), valid
-
-
 class Counterparts:
     """The counterparts of pairs of training views: positions computed once per pair and level
     (a few KB each; the targets, L x L, are made per batch)."""

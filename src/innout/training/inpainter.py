@@ -412,7 +412,6 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
             base_in, _, _ = noisy(bases, t_base, gen, source=pattern)
             x_in, noise, hole = noisy(targets, t, gen, source=pattern)
             eps = eps_with_base(unet, controller, base_in, t_base, x_in, t, lam, embeds, cfg.ila_base_gradient, attention)
-            pair_views = (pattern["view"][targets], pattern["view"][bases]) if counterparts is not None else None
         elif use_ila:
             targets, bases = pairs.sample(batch, gen)
             lam = lo + (hi - lo) * float(torch.rand(1, generator=gen))
@@ -421,7 +420,6 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
             base_in, _, _ = noisy(bases, t_base, gen)
             x_in, noise, hole = noisy(targets, t, gen, n_start)
             eps = eps_with_base(unet, controller, base_in, t_base, x_in, t, lam, embeds, cfg.ila_base_gradient, attention)
-            pair_views = (data["view"][targets], data["view"][bases]) if counterparts is not None else None
         else:
             index = torch.randint(0, len(data["target"]), (batch,), generator=gen)
             x_in, noise, hole = noisy(index, t, gen, n_start)
@@ -431,8 +429,9 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
         loss = (weights * per_sample).mean()
         parts = {"mse": per_sample.mean().detach()}
         parts["mse_pattern" if use_pattern else "mse_ila" if use_ila else "mse_plain"] = per_sample.mean().detach()
-        if attention:
-            cross_entropy, hit_rate = attention_loss(attention, counterparts, *pair_views)
+        if attention:  # an ILA or pattern step: targets and bases index that kind's samples
+            source = pattern if use_pattern else data
+            cross_entropy, hit_rate = attention_loss(attention, counterparts, source["view"][targets], source["view"][bases])
             loss = loss + attention_weight * cross_entropy
             parts["attention_ce"] = cross_entropy.detach()
             parts["attention_hit"] = torch.tensor(hit_rate)
