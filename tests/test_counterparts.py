@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from innout.cameras import Camera, Intrinsics
-from innout.training.counterparts import attention_loss, counterpart_positions, gaussian_targets, token_grid
+from innout.training.counterparts import (CounterpartAttention, attention_loss, counterpart_positions, gaussian_targets,
+                                          token_grid)
 
 W, H = 160, 120  # the training views' size; latent 20 x 15
 LATENT = (15, 20)
@@ -92,3 +93,23 @@ def test_attention_loss_is_lowest_on_the_counterparts_and_counts_hits():
     assert losses["on"][1] == 1.0 and losses["off"][1] == 0.0
     with pytest.raises(RuntimeError, match="no attention"):
         attention_loss([], _SameCamera(), *pairs)
+
+
+def test_geometric_attention_lands_on_the_counterparts_and_keeps_the_models_attention_elsewhere():
+    """CounterpartAttention (tools/measure_ila_geometric.py): with the base 0.32 to the right, the
+    tokens attend 2 columns left as Gaussians; the first two columns (no counterpart) keep softmax(qk)."""
+    controller = CounterpartAttention(0.2, LATENT, 0.6)
+    with pytest.raises(RuntimeError, match="pair"):
+        controller.attend_base("x", torch.zeros(1, 1, 300, 4), torch.zeros(1, 1, 300, 4), torch.zeros(1, 1, 300, 4), None)
+    controller.pair(_camera(), _wall(), _camera(0.32), _wall())
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 300, 4), torch.randn(2, 3, 300, 4)
+    values = torch.eye(300).expand(2, 3, 300, 300)  # identity values: the output rows are the attention
+    attention = controller.attend_base("x", q, k, values, None)
+    wanted, valid = counterpart_targets(_camera(), _wall(), _camera(0.32), _wall(), LATENT, 300, 0.6)
+    assert 0 < int(valid.sum()) < 300
+    torch.testing.assert_close(attention[:, :, valid], wanted[valid].expand(2, 3, -1, -1))
+    assert _argmax_shift(attention[0, 0], valid, 20) == {(0, -2)}
+    learned = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)
+    torch.testing.assert_close(attention[:, :, ~valid], learned[:, :, ~valid])
+    assert controller.placed == 2 * int(valid.sum()) and controller.tokens == 2 * 300

@@ -140,21 +140,32 @@ def test_cfg_halves_take_the_matching_base_keys_and_values(pipe):
     assert not torch.allclose(target_out, swapped, atol=1e-4)
 
 
-def test_processor_on_a_lone_attention_layer():
-    """The same check on a standalone diffusers Attention with hand-made uncond/cond inputs."""
+def _lone_layer(ctl: ILAController):
+    """A standalone diffusers self-attention layer (16 wide, 2 heads) with ctl's ILA processor."""
     from diffusers.models.attention_processor import Attention
 
     torch.manual_seed(0)
     attn = Attention(query_dim=16, heads=2, dim_head=8)
-    ctl = ILAController(0.25)
     attn.set_processor(ILAAttnProcessor(ctl, "lone"))
+    return attn
+
+
+def _through_ila(attn, ctl: ILAController, base: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The base in RECORD mode, then the targets in SHARE mode: the targets' output."""
+    ctl.record()
+    attn(base)
+    ctl.share()
+    return attn(targets)
+
+
+def test_processor_on_a_lone_attention_layer():
+    """The same check on a standalone diffusers Attention with hand-made uncond/cond inputs."""
+    ctl = ILAController(0.25)
+    attn = _lone_layer(ctl)
     base = torch.randn(2, 10, 16)  # [uncond, cond]
     targets = torch.randn(6, 10, 16)  # [3 uncond, 3 cond]
     with torch.no_grad():
-        ctl.record()
-        attn(base)
-        ctl.share()
-        got = attn(targets)
+        got = _through_ila(attn, ctl, base, targets)
         kv = torch.cat([base[0:1].expand(3, -1, -1), base[1:2].expand(3, -1, -1)])
         want = _project(attn, 0.25 * _attend(attn, targets, targets) + 0.75 * _attend(attn, targets, kv))
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
@@ -166,18 +177,11 @@ def test_processor_on_a_lone_attention_layer():
 def test_a_target_loss_reaches_the_base_only_when_training_keeps_its_graph(keep_graph):
     """Inference stores the base's K/V detached; training (``keep_graph``) lets a target's
     loss reach the base's input, so it can teach the base's keys and values."""
-    from diffusers.models.attention_processor import Attention
-
-    torch.manual_seed(0)
-    attn = Attention(query_dim=16, heads=2, dim_head=8)
     ctl = ILAController(0.25)
     ctl.keep_graph = keep_graph
-    attn.set_processor(ILAAttnProcessor(ctl, "lone"))
+    attn = _lone_layer(ctl)
     base = torch.randn(1, 10, 16, requires_grad=True)
-    ctl.record()
-    attn(base)
-    ctl.share()
-    attn(torch.randn(1, 10, 16)).pow(2).sum().backward()
+    _through_ila(attn, ctl, base, torch.randn(1, 10, 16)).pow(2).sum().backward()
     reached = base.grad is not None and float(base.grad.abs().sum()) > 0
     assert reached == keep_graph
 
@@ -185,18 +189,11 @@ def test_a_target_loss_reaches_the_base_only_when_training_keeps_its_graph(keep_
 def test_kept_base_attention_changes_nothing_and_its_rows_are_distributions():
     """Training's ``base_attention``: the explicit attention gives the fused kernel's output
     and appends one (B, heads, L_target, L_base) probability tensor per SHARE call."""
-    from diffusers.models.attention_processor import Attention
-
-    torch.manual_seed(0)
-    attn = Attention(query_dim=16, heads=2, dim_head=8)
     ctl = ILAController(0.25)
-    attn.set_processor(ILAAttnProcessor(ctl, "lone"))
+    attn = _lone_layer(ctl)
     base, targets = torch.randn(2, 10, 16), torch.randn(4, 10, 16)
     with torch.no_grad():
-        ctl.record()
-        attn(base)
-        ctl.share()
-        fused = attn(targets)
+        fused = _through_ila(attn, ctl, base, targets)
         ctl.base_attention = []
         explicit = attn(targets)
     torch.testing.assert_close(explicit, fused, atol=1e-6, rtol=1e-5)
@@ -206,12 +203,27 @@ def test_kept_base_attention_changes_nothing_and_its_rows_are_distributions():
     # the uncond targets' attention is over the uncond base row: it changes when only that row does
     ctl.base_attention = []
     with torch.no_grad():
-        ctl.record()
-        attn(torch.stack([base[0] + torch.randn(10, 16), base[1]]))
-        ctl.share()
-        attn(targets)
+        _through_ila(attn, ctl, torch.stack([base[0] + torch.randn(10, 16), base[1]]), targets)
     moved = (ctl.base_attention[0] - probs).abs().amax(dim=(1, 2, 3))
     assert bool((moved[:2] > 1e-4).all()) and bool((moved[2:] < 1e-6).all())
+
+
+def test_a_controller_subclass_decides_the_attention_to_the_base():
+    """``ILAController.attend_base`` is where SHARE mode attends to the base: a subclass that
+    attends to one base token only gets that token's value, mixed at lambda with the view's own."""
+    class FirstToken(ILAController):
+        def attend_base(self, layer, q, k, v, attention_mask):
+            self.layers = [*getattr(self, "layers", []), layer]
+            return v[:, :, :1].expand(-1, -1, q.shape[2], -1)
+
+    ctl = FirstToken(0.0)
+    attn = _lone_layer(ctl)
+    base, targets = torch.randn(1, 10, 16), torch.randn(3, 10, 16)
+    with torch.no_grad():
+        out = _through_ila(attn, ctl, base, targets)
+    first_value = attn.to_out[0](attn.to_v(base)[:, :1])  # lambda 0: the base's first value, projected
+    torch.testing.assert_close(out, first_value.expand(3, 10, -1), atol=1e-6, rtol=1e-5)
+    assert ctl.layers == ["lone"]
 
 
 def test_base_runs_once_per_step_whatever_the_number_of_targets(pipe):

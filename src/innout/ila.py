@@ -79,6 +79,15 @@ class ILAController:
         self.peak_bytes = max(self.peak_bytes, self.stored_bytes())
         self.store.clear()
 
+    def attend_base(self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """``SA(Q_i, K_p, V_p)`` of layer ``layer`` (``(B, heads, L, D)`` each): the fused kernel, or the
+        explicit softmax when :attr:`base_attention` collects the probabilities. A subclass may say where
+        the attention lands instead (``innout.training.counterparts.CounterpartAttention``: a diagnostic)."""
+        if self.base_attention is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        return _attend_keeping_probabilities(q, k, v, attention_mask, self.base_attention)
+
     def stored_bytes(self) -> int:
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.store.values())
 
@@ -148,10 +157,7 @@ class ILAAttnProcessor(AttnProcessor2_0):
                 per = batch // rows
                 k_b = k_p.to(q.dtype).repeat_interleave(per, dim=0)
                 v_b = v_p.to(q.dtype).repeat_interleave(per, dim=0)
-                if ctl.base_attention is None:
-                    shared = F.scaled_dot_product_attention(q, k_b, v_b, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
-                else:
-                    shared = _attend_keeping_probabilities(q, k_b, v_b, attention_mask, ctl.base_attention)
+                shared = ctl.attend_base(self.name, q, k_b, v_b, attention_mask)
                 out = shared if out is None else lam * out + (1.0 - lam) * shared
         else:  # pragma: no cover - guarded above
             raise RuntimeError(f"unknown ILA mode {ctl.mode!r}")
@@ -166,14 +172,19 @@ class ILAAttnProcessor(AttnProcessor2_0):
         return out / attn.rescale_output_factor
 
 
-def _attend_keeping_probabilities(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None,
-                                  kept: list) -> torch.Tensor:
-    """What ``scaled_dot_product_attention`` computes (at its default scale, ``q``'s width ** -0.5),
-    with the probabilities appended to ``kept``."""
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The softmax weights ``scaled_dot_product_attention`` uses (at its default scale,
+    ``q``'s width ** -0.5): ``(B, heads, L_q, L_k)``."""
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     if attention_mask is not None:
         scores = scores + attention_mask
-    probabilities = torch.softmax(scores, dim=-1)
+    return torch.softmax(scores, dim=-1)
+
+
+def _attend_keeping_probabilities(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None,
+                                  kept: list) -> torch.Tensor:
+    """What ``scaled_dot_product_attention`` computes, with the probabilities appended to ``kept``."""
+    probabilities = attention_probabilities(q, k, attention_mask)
     kept.append(probabilities)
     return probabilities @ v
 

@@ -267,7 +267,7 @@ def _settings(cfg: Any) -> dict:
     return {"kwargs": kwargs, "ila_lambda": ila_lambda}
 
 
-def _ela_kwargs(cfg: Any) -> dict:
+def ela_kwargs(cfg: Any) -> dict:
     ip = cfg.inpaint
     return {"method": str(ip.ela), "min_visible": float(ip.ela_min_visible), "region": str(ip.ela_region),
             "mask_dilation": int(ip.ela_mask_dilation), "interpolation": str(ip.ela_interpolation)}
@@ -357,7 +357,7 @@ def run_inpaint_shard(
     # ---- initial latents: ELA (aligned) and fresh, per view ----------------------------
     t0 = time.perf_counter()
     ela = align_noise_views(renderer, views[base.name].camera, base.noise, {n: views[n].camera for n in targets},
-                            {n: views[n].mask for n in targets}, seed=seed, **_ela_kwargs(cfg)) if targets else {}
+                            {n: views[n].mask for n in targets}, seed=seed, **ela_kwargs(cfg)) if targets else {}
     ela_seconds = time.perf_counter() - t0
     fresh = {n: fresh_noise(tuple(base.noise.shape), view_seed(n, seed), "cpu") for n in targets}
     coverage = {n: {"aligned_fraction": r.stats["aligned_fraction"], "aligned_share_mean": r.stats["aligned_share_mean"]}

@@ -17,6 +17,11 @@ centred on latent pixel ``(r 2^k, c 2^k)``, i.e. image pixel ``((c 2^k + 0.5) f,
 with ``f`` the image-to-latent factor. A token has no counterpart (it is left out of the
 loss) when its point falls outside the base image, behind the base camera, or where the
 base sees another surface (object-free depths disagree by more than ``DEPTH_TOLERANCE``).
+
+:class:`CounterpartAttention` puts the same Gaussians in place of the attention at inference,
+given a depth for both views (the NeRF's): what ILA gives when its attention to the base lands
+exactly where geometry says, an upper bound for any attention a model could learn
+(``tools/measure_ila_geometric.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 
 from innout.cameras import Camera
+from innout.ila import ILAController, attention_probabilities
 from innout.training.data import Views
 from innout.training.hidden_pattern import DEPTH_TOLERANCE, unproject
 
@@ -121,3 +127,38 @@ def attention_loss(probabilities: list[torch.Tensor], counterparts: Counterparts
     if not losses:
         raise RuntimeError("no attention probabilities were collected: is ILA installed and in SHARE mode?")
     return torch.stack(losses).mean(), hits / max(counted, 1.0)
+
+
+class CounterpartAttention(ILAController):
+    """ILA whose attention to the base is the counterparts' Gaussians (a diagnostic, see the module
+    doc): tokens with a counterpart attend to the base around it, the others keep the model's own
+    attention. The pair is set per denoising call with :meth:`pair`; every row of a target batch is
+    taken to be that one target (inpaint one target at a time)."""
+
+    def __init__(self, ila_lambda: float, latent_hw: tuple[int, int], sigma: float):
+        super().__init__(ila_lambda)
+        self.latent_hw, self.sigma = tuple(int(v) for v in latent_hw), float(sigma)
+        self.cameras_and_depths: tuple | None = None
+        self.positions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.placed, self.tokens = 0, 0  # tokens given a counterpart / tokens seen, over every layer and step
+
+    def pair(self, target: Camera, target_depth: np.ndarray, base: Camera, base_depth: np.ndarray) -> None:
+        """The target view denoised next and the base, with their z-depths."""
+        self.cameras_and_depths = (target, target_depth, base, base_depth)
+        self.positions = {}
+
+    def attend_base(self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.cameras_and_depths is None:
+            raise RuntimeError("CounterpartAttention: call pair(...) before denoising a target")
+        tokens = q.shape[2]
+        if tokens not in self.positions:
+            self.positions[tokens] = counterpart_positions(*self.cameras_and_depths, self.latent_hw, tokens)
+        position, valid = self.positions[tokens]
+        _, rows, cols = token_grid(*self.latent_hw, tokens)
+        wanted = gaussian_targets(position, rows, cols, self.sigma).to(device=q.device, dtype=q.dtype)
+        learned = attention_probabilities(q, k, attention_mask)
+        probabilities = torch.where(valid.to(q.device)[:, None], wanted, learned)  # (L, L) over (B, heads, L, L)
+        self.placed += int(valid.sum()) * q.shape[0]
+        self.tokens += tokens * q.shape[0]
+        return probabilities @ v

@@ -1,0 +1,177 @@
+#!/usr/bin/env python
+"""What ILA could give a model set if its attention to the base view were exactly right.
+
+ILA's target tokens attend to the base view's keys and values; its fills can only agree
+with the base's if that attention lands on the tokens showing the same 3D point. This
+reruns a finished workflow's inpaint stage (its config, base view, noise and NeRF) one
+target at a time, with the model's own attention (what the workflow does) and with
+``innout.training.counterparts.CounterpartAttention``: every token the NeRF's depth gives a
+counterpart in the base attends to a Gaussian of ``--sigma`` tokens around it, the others
+keep the model's attention. Then it scores both with the inpaint stage's consistency (grey
+levels, lower is more consistent), next to ``independent`` and ``ela``:
+
+    .venv/bin/python tools/measure_ila_geometric.py results/demo
+    .venv/bin/python tools/measure_ila_geometric.py results/demo --weights <folder with inpainter/> --sigma 0.3
+    .venv/bin/python tools/measure_ila_geometric.py results/demo --ila-lambda 0 --sigma 1e9   # uniform over the base
+
+If the geometric attention does not bring ``ila`` well below ``independent`` either, the
+model's keys and values do not carry a fill that could be copied, and no attention the
+model learns will (README, "Models trained here"). ``--sheet`` writes the base view and
+three targets: input, ``independent``, ``ila`` with the model's / the geometric attention,
+``ela_ila`` with each. ~4 min for the demo on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from innout.consistency import consistency_error  # noqa: E402
+from innout.diffusion import inpaint_kwargs, inpaint_views, latent_size  # noqa: E402
+from innout.ela import align_noise_views, fresh_noise, view_seed  # noqa: E402
+from innout.inpaint import ela_kwargs, load_views, masked_depth, read_base  # noqa: E402
+from innout.models import load_inpainter  # noqa: E402
+from innout.provenance import weights_provenance  # noqa: E402
+from innout.renderer import NerfRenderer  # noqa: E402
+from innout.training.counterparts import CounterpartAttention  # noqa: E402
+from innout.viz import contact_sheet, overlay_mask, with_weights_banner  # noqa: E402
+
+SHIPPED = REPO / "src" / "innout" / "weights" / "procedural"
+# (initial noise, attention): None = no ILA
+VARIANTS = {"independent": ("fresh", None), "ila": ("fresh", "model"), "ila geometric": ("fresh", "geometric"),
+            "ela": ("ela", None), "ela_ila": ("ela", "model"), "ela_ila geometric": ("ela", "geometric")}
+
+
+def z_depth(distance: np.ndarray, camera) -> np.ndarray:
+    """The NeRF's distance along each unit ray as depth along the camera's axis (what the
+    counterparts' geometry takes)."""
+    k = camera.intrinsics
+    u, v = np.meshgrid(np.arange(k.width) + 0.5, np.arange(k.height) + 0.5)
+    return distance / np.sqrt(((u - k.cx) / k.fx) ** 2 + ((v - k.cy) / k.fy) ** 2 + 1.0)
+
+
+def on_grid(depth: np.ndarray, mask: np.ndarray, stride: int) -> np.ndarray:
+    """``depth`` on the mask's pixels of every ``stride``-th row and column, NaN elsewhere (the
+    inpaint stage's consistency samples, ``inpaint.masked_depth``)."""
+    keep = np.zeros_like(mask)
+    keep[::stride, ::stride] = mask[::stride, ::stride]
+    return np.where(keep, depth, np.nan).astype(np.float32)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", type=Path, help="a finished scene's results folder (poses/ or scene/, base/, inpaint/)")
+    ap.add_argument("--weights", type=Path, default=SHIPPED, help="a model set folder holding inpainter/")
+    ap.add_argument("--sigma", type=float, default=0.6, help="the geometric attention's width, in tokens")
+    ap.add_argument("--ila-lambda", type=float, help="ILA's lambda (default: the run's inpaint.ila_lambda)")
+    ap.add_argument("--sheet", type=Path, help="write the picture sheet here (JPEG)")
+    ap.add_argument("--json", type=Path, help="write the scores here")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    cfg = OmegaConf.load(args.results / "inpaint" / "config.yaml")
+    transforms = next(p for p in (args.results / "poses" / "transforms.json", args.results / "scene" / "transforms.json")
+                      if p.exists())
+    cameras, _ = load_views(transforms, names=[])
+    names = sorted(cameras)
+    k0 = cameras[names[0]].intrinsics
+    kwargs = inpaint_kwargs(cfg.inpaint)
+    ila_lambda = kwargs.pop("ila_lambda")
+    ila_lambda = ila_lambda if args.ila_lambda is None else args.ila_lambda
+    kwargs["progress"] = False
+    latent_hw = latent_size(k0.width, k0.height, kwargs["resolution"])
+    base = read_base(args.results / "base", names, (k0.width, k0.height), latent_hw)
+    _, views = load_views(transforms, names)
+    targets = [n for n in names if n != base.name]
+    kwargs["prompt"] = base.prompt  # as the inpaint stage passes it
+    pipe = load_inpainter(str(args.weights / "inpainter"), device="cpu", dtype="float32", options=cfg.models)
+    renderer = NerfRenderer.from_config(base.nerf_dir, device="cpu")
+    seed, stride = int(cfg.seed), int(cfg.inpaint.consistency_stride)
+    print(f"{args.results}: base view {base.name}, {len(targets)} targets, lambda {ila_lambda}, sigma {args.sigma} tokens, "
+          f"weights {args.weights}", flush=True)
+
+    everywhere = np.ones((k0.height, k0.width), bool)
+    distance = {n: masked_depth(renderer, cameras[n], everywhere, 1) for n in names}
+    depth = {n: z_depth(distance[n], cameras[n]) for n in names}
+    noise = {"fresh": {n: fresh_noise(tuple(base.noise.shape), view_seed(n, seed), "cpu") for n in targets},
+             "ela": {n: r.noise for n, r in align_noise_views(renderer, cameras[base.name], base.noise,
+                                                              {n: cameras[n] for n in targets},
+                                                              {n: views[n].mask for n in targets}, seed=seed,
+                                                              **ela_kwargs(cfg)).items()}}
+    geometric = CounterpartAttention(ila_lambda, latent_hw, args.sigma)
+    base_view = views[base.name]
+    base_fill = inpaint_views(pipe, [base_view.image], [base.mask], base.noise[None], ila_lambda=None, **kwargs)[0]
+    fills = {variant: {} for variant in VARIANTS}
+    last_report = time.perf_counter()
+    for i, name in enumerate(targets):
+        view = views[name]
+        geometric.pair(cameras[name], depth[name], cameras[base.name], depth[base.name])
+        for variant, (start, attention) in VARIANTS.items():
+            init = noise[start][name]
+            if attention is None:
+                fill = inpaint_views(pipe, [view.image], [view.mask], init[None], ila_lambda=None, **kwargs)[0]
+            else:
+                controller = geometric if attention == "geometric" else None
+                fill = inpaint_views(pipe, [base_view.image, view.image], [base.mask, view.mask],
+                                     torch.stack([base.noise, init]), ila_lambda=ila_lambda, base_index=0,
+                                     controller=controller, **kwargs)[1]
+            fills[variant][name] = fill
+        if time.perf_counter() - last_report > 10 or i == len(targets) - 1:
+            print(f"  {i + 1}/{len(targets)} targets, {time.perf_counter() - started:.0f} s", flush=True)
+            last_report = time.perf_counter()
+
+    scores = {}
+    for variant in VARIANTS:
+        items = [(fills[variant][n], views[n].mask & np.isfinite(distance[n]), cameras[n],
+                  on_grid(distance[n], views[n].mask, stride), n) for n in targets]
+        scores[variant] = consistency_error(base_fill, cameras[base.name], items, base_mask=base.mask,
+                                            base_depth=distance[base.name])["mean"]
+    placed = geometric.placed / max(geometric.tokens, 1)
+    workflow = json.loads((args.results / "inpaint" / "summary.json").read_text()).get("consistency", {})
+    print(f"\nconsistency (grey levels; / independent), geometric attention on {placed:.1%} of the tokens "
+          f"(the others have no counterpart in the base and keep the model's):")
+    print("| variant | consistency | / independent | the workflow's run (its weights) |\n|---|---|---|---|")
+    for variant, value in scores.items():
+        shown = workflow.get(variant)
+        print(f"| {variant} | {value:.2f} | {value / scores['independent']:.3f} | "
+              f"{'' if shown is None else f'{shown:.2f}'} |")
+    print(f"({time.perf_counter() - started:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps({"results": str(args.results), "weights": str(args.weights), "sigma": args.sigma,
+                                         "ila_lambda": ila_lambda, "geometric_token_share": placed,
+                                         "consistency": scores, "workflow_consistency": workflow}, indent=2) + "\n")
+    if args.sheet:
+        model_set = str(cfg.models.name) if args.weights.resolve() == SHIPPED.resolve() else args.weights.name
+        write_sheet(args.sheet, views, base.name, base_fill, targets, fills, weights_provenance(cfg.models), model_set)
+        print(f"sheet: {args.sheet}")
+    return 0
+
+
+def write_sheet(path: Path, views: dict, base_name: str, base_fill: np.ndarray, targets: list[str], fills: dict,
+                provenance: str, model_set: str) -> None:
+    shown = ["independent", "ila", "ila geometric", "ela_ila", "ela_ila geometric"]
+    picked = [targets[i] for i in sorted(set(np.linspace(0, len(targets) - 1, 3).round().astype(int)))]
+    tiles = [(overlay_mask(views[base_name].image, views[base_name].mask), f"{base_name} (base): input")]
+    tiles += [(base_fill, "base fill (every variant)")] + [(np.full_like(base_fill, 255), "")] * (len(shown) - 1)
+    for name in picked:
+        tiles.append((overlay_mask(views[name].image, views[name].mask), f"{name}: input"))
+        tiles += [(fills[variant][name], variant) for variant in shown]
+    sheet = with_weights_banner(contact_sheet(tiles, columns=1 + len(shown), tile_width=160), provenance, model_set)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.convert("RGB").save(path, quality=88)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
