@@ -14,9 +14,9 @@ levels, lower is more consistent), next to ``independent`` and ``ela``:
     .venv/bin/python tools/measure_ila_geometric.py results/demo --weights <folder with inpainter/> --sigma 0.3
     .venv/bin/python tools/measure_ila_geometric.py results/demo --ila-lambda 0 --sigma 1e9   # uniform over the base
 
-If the geometric attention does not bring ``ila`` well below ``independent`` either, the
-model's keys and values do not carry a fill that could be copied, and no attention the
-model learns will (README, "Models trained here"). ``--sheet`` writes the base view and
+If the geometric attention does not bring ``ila`` well below ``independent`` either, where the
+attention lands is not what limits ILA with these weights; what the keys and values carry is
+(README, "Models trained here"). ``--sheet`` writes the base view and
 three targets: input, ``independent``, ``ila`` with the model's / the geometric attention,
 ``ela_ila`` with each. ~4 min for the demo on 2 CPU cores.
 """

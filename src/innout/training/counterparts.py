@@ -20,8 +20,8 @@ base sees another surface (object-free depths disagree by more than ``DEPTH_TOLE
 
 :class:`CounterpartAttention` puts the same Gaussians in place of the attention at inference,
 given a depth for both views (the NeRF's): what ILA gives when its attention to the base lands
-exactly where geometry says, an upper bound for any attention a model could learn
-(``tools/measure_ila_geometric.py``).
+exactly where geometry says (``tools/measure_ila_geometric.py``). Not a strict bound: a model's
+own attention, spread over several tokens and differing per head, can do better.
 """
 
 from __future__ import annotations
