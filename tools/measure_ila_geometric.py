@@ -27,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,98 @@ def on_grid(depth: np.ndarray, mask: np.ndarray, stride: int) -> np.ndarray:
     return np.where(keep, depth, np.nan).astype(np.float32)
 
 
+@dataclass
+class Run:
+    """A finished scene's inpaint stage, ready to be rerun."""
+
+    config: object
+    cameras: dict
+    views: dict
+    base: object  # innout.inpaint.BaseInputs
+    targets: list[str]
+    inpaint: dict  # inpaint_views keyword arguments, lambda aside
+    ila_lambda: float
+    latent_hw: tuple[int, int]
+    renderer: NerfRenderer
+    pipe: object
+
+
+def read_run(results: Path, weights: Path, ila_lambda: float | None) -> Run:
+    cfg = OmegaConf.load(results / "inpaint" / "config.yaml")
+    transforms = next(p for p in (results / "poses" / "transforms.json", results / "scene" / "transforms.json")
+                      if p.exists())
+    cameras, _ = load_views(transforms, names=[])
+    names = sorted(cameras)
+    k0 = cameras[names[0]].intrinsics
+    inpaint = inpaint_kwargs(cfg.inpaint)
+    run_lambda = inpaint.pop("ila_lambda")
+    latent_hw = latent_size(k0.width, k0.height, inpaint["resolution"])
+    base = read_base(results / "base", names, (k0.width, k0.height), latent_hw)
+    _, views = load_views(transforms, names)
+    inpaint.update(progress=False, prompt=base.prompt)  # as the inpaint stage passes them
+    return Run(cfg, cameras, views, base, [n for n in names if n != base.name], inpaint,
+               run_lambda if ila_lambda is None else ila_lambda, latent_hw,
+               NerfRenderer.from_config(base.nerf_dir, device="cpu"),
+               load_inpainter(str(weights / "inpainter"), device="cpu", dtype="float32", options=cfg.models))
+
+
+def nerf_distances(run: Run, started: float) -> dict[str, np.ndarray]:
+    """The NeRF's distance along every ray of every view (the counterparts and the score need it)."""
+    distance, last_report = {}, time.perf_counter()
+    for name, camera in run.cameras.items():
+        k = camera.intrinsics
+        distance[name] = masked_depth(run.renderer, camera, np.ones((k.height, k.width), bool), 1)
+        if time.perf_counter() - last_report > 10:
+            print(f"  NeRF depth: {len(distance)}/{len(run.cameras)} views, {time.perf_counter() - started:.0f} s", flush=True)
+            last_report = time.perf_counter()
+    return distance
+
+
+def initial_noises(run: Run) -> dict[str, dict[str, torch.Tensor]]:
+    """Per target, the inpaint stage's fresh noise and ELA's aligned noise."""
+    seed, base = int(run.config.seed), run.base
+    aligned = align_noise_views(run.renderer, run.cameras[base.name], base.noise,
+                                {n: run.cameras[n] for n in run.targets}, {n: run.views[n].mask for n in run.targets},
+                                seed=seed, **ela_kwargs(run.config))
+    return {"fresh": {n: fresh_noise(tuple(base.noise.shape), view_seed(n, seed), "cpu") for n in run.targets},
+            "ela": {n: result.noise for n, result in aligned.items()}}
+
+
+def fill_targets(run: Run, noise: dict, depth: dict, geometric: CounterpartAttention, started: float) -> dict:
+    """Every variant's fill of every target, one target at a time (the geometric attention needs
+    to know which target it is denoising)."""
+    base, base_view = run.base, run.views[run.base.name]
+    fills, last_report = {variant: {} for variant in VARIANTS}, time.perf_counter()
+    for i, name in enumerate(run.targets):
+        view = run.views[name]
+        geometric.pair(run.cameras[name], depth[name], run.cameras[base.name], depth[base.name])
+        for variant, (start, attention) in VARIANTS.items():
+            init = noise[start][name]
+            if attention is None:
+                fill = inpaint_views(run.pipe, [view.image], [view.mask], init[None], ila_lambda=None, **run.inpaint)[0]
+            else:
+                fill = inpaint_views(run.pipe, [base_view.image, view.image], [base.mask, view.mask],
+                                     torch.stack([base.noise, init]), ila_lambda=run.ila_lambda, base_index=0,
+                                     controller=geometric if attention == "geometric" else None, **run.inpaint)[1]
+            fills[variant][name] = fill
+        if time.perf_counter() - last_report > 10 or i == len(run.targets) - 1:
+            print(f"  {i + 1}/{len(run.targets)} targets, {time.perf_counter() - started:.0f} s", flush=True)
+            last_report = time.perf_counter()
+    return fills
+
+
+def consistency(run: Run, base_fill: np.ndarray, fills: dict, distance: dict) -> dict[str, float]:
+    """Each variant's consistency with the base fill, as the inpaint stage scores it."""
+    stride, base = int(run.config.inpaint.consistency_stride), run.base
+    scores = {}
+    for variant in VARIANTS:
+        items = [(fills[variant][n], run.views[n].mask & np.isfinite(distance[n]), run.cameras[n],
+                  on_grid(distance[n], run.views[n].mask, stride), n) for n in run.targets]
+        scores[variant] = consistency_error(base_fill, run.cameras[base.name], items, base_mask=base.mask,
+                                            base_depth=distance[base.name])["mean"]
+    return scores
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="a finished scene's results folder (poses/ or scene/, base/, inpaint/)")
@@ -81,63 +174,18 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
-    cfg = OmegaConf.load(args.results / "inpaint" / "config.yaml")
-    transforms = next(p for p in (args.results / "poses" / "transforms.json", args.results / "scene" / "transforms.json")
-                      if p.exists())
-    cameras, _ = load_views(transforms, names=[])
-    names = sorted(cameras)
-    k0 = cameras[names[0]].intrinsics
-    kwargs = inpaint_kwargs(cfg.inpaint)
-    ila_lambda = kwargs.pop("ila_lambda")
-    ila_lambda = ila_lambda if args.ila_lambda is None else args.ila_lambda
-    kwargs["progress"] = False
-    latent_hw = latent_size(k0.width, k0.height, kwargs["resolution"])
-    base = read_base(args.results / "base", names, (k0.width, k0.height), latent_hw)
-    _, views = load_views(transforms, names)
-    targets = [n for n in names if n != base.name]
-    kwargs["prompt"] = base.prompt  # as the inpaint stage passes it
-    pipe = load_inpainter(str(args.weights / "inpainter"), device="cpu", dtype="float32", options=cfg.models)
-    renderer = NerfRenderer.from_config(base.nerf_dir, device="cpu")
-    seed, stride = int(cfg.seed), int(cfg.inpaint.consistency_stride)
-    print(f"{args.results}: base view {base.name}, {len(targets)} targets, lambda {ila_lambda}, sigma {args.sigma} tokens, "
-          f"weights {args.weights}", flush=True)
+    run = read_run(args.results, args.weights, args.ila_lambda)
+    base = run.base
+    print(f"{args.results}: base view {base.name}, {len(run.targets)} targets, lambda {run.ila_lambda}, "
+          f"sigma {args.sigma} tokens, weights {args.weights}", flush=True)
+    distance = nerf_distances(run, started)
+    depth = {n: z_depth(distance[n], run.cameras[n]) for n in distance}
+    geometric = CounterpartAttention(run.ila_lambda, run.latent_hw, args.sigma)
+    base_fill = inpaint_views(run.pipe, [run.views[base.name].image], [base.mask], base.noise[None], ila_lambda=None,
+                              **run.inpaint)[0]
+    fills = fill_targets(run, initial_noises(run), depth, geometric, started)
+    scores = consistency(run, base_fill, fills, distance)
 
-    everywhere = np.ones((k0.height, k0.width), bool)
-    distance = {n: masked_depth(renderer, cameras[n], everywhere, 1) for n in names}
-    depth = {n: z_depth(distance[n], cameras[n]) for n in names}
-    noise = {"fresh": {n: fresh_noise(tuple(base.noise.shape), view_seed(n, seed), "cpu") for n in targets},
-             "ela": {n: r.noise for n, r in align_noise_views(renderer, cameras[base.name], base.noise,
-                                                              {n: cameras[n] for n in targets},
-                                                              {n: views[n].mask for n in targets}, seed=seed,
-                                                              **ela_kwargs(cfg)).items()}}
-    geometric = CounterpartAttention(ila_lambda, latent_hw, args.sigma)
-    base_view = views[base.name]
-    base_fill = inpaint_views(pipe, [base_view.image], [base.mask], base.noise[None], ila_lambda=None, **kwargs)[0]
-    fills = {variant: {} for variant in VARIANTS}
-    last_report = time.perf_counter()
-    for i, name in enumerate(targets):
-        view = views[name]
-        geometric.pair(cameras[name], depth[name], cameras[base.name], depth[base.name])
-        for variant, (start, attention) in VARIANTS.items():
-            init = noise[start][name]
-            if attention is None:
-                fill = inpaint_views(pipe, [view.image], [view.mask], init[None], ila_lambda=None, **kwargs)[0]
-            else:
-                controller = geometric if attention == "geometric" else None
-                fill = inpaint_views(pipe, [base_view.image, view.image], [base.mask, view.mask],
-                                     torch.stack([base.noise, init]), ila_lambda=ila_lambda, base_index=0,
-                                     controller=controller, **kwargs)[1]
-            fills[variant][name] = fill
-        if time.perf_counter() - last_report > 10 or i == len(targets) - 1:
-            print(f"  {i + 1}/{len(targets)} targets, {time.perf_counter() - started:.0f} s", flush=True)
-            last_report = time.perf_counter()
-
-    scores = {}
-    for variant in VARIANTS:
-        items = [(fills[variant][n], views[n].mask & np.isfinite(distance[n]), cameras[n],
-                  on_grid(distance[n], views[n].mask, stride), n) for n in targets]
-        scores[variant] = consistency_error(base_fill, cameras[base.name], items, base_mask=base.mask,
-                                            base_depth=distance[base.name])["mean"]
     placed = geometric.placed / max(geometric.tokens, 1)
     workflow = json.loads((args.results / "inpaint" / "summary.json").read_text()).get("consistency", {})
     print(f"\nconsistency (grey levels; / independent), geometric attention on {placed:.1%} of the tokens "
@@ -150,11 +198,12 @@ def main(argv=None) -> int:
     print(f"({time.perf_counter() - started:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps({"results": str(args.results), "weights": str(args.weights), "sigma": args.sigma,
-                                         "ila_lambda": ila_lambda, "geometric_token_share": placed,
+                                         "ila_lambda": run.ila_lambda, "geometric_token_share": placed,
                                          "consistency": scores, "workflow_consistency": workflow}, indent=2) + "\n")
     if args.sheet:
-        model_set = str(cfg.models.name) if args.weights.resolve() == SHIPPED.resolve() else args.weights.name
-        write_sheet(args.sheet, views, base.name, base_fill, targets, fills, weights_provenance(cfg.models), model_set)
+        model_set = str(run.config.models.name) if args.weights.resolve() == SHIPPED.resolve() else args.weights.name
+        write_sheet(args.sheet, run.views, base.name, base_fill, run.targets, fills, weights_provenance(run.config.models),
+                    model_set)
         print(f"sheet: {args.sheet}")
     return 0
 
