@@ -18,7 +18,7 @@ If the geometric attention does not bring ``ila`` well below ``independent`` eit
 attention lands is not what limits ILA with these weights; what the keys and values carry is
 (README, "Models trained here"). ``--sheet`` writes the base view and
 three targets: input, ``independent``, ``ila`` with the model's / the geometric attention,
-``ela_ila`` with each. ~4 min for the demo on 2 CPU cores.
+``ela_ila`` with each. ~3 min for the demo on 2 idle CPU cores.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ sys.path.insert(0, str(REPO / "src"))
 from innout.consistency import consistency_error  # noqa: E402
 from innout.diffusion import inpaint_kwargs, inpaint_views, latent_size  # noqa: E402
 from innout.ela import align_noise_views, fresh_noise, view_seed  # noqa: E402
-from innout.inpaint import ela_kwargs, load_views, masked_depth, read_base  # noqa: E402
+from innout.depth_prior import ray_cosines  # noqa: E402
+from innout.inpaint import ela_kwargs, load_views, masked_depth, read_base, strided  # noqa: E402
 from innout.models import load_inpainter  # noqa: E402
 from innout.provenance import weights_provenance  # noqa: E402
 from innout.renderer import NerfRenderer  # noqa: E402
@@ -51,22 +52,6 @@ SHIPPED = REPO / "src" / "innout" / "weights" / "procedural"
 # (initial noise, attention): None = no ILA
 VARIANTS = {"independent": ("fresh", None), "ila": ("fresh", "model"), "ila geometric": ("fresh", "geometric"),
             "ela": ("ela", None), "ela_ila": ("ela", "model"), "ela_ila geometric": ("ela", "geometric")}
-
-
-def z_depth(distance: np.ndarray, camera) -> np.ndarray:
-    """The NeRF's distance along each unit ray as depth along the camera's axis (what the
-    counterparts' geometry takes)."""
-    k = camera.intrinsics
-    u, v = np.meshgrid(np.arange(k.width) + 0.5, np.arange(k.height) + 0.5)
-    return distance / np.sqrt(((u - k.cx) / k.fx) ** 2 + ((v - k.cy) / k.fy) ** 2 + 1.0)
-
-
-def on_grid(depth: np.ndarray, mask: np.ndarray, stride: int) -> np.ndarray:
-    """``depth`` on the mask's pixels of every ``stride``-th row and column, NaN elsewhere (the
-    inpaint stage's consistency samples, ``inpaint.masked_depth``)."""
-    keep = np.zeros_like(mask)
-    keep[::stride, ::stride] = mask[::stride, ::stride]
-    return np.where(keep, depth, np.nan).astype(np.float32)
 
 
 @dataclass
@@ -155,7 +140,7 @@ def consistency(run: Run, base_fill: np.ndarray, fills: dict, distance: dict) ->
     scores = {}
     for variant in VARIANTS:
         items = [(fills[variant][n], run.views[n].mask & np.isfinite(distance[n]), run.cameras[n],
-                  on_grid(distance[n], run.views[n].mask, stride), n) for n in run.targets]
+                  np.where(strided(run.views[n].mask, stride), distance[n], np.nan), n) for n in run.targets]
         scores[variant] = consistency_error(base_fill, run.cameras[base.name], items, base_mask=base.mask,
                                             base_depth=distance[base.name])["mean"]
     return scores
@@ -179,7 +164,7 @@ def main(argv=None) -> int:
     print(f"{args.results}: base view {base.name}, {len(run.targets)} targets, lambda {run.ila_lambda}, "
           f"sigma {args.sigma} tokens, weights {args.weights}", flush=True)
     distance = nerf_distances(run, started)
-    depth = {n: z_depth(distance[n], run.cameras[n]) for n in distance}
+    depth = {n: distance[n] * ray_cosines(run.cameras[n]) for n in distance}  # z-depth, as the counterparts take it
     geometric = CounterpartAttention(run.ila_lambda, run.latent_hw, args.sigma)
     base_fill = inpaint_views(run.pipe, [run.views[base.name].image], [base.mask], base.noise[None], ila_lambda=None,
                               **run.inpaint)[0]

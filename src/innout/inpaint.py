@@ -277,12 +277,18 @@ def _sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
+def strided(mask: np.ndarray, stride: int) -> np.ndarray:
+    """The mask's pixels on every ``stride``-th row and column (the consistency score's samples)."""
+    sel = np.zeros_like(mask)
+    sel[::stride, ::stride] = mask[::stride, ::stride]
+    return sel
+
+
 def masked_depth(renderer: Any, camera: Camera, mask: np.ndarray, stride: int = 1) -> np.ndarray:
     """The NeRF's depth (distance along the unit ray, scene units) of the pixels of
     ``mask`` on a grid of every ``stride``-th row and column; NaN elsewhere. Rendering
     only these rays is what makes the consistency score cheap."""
-    sel = np.zeros_like(mask)
-    sel[::stride, ::stride] = mask[::stride, ::stride]
+    sel = strided(mask, stride)
     depth = np.full(mask.shape, np.nan, np.float32)
     if not sel.any():
         return depth
