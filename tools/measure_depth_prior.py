@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tools"))
 
-from measure_models import SCENES, generator_cameras  # noqa: E402
+from measure_models import SCENES, generator_cameras, scene_transforms  # noqa: E402
 
 from innout.base import candidate_views, load_train_views  # noqa: E402
 from innout.cameras import Camera, umeyama_similarity  # noqa: E402
@@ -69,8 +69,7 @@ def depth_models(model: str, cache: Path) -> dict:
 
 def measure_scene(workdir: Path, scene: str, models: dict, n_views: int, log_every: float = 10.0) -> dict[str, list[tuple]]:
     """prior name -> [(rel_error, scale, rel_error of a constant map), ...] over the candidate views."""
-    sub = "poses" if SCENES[scene]["poses"] == "colmap" else "scene"
-    transforms = workdir / "results" / scene / sub / "transforms.json"
+    transforms = scene_transforms(workdir, scene)
     views = load_train_views(transforms)
     _, frames, _, _ = read_scene(transforms)
     generator, gen_cams = generator_cameras(workdir / "results" / "generated" / scene)

@@ -21,6 +21,7 @@ Neither the runs nor the folders are changed.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -32,16 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tools"))
 
-from measure_models import SCENES, true_background  # noqa: E402
+from measure_models import SCENES, scene_transforms, true_background  # noqa: E402
 
-from innout.base import inpaint_candidates, load_train_views  # noqa: E402
+from innout.base import _psnr, inpaint_candidates, load_train_views  # noqa: E402
 from innout.config import load_method_config  # noqa: E402
 from innout.rule_params import BASE_INPAINT_KEYS  # noqa: E402
-
-
-def psnr_in_mask(image: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
-    error = image[mask].astype(np.float64) - truth[mask].astype(np.float64)
-    return float(10 * np.log10(255.0**2 / max(float(np.mean(error**2)), 1e-12)))
 
 
 def scenes_of(run: Path) -> list[str]:
@@ -53,18 +49,16 @@ def scenes_of(run: Path) -> list[str]:
 
 def load_scene(run: Path, scene: str) -> dict:
     """The candidates' train views (image, mask, camera) and their object-free truth."""
-    folder = "poses" if SCENES[scene]["poses"] == "colmap" else "scene"
-    views = {v.name: v for v in load_train_views(run / "results" / scene / folder / "transforms.json")}
-    names = sorted(p.stem for p in (run / "results" / scene / "base" / "candidates").glob("*.png"))
-    if not names:
-        raise SystemExit(f"{run / 'results' / scene / 'base' / 'candidates'}: no candidate images")
+    views = {v.name: v for v in load_train_views(scene_transforms(run, scene))}
+    names = json.loads((run / "results" / scene / "base" / "summary.json").read_text())["candidates"]
     truth = true_background(run, scene, names)
     return {"views": views, "names": names, "truth": truth}
 
 
 def fill_psnr(pipe, scene: dict, settings: dict, seed: int) -> float:
     images, _, _ = inpaint_candidates(pipe, scene["views"], scene["names"], "", settings, seed, None, None)
-    return float(np.mean([psnr_in_mask(images[n], scene["truth"][n]["rgb"], scene["views"][n].mask)
+    # (PSNR is scale-free: uint8 images over 255 score as they would in 0-255)
+    return float(np.mean([_psnr(images[n] / 255.0, scene["truth"][n]["rgb"] / 255.0, scene["views"][n].mask)
                           for n in scene["names"]]))
 
 

@@ -160,10 +160,15 @@ def generator_cameras(generated: Path) -> tuple[ProceduralScene, dict[str, Camer
     return scene, dict(zip(names, cams))
 
 
+def scene_transforms(workdir: Path, scene: str) -> Path:
+    """The posed scene a run's stages read: COLMAP's poses, or the importer's own."""
+    return workdir / "results" / scene / ("poses" if SCENES[scene]["poses"] == "colmap" else "scene") / "transforms.json"
+
+
 def true_background(workdir: Path, scene: str, names: list[str]) -> dict[str, dict]:
     """Per train view: the generator's object-free colour (uint8) and distance along each
     ray, at the working resolution, the distance in the scene's units."""
-    transforms = workdir / "results" / scene / ("poses" if SCENES[scene]["poses"] == "colmap" else "scene") / "transforms.json"
+    transforms = scene_transforms(workdir, scene)
     _, frames, train, _ = read_scene(transforms)
     generator, cams = generator_cameras(workdir / "results" / "generated" / scene)
     common = [f.name for f in frames if f.name in cams]
@@ -274,7 +279,7 @@ def _spread(names: list[str], base: str, count: int = 2) -> list[str]:
 def picture_sheet(root: Path, scene: str, default_interp: str, model_set: str, out_png: Path) -> None:
     trained, rnd = root / default_interp / "results" / scene, root / "random" / "results" / scene
     base = _json(trained / "base" / "summary.json")["winner"]
-    transforms = trained / ("poses" if SCENES[scene]["poses"] == "colmap" else "scene") / "transforms.json"
+    transforms = scene_transforms(root / default_interp, scene)
     _, _, train, _ = read_scene(transforms)
     frames = {f.name: f for f in train}
     # the render stage renders only a few train views (render.train_views, base first)
