@@ -107,6 +107,9 @@ def test_training_refuses_reserved_seeds(tmp_path):
     with pytest.raises(ValueError, match="reserved"):
         train_models(out, apply_overrides(tiny_config(), ["data.first_seed=90"]), tmp_path / "work")
     assert not out.exists() and not list((tmp_path / "work").glob("views-*"))  # refused before any work
+    with pytest.raises(ValueError, match="pattern_mean"):  # a typo fails now, not after the VAE's minutes
+        train_models(out, apply_overrides(tiny_config(), ["unet.pattern_mean=grey"]), tmp_path / "work")
+    assert not out.exists() and not list((tmp_path / "work").glob("views-*"))
 
 
 def test_overrides_reach_nested_settings_and_unknown_keys_fail():
@@ -214,6 +217,25 @@ def test_hidden_pattern_is_one_field_painted_in_3d_behind_the_references_object(
         assert np.abs(offset[changed] - at_ref).mean() < 0.3 * np.abs(offset[changed]).mean()
         on_object = views.coverage[i] >= 0.5
         assert np.array_equal(painted["rgb"][k][on_object], views.rgb[i][on_object])  # the object stays in front
+
+
+def test_pattern_mean_background_keeps_the_regions_mean_colour_and_only_that_changes(views):
+    from innout.training.hidden_pattern import paint_scene
+
+    scene = [i for i, (variant, _) in enumerate(training_scenes(TINY_DATA)) if variant == "forward"][0]
+    members = np.nonzero(views.scene == scene)[0]
+    holes = np.stack([silhouette_mask(c) for c in views.coverage])
+    ref = int(members[0])
+    painted = {mean: paint_scene(views, members, ref, holes, 0.1, np.random.default_rng(0), mean)
+               for mean in ("random", "background")}
+    region = holes[ref] & (np.abs(_offsets(painted["random"]["background"][0], views.background[ref])).max(-1) > 2 / 255)
+    offsets = {mean: _offsets(p["background"][0], views.background[ref])[region] for mean, p in painted.items()}
+    assert np.abs(offsets["random"].mean(0)).max() > 0.02  # a colour shift the context cannot predict
+    assert np.abs(offsets["background"].mean(0)).max() < 2 / 255  # none (uint8 rounding)
+    shift = offsets["random"] - offsets["background"]  # same draws, same waves: one colour for the whole region
+    assert np.abs(shift - shift.mean(0)).mean() < 2 / 255
+    with pytest.raises(ValueError, match="pattern mean"):
+        paint_scene(views, members, ref, holes, 0.1, np.random.default_rng(0), "grey")
 
 
 def test_unet_trains_on_hidden_pattern_pairs_and_the_option_off_changes_nothing(views):

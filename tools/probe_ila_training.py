@@ -103,13 +103,14 @@ def load_pipe(weights: Path):
                                                           safety_checker=None, requires_safety_checker=False)
 
 
-def latent_samples(pipe, data_cfg: DataConfig, seed: int, pattern_amplitude: float) -> tuple[dict, dict, Views]:
+def latent_samples(pipe, data_cfg: DataConfig, seed: int, pattern_amplitude: float,
+                   pattern_mean: str = "random") -> tuple[dict, dict, Views]:
     """Plain samples (as ``innout train-models`` builds them), hidden-pattern samples and the views."""
     t0 = time.perf_counter()
     views = render_views(data_cfg)
     cfg = UnetConfig()
     samples = build_samples(pipe, views, cfg, seed)
-    pattern = build_pattern_samples(pipe, views, pattern_amplitude, cfg.pattern_references, seed + 1)
+    pattern = build_pattern_samples(pipe, views, pattern_amplitude, cfg.pattern_references, seed + 1, mean=pattern_mean)
     print(f"  {len(views)} views of {data_cfg.scenes} scenes (seeds {data_cfg.first_seed}-"
           f"{data_cfg.first_seed + data_cfg.scenes - 1}) -> {len(samples['target'])} samples, "
           f"{len(pattern['target'])} hidden-pattern samples in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -314,7 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print("training scenes (those of innout train-models):", flush=True)
-    train, train_pattern, train_views = latent_samples(pipe, DataConfig(), args.seed + 2, args.pattern_amplitude)
+    # the probe scenes keep the random-mean patterns (figures comparable across lessons); the
+    # training scenes take the recipe's (--set unet.pattern_mean=background: only the detail hidden)
+    train, train_pattern, train_views = latent_samples(pipe, DataConfig(), args.seed + 2, args.pattern_amplitude,
+                                                       recipe.pattern_mean if args.fresh_unet else "random")
     if args.fresh_unet:  # the recipe of the shipped set, but for the ILA fraction, the steps and --set
         cfg = dataclasses.replace(recipe, ila_fraction=args.ila_fraction, loop=dataclasses.replace(recipe.loop, steps=args.steps))
         seed = sub_seed(args.seed, "unet")

@@ -52,7 +52,7 @@ from innout.training.data import (
     training_scenes,
 )
 from innout.training.depth import DepthConfig, evaluate_depth, train_depth
-from innout.training.hidden_pattern import PATTERN_FORMAT, build_pattern_samples
+from innout.training.hidden_pattern import PATTERN_FORMAT, PATTERN_MEANS, build_pattern_samples
 from innout.training.inpainter import UnetConfig, assemble_pipeline, build_samples, build_text_encoder, build_unet, train_unet
 from innout.stage import atomic_dir
 from innout.training.loop import plot_loss_curves
@@ -195,6 +195,8 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
     scenes = training_scenes(cfg.data)  # refuses reserved seeds before any work
+    if cfg.unet.pattern_mean not in PATTERN_MEANS:  # else it would fail after the VAE's minutes
+        raise ValueError(f"unet.pattern_mean must be one of {PATTERN_MEANS}, not {cfg.unet.pattern_mean!r}")
     seeds = {name: sub_seed(cfg.seed, name) for name in ("vae", "text", "unet", "samples", "pattern", "depth")}
     start = time.perf_counter()
     phases = {}
@@ -222,10 +224,10 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         pattern = None
         if cfg.unet.pattern_fraction > 0:
             pattern_key = fingerprint(vae_key, state_digest(vae), seeds["pattern"], PATTERN_FORMAT,
-                                      *(getattr(cfg.unet, k) for k in ("pattern_amplitude", "pattern_references", "encode_batch")))
+                                      *(getattr(cfg.unet, k) for k in ("pattern_amplitude", "pattern_references", "encode_batch", "pattern_mean")))
             pattern = _cached(work, f"pattern-{pattern_key}.pt", lambda progress: build_pattern_samples(
                 pipe, views, cfg.unet.pattern_amplitude, cfg.unet.pattern_references, seeds["pattern"],
-                cfg.unet.encode_batch, progress), "pattern samples")
+                cfg.unet.encode_batch, progress, cfg.unet.pattern_mean), "pattern samples")
         phases["samples"] = time.perf_counter() - t
 
         t = time.perf_counter()

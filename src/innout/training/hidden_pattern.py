@@ -10,7 +10,8 @@ hole's error by 0.2 %). So these pairs hide something the context cannot predict
 * a **reference view** of the scene is the base; the background points behind its object
   mask (its dilated silhouette, unprojected with the object-free depth) form a region R;
 * a random smooth colour field (a few sinusoids in world coordinates, scaled to R's extent,
-  plus a tint; :class:`PatternField`) is painted onto R **in 3D**: every view of the scene
+  plus a random tint, or, with ``mean="background"``, centred so that R's mean colour stays
+  the background's; :class:`PatternField`) is painted onto R **in 3D**: every view of the scene
   shows it where it sees a point of R, at the colour of that point;
 * the base's truth is its object-free view with R painted, entirely inside its own hole;
   a target's truth is its object-free view with the part of R it sees painted, most of it
@@ -42,6 +43,7 @@ log = logging.getLogger("innout")
 DEPTH_TOLERANCE = 0.03  # relative: the reference sees a point when its depth there agrees within 3 %
 COMPONENTS = 4  # sinusoids per field
 MIN_REGION_PIXELS = 20  # a reference whose hole holds fewer background pixels gives no pairs
+PATTERN_MEANS = ("random", "background")  # what a pattern does to its region's mean colour (draw_field)
 PATTERN_FORMAT = 2  # version of build_pattern_samples' tensors (2: with "view"); part of the cache's key
 
 
@@ -78,9 +80,14 @@ class PatternField:
         return self.amplitude * (self.waves(points) / self.norm + self.tint)
 
 
-def draw_field(rng: np.random.Generator, region: np.ndarray, amplitude: float) -> PatternField:
+def draw_field(rng: np.random.Generator, region: np.ndarray, amplitude: float, mean: str = "random") -> PatternField:
     """A random field scaled to the region's points ``(N, 3)``: periods 0.4-1.5 x its spread,
-    so that a hole holds one to a few stripes of each sinusoid."""
+    so that a hole holds one to a few stripes of each sinusoid. ``mean``: "random", a tint of
+    std 0.5 x the amplitude on top of the waves' own mean over the region (a colour shift that
+    the context around a hole cannot predict); "background", the field's mean over the region
+    is 0 (only its detail is hidden). The random draws are the same for both."""
+    if mean not in PATTERN_MEANS:
+        raise ValueError(f"hidden-pattern mean must be one of {PATTERN_MEANS}, not {mean!r}")
     centre = region.mean(axis=0)
     spread = float(np.linalg.norm(region.std(axis=0))) + 1e-6
     directions = rng.normal(size=(COMPONENTS, 3))
@@ -89,6 +96,8 @@ def draw_field(rng: np.random.Generator, region: np.ndarray, amplitude: float) -
                          colours=rng.normal(size=(COMPONENTS, 3)), phases=rng.uniform(0, 2 * np.pi, COMPONENTS),
                          tint=0.5 * rng.normal(size=3), norm=1.0, amplitude=float(amplitude))
     field.norm = float(field.waves(region).std()) + 1e-6
+    if mean == "background":
+        field.tint = -field.waves(region).mean(axis=0) / field.norm
     return field
 
 
@@ -110,7 +119,7 @@ def region_mask(points: np.ndarray, reference: Camera, reference_hole: np.ndarra
 
 
 def paint_scene(views: Views, members: np.ndarray, reference: int, holes: np.ndarray, amplitude: float,
-                rng: np.random.Generator) -> dict | None:
+                rng: np.random.Generator, mean: str = "random") -> dict | None:
     """The pattern of one reference view painted into every view ``members`` (indices into
     ``views``, all of one scene). Returns uint8 ``background`` and ``rgb`` (the object stays
     in front of the pattern) and ``covered`` (fraction of each view's hole painted), or None
@@ -121,7 +130,7 @@ def paint_scene(views: Views, members: np.ndarray, reference: int, holes: np.nda
     in_region = holes[reference] & np.isfinite(ref_depth)
     if in_region.sum() < MIN_REGION_PIXELS:
         return None
-    field = draw_field(rng, ref_points[in_region], amplitude)
+    field = draw_field(rng, ref_points[in_region], amplitude, mean)
     backgrounds, rgbs, covered = [], [], []
     for i in members:
         points = unproject(views.camera(i), views.background_depth[i])
@@ -145,7 +154,7 @@ def reference_views(count: int, per_scene: int) -> list[int]:
 
 @torch.no_grad()
 def build_pattern_samples(pipe, views: Views, amplitude: float, references_per_scene: int, seed: int,
-                          encode_batch: int = 16, progress=None) -> dict:
+                          encode_batch: int = 16, progress=None, mean: str = "random") -> dict:
     """Latent samples of the painted views, conditioned exactly as the pipeline conditions
     (:func:`innout.diffusion.prepare_views`; hole = the view's dilated silhouette):
     ``target``, ``mask``, ``masked`` as :func:`innout.training.inpainter.build_samples`;
@@ -166,7 +175,7 @@ def build_pattern_samples(pipe, views: Views, amplitude: float, references_per_s
     for done, scene in enumerate(scenes, 1):
         members = np.nonzero(views.scene == scene)[0]
         for position in reference_views(len(members), references_per_scene):
-            painted = paint_scene(views, members, int(members[position]), holes, amplitude, rng)
+            painted = paint_scene(views, members, int(members[position]), holes, amplitude, rng, mean)
             if painted is None:
                 continue
             n = len(members)

@@ -69,7 +69,8 @@ here" has the measurements; none taught this model to copy): ``ila_base_gradient
 the base with gradient and keeps its keys/values in the graph
 (:attr:`innout.ila.ILAController.keep_graph`; an ILA step then costs two backward passes),
 ``pattern_fraction`` of the steps train on hidden-pattern pairs
-(:mod:`innout.training.hidden_pattern`), whose hole content only the base shows,
+(:mod:`innout.training.hidden_pattern`), whose hole content only the base shows
+(``pattern_mean``: with a colour shift the context cannot predict, or only the detail),
 ``ila_self_fraction`` of the ILA pairs take the target itself, under other noise, as the
 base: its content sits at the very positions the target needs it; and
 ``ila_attention_weight`` adds, in the ILA and hidden-pattern steps, a cross-entropy that
@@ -124,6 +125,7 @@ class UnetConfig:
     ila_base_gradient: bool = False  # ILA steps run the base with gradient: the target's loss trains its keys/values
     pattern_fraction: float = 0.0  # steps trained on hidden-pattern ILA pairs (innout.training.hidden_pattern)
     pattern_amplitude: float = 0.15  # the painted pattern's std, in [0, 1] colour units
+    pattern_mean: str = "random"  # random: + an unpredictable tint | background: the hole's mean colour unchanged
     pattern_references: int = 2  # reference (base) views per scene
     pattern_min_covered: float = 0.2  # a target needs this fraction of its hole painted
     pattern_same_t: float = 0.5  # fraction of pattern pairs with the base at the target's timestep (else below it)
