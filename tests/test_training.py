@@ -196,13 +196,18 @@ def _offsets(painted: np.ndarray, original: np.ndarray) -> np.ndarray:
     return painted.astype(np.float64) / 255.0 - original.astype(np.float64) / 255.0
 
 
-def test_hidden_pattern_is_one_field_painted_in_3d_behind_the_references_object(views):
-    from innout.training.hidden_pattern import paint_scene, unproject
-
+def _forward_scene(views):
+    """The first forward scene's views (indices), every view's hole and its first view as the reference."""
     scene = [i for i, (variant, _) in enumerate(training_scenes(TINY_DATA)) if variant == "forward"][0]
     members = np.nonzero(views.scene == scene)[0]
     holes = np.stack([silhouette_mask(c) for c in views.coverage])
-    ref = int(members[0])
+    return members, holes, int(members[0])
+
+
+def test_hidden_pattern_is_one_field_painted_in_3d_behind_the_references_object(views):
+    from innout.training.hidden_pattern import paint_scene, unproject
+
+    members, holes, ref = _forward_scene(views)
     painted = paint_scene(views, members, ref, holes, 0.1, np.random.default_rng(0))
     ref_offset = _offsets(painted["background"][0], views.background[ref])
     ref_changed = np.abs(ref_offset).max(-1) > 2 / 255
@@ -222,10 +227,7 @@ def test_hidden_pattern_is_one_field_painted_in_3d_behind_the_references_object(
 def test_pattern_mean_background_keeps_the_regions_mean_colour_and_only_that_changes(views):
     from innout.training.hidden_pattern import paint_scene
 
-    scene = [i for i, (variant, _) in enumerate(training_scenes(TINY_DATA)) if variant == "forward"][0]
-    members = np.nonzero(views.scene == scene)[0]
-    holes = np.stack([silhouette_mask(c) for c in views.coverage])
-    ref = int(members[0])
+    members, holes, ref = _forward_scene(views)
     painted = {mean: paint_scene(views, members, ref, holes, 0.1, np.random.default_rng(0), mean)
                for mean in ("random", "background")}
     region = holes[ref] & (np.abs(_offsets(painted["random"]["background"][0], views.background[ref])).max(-1) > 2 / 255)

@@ -52,7 +52,7 @@ from innout.training.data import (
     training_scenes,
 )
 from innout.training.depth import DepthConfig, evaluate_depth, train_depth
-from innout.training.hidden_pattern import PATTERN_FORMAT, PATTERN_MEANS, build_pattern_samples
+from innout.training.hidden_pattern import PATTERN_FORMAT, build_pattern_samples, check_pattern_mean
 from innout.training.inpainter import UnetConfig, assemble_pipeline, build_samples, build_text_encoder, build_unet, train_unet
 from innout.stage import atomic_dir
 from innout.training.loop import plot_loss_curves
@@ -195,8 +195,7 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
     scenes = training_scenes(cfg.data)  # refuses reserved seeds before any work
-    if cfg.unet.pattern_mean not in PATTERN_MEANS:  # else it would fail after the VAE's minutes
-        raise ValueError(f"unet.pattern_mean must be one of {PATTERN_MEANS}, not {cfg.unet.pattern_mean!r}")
+    check_pattern_mean(cfg.unet.pattern_mean)  # else a typo would fail after the VAE's minutes
     seeds = {name: sub_seed(cfg.seed, name) for name in ("vae", "text", "unet", "samples", "pattern", "depth")}
     start = time.perf_counter()
     phases = {}

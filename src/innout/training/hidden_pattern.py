@@ -44,6 +44,13 @@ DEPTH_TOLERANCE = 0.03  # relative: the reference sees a point when its depth th
 COMPONENTS = 4  # sinusoids per field
 MIN_REGION_PIXELS = 20  # a reference whose hole holds fewer background pixels gives no pairs
 PATTERN_MEANS = ("random", "background")  # what a pattern does to its region's mean colour (draw_field)
+
+
+def check_pattern_mean(mean: str) -> None:
+    """Refuse a ``unet.pattern_mean`` that is none of :data:`PATTERN_MEANS` (one message for
+    the training command's early check and for :func:`draw_field`)."""
+    if mean not in PATTERN_MEANS:
+        raise ValueError(f"unet.pattern_mean (the hidden-pattern mean) must be one of {PATTERN_MEANS}, not {mean!r}")
 PATTERN_FORMAT = 2  # version of build_pattern_samples' tensors (2: with "view"); part of the cache's key
 
 
@@ -86,8 +93,7 @@ def draw_field(rng: np.random.Generator, region: np.ndarray, amplitude: float, m
     std 0.5 x the amplitude on top of the waves' own mean over the region (a colour shift that
     the context around a hole cannot predict); "background", the field's mean over the region
     is 0 (only its detail is hidden). The random draws are the same for both."""
-    if mean not in PATTERN_MEANS:
-        raise ValueError(f"hidden-pattern mean must be one of {PATTERN_MEANS}, not {mean!r}")
+    check_pattern_mean(mean)
     centre = region.mean(axis=0)
     spread = float(np.linalg.norm(region.std(axis=0))) + 1e-6
     directions = rng.normal(size=(COMPONENTS, 3))
@@ -95,9 +101,10 @@ def draw_field(rng: np.random.Generator, region: np.ndarray, amplitude: float, m
     field = PatternField(centre=centre, directions=directions, periods=spread * rng.uniform(0.4, 1.5, COMPONENTS),
                          colours=rng.normal(size=(COMPONENTS, 3)), phases=rng.uniform(0, 2 * np.pi, COMPONENTS),
                          tint=0.5 * rng.normal(size=3), norm=1.0, amplitude=float(amplitude))
-    field.norm = float(field.waves(region).std()) + 1e-6
+    waves = field.waves(region)
+    field.norm = float(waves.std()) + 1e-6
     if mean == "background":
-        field.tint = -field.waves(region).mean(axis=0) / field.norm
+        field.tint = -waves.mean(axis=0) / field.norm
     return field
 
 
