@@ -44,3 +44,20 @@ def test_missing_run_is_reported_not_tabled(tmp_path, capsys):
     _finished_run(tmp_path, "procedural-seed0", after=15.0, before=15.5)
     assert measure_seeds.main(["--seeds", "0", "--out", str(tmp_path), "--table-only"]) == 1
     assert "tiny-seed0" in capsys.readouterr().out
+
+
+def test_share_from_links_the_same_before_and_random_run(tmp_path):
+    """A candidate set measured from another checkout meets the very same pre-trained NeRF
+    and random-weight run (hard links), and its own stages are left to run."""
+    source, out = tmp_path / "shipped", tmp_path / "candidate"
+    _finished_run(source, "tiny-seed3", after=13.5, before=15.5)
+    pretrain = source / "procedural-seed3" / "results" / "demo" / "pretrain"
+    pretrain.mkdir(parents=True)
+    (pretrain / "summary.json").write_text("{}")
+    (source / "procedural-seed3" / "results" / "generated" / "demo").mkdir(parents=True)
+    measure_seeds.share_finished(source, out, "procedural", 3)
+    linked = out / "procedural-seed3" / "results" / "demo" / "pretrain" / "summary.json"
+    assert linked.stat().st_ino == (pretrain / "summary.json").stat().st_ino
+    assert not (out / "procedural-seed3" / "results" / "demo" / "eval").exists()
+    random_metrics = out / "tiny-seed3" / "results" / "demo" / "eval" / "metrics.json"
+    assert random_metrics.stat().st_ino == (source / "tiny-seed3" / "results" / "demo" / "eval" / "metrics.json").stat().st_ino

@@ -14,13 +14,19 @@ it the bar "box PSNR after >= before". Each (model set, seed) is a copy of this 
 workflow under ``--out`` (default ``results-seeds/``, ignored by git), run as
 ``tools/measure_models.py`` runs its configurations (``snakemake --cores 2 --configfile
 config/measure.yaml``); the random-weight run of a seed shares that seed's scene, poses and
-pre-trained NeRF (hard links), so its "before" is the same NeRF.
+pre-trained NeRF (hard links), so its "before" is the same NeRF. ``--share-from DIR``
+(another ``--out`` of finished runs, e.g. the shipped set's when a candidate set is
+measured from another checkout) takes each seed's scene, poses and pre-trained NeRF from
+there too, and its finished random-weight runs whole: the candidate then meets the very
+same "before" and random figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import sys
 import time
@@ -53,6 +59,16 @@ def ensure_run(out: Path, model: str, seed: int, cores: int, share_with: Path | 
         seed_upstream(share_with, workdir, [SCENE])
     print(f"{workdir.name}: model {model}, seed {seed}", flush=True)
     return run_workflow(workdir, cores)
+
+
+def share_finished(source: Path, out: Path, model: str, seed: int) -> None:
+    """``source``'s model-free stages of ``seed`` for ``out``'s ``model`` run (unless that
+    run exists) and ``source``'s finished random-weight run of ``seed`` (hard links)."""
+    trained, rnd = run_dir(out, model, seed), run_dir(out, "tiny", seed)
+    if not trained.exists():
+        seed_upstream(run_dir(source, model, seed), trained, [SCENE])
+    if not rnd.exists() and (run_dir(source, "tiny", seed) / "results" / SCENE / "eval" / "metrics.json").is_file():
+        shutil.copytree(run_dir(source, "tiny", seed), rnd, copy_function=os.link, symlinks=True)
 
 
 def seed_figures(out: Path, model: str, seed: int) -> dict:
@@ -126,12 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="procedural", help="the trained model set (method.model)")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--table-only", action="store_true", help="only reprint from finished runs")
+    ap.add_argument("--share-from", type=Path, default=None,
+                    help="another --out whose finished runs give each seed's pre-trained NeRF and random-weight run")
     ap.add_argument("--sheet", type=Path, default=None, help="also draw the per-seed picture (a .jpg) here")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     seconds = {}
     if not args.table_only:
         for seed in args.seeds:
+            if args.share_from:
+                share_finished(args.share_from, args.out, args.model, seed)
             trained = ensure_run(args.out, args.model, seed, args.cores, None)
             rnd = ensure_run(args.out, "tiny", seed, args.cores, run_dir(args.out, args.model, seed))
             seconds.update({f"{args.model}-seed{seed}": trained, f"tiny-seed{seed}": rnd})
