@@ -16,9 +16,10 @@ workflow under ``--out`` (default ``results-seeds/``, ignored by git), run as
 config/measure.yaml``); the random-weight run of a seed shares that seed's scene, poses and
 pre-trained NeRF (hard links), so its "before" is the same NeRF. ``--share-from DIR``
 (another ``--out`` of finished runs, e.g. the shipped set's when a candidate set is
-measured from another checkout) takes each seed's scene, poses and pre-trained NeRF from
-there too, and its finished random-weight runs whole: the candidate then meets the very
-same "before" and random figures.
+measured from another checkout) takes its finished random-weight runs whole, and links
+each seed's scene, poses and pre-trained NeRF too; Snakemake redoes those ("code has
+changed": the links carry no metadata), which on one machine gives the same bytes, so the
+candidate meets the same "before" and random figures.
 """
 
 from __future__ import annotations
