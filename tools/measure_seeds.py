@@ -49,11 +49,16 @@ def run_dir(out: Path, model: str, seed: int) -> Path:
     return out / f"{model}-seed{seed}"
 
 
+def finished(out: Path, model: str, seed: int) -> bool:
+    """Whether that run got as far as its metrics."""
+    return (run_dir(out, model, seed) / "results" / SCENE / "eval" / "metrics.json").is_file()
+
+
 def ensure_run(out: Path, model: str, seed: int, cores: int, share_with: Path | None) -> float | None:
     """Run the demo with ``model`` and method seed ``seed`` unless it is finished; returns
     the wall seconds, or None when nothing ran."""
     workdir = run_dir(out, model, seed)
-    if (workdir / "results" / SCENE / "eval" / "metrics.json").is_file():
+    if finished(out, model, seed):
         return None
     prepare_workdir(workdir, {"model": model, "overrides": [f"seed={seed}"]}, [SCENE])
     if share_with is not None:
@@ -68,7 +73,7 @@ def share_finished(source: Path, out: Path, model: str, seed: int) -> None:
     trained, rnd = run_dir(out, model, seed), run_dir(out, "tiny", seed)
     if not trained.exists():
         seed_upstream(run_dir(source, model, seed), trained, [SCENE])
-    if not rnd.exists() and (run_dir(source, "tiny", seed) / "results" / SCENE / "eval" / "metrics.json").is_file():
+    if not rnd.exists() and finished(source, "tiny", seed):
         shutil.copytree(run_dir(source, "tiny", seed), rnd, copy_function=os.link, symlinks=True)
 
 
@@ -156,14 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             trained = ensure_run(args.out, args.model, seed, args.cores, None)
             rnd = ensure_run(args.out, "tiny", seed, args.cores, run_dir(args.out, args.model, seed))
             seconds.update({f"{args.model}-seed{seed}": trained, f"tiny-seed{seed}": rnd})
-    missing = [str(run_dir(args.out, m, s)) for s in args.seeds for m in (args.model, "tiny")
-               if not (run_dir(args.out, m, s) / "results" / SCENE / "eval" / "metrics.json").is_file()]
+    missing = [str(run_dir(args.out, m, s)) for s in args.seeds for m in (args.model, "tiny") if not finished(args.out, m, s)]
     if missing:
         print(f"not every run is finished ({', '.join(missing)}): no table yet")
         return 1
     figures = {seed: seed_figures(args.out, args.model, seed) for seed in args.seeds}
     print(f"\nThe demo, `smoke` preset, model set `{args.model}` against `tiny` (random weights), by method seed; "
-          "box = SPIn-NeRF protocol on the 40 ground-truth test views.\n")
+          f"box = SPIn-NeRF protocol on the {DEMO_SIZE['n_test']} ground-truth test views.\n")
     print(table(figures))
     print("\nThe issue's bars, per seed:")
     print("\n".join(tally(figures)))
