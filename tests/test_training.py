@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,12 @@ SHIPPED = ROOT / "src" / "innout" / "weights" / "procedural"
 
 # A few seconds of everything: 2 scenes (one per variant) x 4 views of 64x48.
 TINY_DATA = DataConfig(scenes=2, views_per_scene=4, width=64, height=48, supersample=1, first_seed=50_000, workers=1)
+
+
+# The three ILA lessons (docs/ila-training.md), on and off: a unit test of one of them, or of
+# the plain steps, states which it starts from rather than relying on the defaults.
+LESSONS_ON = dict(pattern_fraction=0.4, ila_base_gradient=True, ila_attention_weight=0.05, pattern_mean="background")
+LESSONS_OFF = dict(pattern_fraction=0.0, ila_base_gradient=False, ila_attention_weight=0.0)
 
 
 def tiny_config(steps: int = 4) -> TrainConfig:
@@ -184,7 +190,8 @@ def test_unet_epsilon_loss_falls_with_plain_and_ila_steps(views):
     assert int((data["kind"] == OBJECT).sum()) == len(views)  # one object-removal sample per view
     embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0]
     before = _fixed_eps_loss(pipe, data, embeds)
-    summary = train_unet(pipe, data, embeds, replace(cfg.unet, loop=_with_steps(cfg.unet.loop, 60, ema=0.0)), 5)
+    plain = replace(cfg.unet, **LESSONS_OFF, loop=_with_steps(cfg.unet.loop, 60, ema=0.0))
+    summary = train_unet(pipe, data, embeds, plain, 5)
     after = _fixed_eps_loss(pipe, data, embeds)
     assert after < 0.7 * before
     kinds = {key for h in summary["history"] for key in h}
@@ -252,12 +259,13 @@ def test_unet_trains_on_hidden_pattern_pairs_and_the_option_off_changes_nothing(
     assert len(pattern["target"]) == 2 * len(views)  # 2 references per scene, every view of it each
     embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0]
     loop = _with_steps(cfg.unet.loop, 6, ema=0.0)
-    on = replace(cfg.unet, pattern_fraction=0.5, ila_base_gradient=True, pattern_min_covered=0.0, loop=loop)
+    on = replace(cfg.unet, **LESSONS_OFF, loop=loop)
+    on = replace(on, pattern_fraction=0.5, ila_base_gradient=True, pattern_min_covered=0.0)
     summary = train_unet(pipe, data, embeds, on, 5, pattern=pattern)
     assert {"mse_pattern", "mse_ila", "mse_plain"} & {k for h in summary["history"] for k in h} >= {"mse_pattern"}
     with pytest.raises(ValueError, match="pattern"):
         train_unet(pipe, data, embeds, on, 5)
-    off = replace(cfg.unet, loop=loop)
+    off = replace(cfg.unet, **LESSONS_OFF, loop=loop)
     trained = []
     for given in (None, pattern):  # off: the same seed trains the same weights, samples given or not
         fresh = _pipeline(views, cfg)
@@ -289,8 +297,8 @@ def test_counterpart_lesson_moves_the_attention_to_the_base_onto_the_counterpart
     pipe = _pipeline(views, cfg)
     data = build_samples(pipe, views, cfg.unet, 4)
     embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0]
-    on = replace(cfg.unet, ila_fraction=1.0, ila_lambda=(0.0, 0.0), ila_attention_weight=1.0,
-                 loop=_with_steps(cfg.unet.loop, 40, ema=0.0))
+    on = replace(cfg.unet, **LESSONS_OFF, loop=_with_steps(cfg.unet.loop, 40, ema=0.0))
+    on = replace(on, ila_fraction=1.0, ila_lambda=(0.0, 0.0), ila_attention_weight=1.0)
     with pytest.raises(ValueError, match="views"):
         train_unet(pipe, data, embeds, on, 5)
     before = _counterpart_cross_entropy(pipe, data, views, embeds)
@@ -298,7 +306,7 @@ def test_counterpart_lesson_moves_the_attention_to_the_base_onto_the_counterpart
     after = _counterpart_cross_entropy(pipe, data, views, embeds)
     assert after < 0.95 * before  # measured: x0.90 in these 40 steps, x1.002 with the weight at 0
     assert {"attention_ce", "attention_hit"} <= {k for h in summary["history"] for k in h}
-    off = replace(cfg.unet, loop=_with_steps(cfg.unet.loop, 6, ema=0.0))
+    off = replace(cfg.unet, **LESSONS_OFF, loop=_with_steps(cfg.unet.loop, 6, ema=0.0))
     trained = []
     for given in (None, views):  # off: the views change nothing
         fresh = _pipeline(views, cfg)
@@ -474,16 +482,24 @@ def test_same_seed_same_weights_and_a_killed_run_resumes_to_them(views, tmp_path
 
 
 def test_unet_and_depth_training_are_reproducible(views):
+    from innout.training.hidden_pattern import build_pattern_samples
+
     cfg = tiny_config()
     pipe = _pipeline(views, cfg, vae_steps=2)
     data = build_samples(pipe, views, cfg.unet, 4)
+    pattern = build_pattern_samples(pipe, views, cfg.unet.pattern_amplitude, 2, 7, encode_batch=4,
+                                    mean=LESSONS_ON["pattern_mean"])
+    # with the lessons: their base gradient and attention loss must not break reproducibility
+    recipe = replace(cfg.unet, **LESSONS_ON, pattern_min_covered=0.0)  # the tiny views' holes are small
     embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0]
     states = []
     for _ in range(2):
         pipe.unet.load_state_dict(build_unet(cfg.unet, 32, 3).state_dict())
-        train_unet(pipe, data, embeds, cfg.unet, 5)
+        summary = train_unet(pipe, data, embeds, replace(recipe, loop=_with_steps(recipe.loop, 8)), 5,
+                             pattern=pattern, views=views)
         states.append({k: v.clone() for k, v in pipe.unet.state_dict().items()})
     assert states[0].keys() == states[1].keys() and all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert {"mse_pattern", "attention_ce"} <= {k for h in summary["history"] for k in h}  # the lessons ran
     m1, _, _ = train_depth(views, cfg.depth, 6)
     m2, _, _ = train_depth(views, cfg.depth, 6)
     assert _same_weights(m1, m2)
@@ -536,6 +552,19 @@ def test_shipped_weights_load_as_the_expected_classes_and_match_their_manifest()
     assert depth_model_path("procedural", "unused") == str(SHIPPED / "depth")
     model, _ = load_depth_model("procedural", "unused")
     assert type(model).__name__ == "DepthAnythingForDepthEstimation"
+
+
+def test_shipped_weights_were_trained_by_the_default_recipe():
+    """``innout train-models --seed N`` without ``--set`` trains the shipped set (N: its
+    manifest's seed): a default changed without retraining, or weights trained with
+    overrides, fails here."""
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    assert "--set" not in manifest["command"] and f"--seed {manifest['seed']}" in manifest["command"]
+    recipe = {key: value for key, value in manifest["config"].items() if key != "seed"}
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))
+    for group in recipe:
+        assert recipe[group] == defaults[group], f"{group}: the shipped set was trained otherwise: retrain it"
+    assert recipe.keys() == defaults.keys() - {"seed"}
 
 
 def test_a_changed_weight_file_is_a_one_line_error_naming_it(tmp_path):

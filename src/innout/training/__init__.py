@@ -19,9 +19,12 @@ Phases (each in its own module; :func:`train_models` runs them in order):
    was saved in), ``loss_curves.png``, ``train.log`` and ``manifest.json`` (:mod:`.manifest`).
 
 Budget: the whole training must fit in 45 minutes on 2 CPU cores; the default config took
-23 minutes (1393 s: data 38, vae 330, samples 17, unet 900, depth 103) with ``--threads 2``
-on the shared 2-core machine (see each module's docstring for the step costs; the shipped
-manifest records the wall time). Rendered views and latent samples are cached in
+30 minutes (1774 s: data 20, vae 137, samples 27, unet 1545, depth 41) with ``--threads 2``
+on an idle 2-core AMD EPYC with AVX-512 (2026-12-02; the shipped set, ``--seed 1``, 1958 s
+beside a test run: its manifest records that). The UNet's 4800 steps with the ILA lesson are
+most of it (an ILA or hidden-pattern step runs the base view with gradient: two backward
+passes); a ~1.4x slower 2-core machine took 2916 s for a recipe of the same cost, so on slow
+cores the budget is tight. Rendered views and latent samples are cached in
 ``work_dir`` and every model checkpoints there, so a killed run resumes (same seed, same
 weights).
 """
