@@ -56,8 +56,9 @@ content is how texture is propagated; a small model trained for minutes need not
 that by itself. So a fraction ``ila_fraction`` of the steps trains exactly the way the
 workflow uses the model: pairs of views of one scene, both with their object-removal
 masks, at the same timestep; the base view runs through the UNet in RECORD mode (with
-gradient: ``ila_base_gradient``, below) and the target in SHARE mode with a lambda drawn from ``ila_lambda``, through
-the same :class:`innout.ila.ILAAttnProcessor` the workflow installs. The other steps
+gradient: ``ila_base_gradient``, below) and the target in SHARE mode with a lambda drawn
+from ``ila_lambda``, through the same :class:`innout.ila.ILAAttnProcessor` the workflow
+installs. The other steps
 train plain (independent) inpainting, which the base view, the candidates and the
 ``independent``/``ela`` variants use.
 
@@ -65,8 +66,9 @@ Those pairs alone do not teach ILA (``tools/probe_ila_training.py``; every measu
 ``docs/ila-training.md``): the hidden background is predicted as well from the target's own
 context as from the base, and the base's keys and values were computed without gradient, so
 no loss could shape what the base offers. The default recipe (the "lesson") adds three
-options, which together, for 4800 steps, brought the demo's ``ila`` to 0.85-0.90 x
-``independent`` (README "Models trained here"; 2400 steps: 0.94): ``ila_base_gradient``
+options, which together, for 4800 steps, brought the demo's ``ila`` to 0.80-0.90 x
+``independent`` (0.847-0.898 for the two sets this command trained; README "Models trained
+here"; 2400 steps: 0.94): ``ila_base_gradient``
 runs the base with gradient and keeps its keys/values in the graph
 (:attr:`innout.ila.ILAController.keep_graph`; an ILA step then costs two backward passes);
 ``pattern_fraction`` of the steps train on hidden-pattern pairs
