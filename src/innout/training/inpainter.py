@@ -58,9 +58,8 @@ workflow uses the model: pairs of views of one scene, both with their object-rem
 masks, at the same timestep; the base view runs through the UNet in RECORD mode (with
 gradient: ``ila_base_gradient``, below) and the target in SHARE mode with a lambda drawn
 from ``ila_lambda``, through the same :class:`innout.ila.ILAAttnProcessor` the workflow
-installs. The other steps
-train plain (independent) inpainting, which the base view, the candidates and the
-``independent``/``ela`` variants use.
+installs. The other steps train plain (independent) inpainting, which the base view, the
+candidates and the ``independent``/``ela`` variants use.
 
 Those pairs alone do not teach ILA (``tools/probe_ila_training.py``; every measurement is in
 ``docs/ila-training.md``): the hidden background is predicted as well from the target's own
@@ -68,9 +67,9 @@ context as from the base, and the base's keys and values were computed without g
 no loss could shape what the base offers. The default recipe (the "lesson") adds three
 options, which together, for 4800 steps, brought the demo's ``ila`` to 0.80-0.90 x
 ``independent`` (0.847-0.898 for the two sets this command trained; README "Models trained
-here"; 2400 steps: 0.94): ``ila_base_gradient``
-runs the base with gradient and keeps its keys/values in the graph
-(:attr:`innout.ila.ILAController.keep_graph`; an ILA step then costs two backward passes);
+here"; 2400 steps: 0.94): ``ila_base_gradient`` runs the base with gradient and keeps its
+keys/values in the graph (:attr:`innout.ila.ILAController.keep_graph`; an ILA step then
+costs two backward passes);
 ``pattern_fraction`` of the steps train on hidden-pattern pairs
 (:mod:`innout.training.hidden_pattern`), whose hole content only the base shows
 (``pattern_mean`` ``background``: only the pattern's detail is hidden, the hole keeps its
