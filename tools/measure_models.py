@@ -6,6 +6,10 @@ random weights; one markdown table and a picture sheet per scene.
     nice -n 10 .venv/bin/python tools/measure_models.py              # run what is missing, print the table
     .venv/bin/python tools/measure_models.py --table-only            # reprint it from the finished runs
 
+A configuration or scene that has not finished (``--runs`` ran only some, or a run was cut
+short) leaves its cells ``n/a`` and its bars "not measured yet": the table is printed all
+the same, marked PARTIAL, and the exit status is 1.
+
 Every configuration is a copy of this checkout's workflow under ``--out`` (default
 ``results-measure/``, ignored by git) that runs ``snakemake --cores 2 --configfile
 config/measure.yaml``; a rerun reuses every finished stage. The configurations:
@@ -202,22 +206,37 @@ def depth_prior_errors(workdir: Path, scene: str) -> dict:
             "plausible": verdict.get("plausible"), "used": verdict.get("used"), "nerf_rel_error": verdict.get("rel_error")}
 
 
+def _json_or_none(path: Path) -> dict | None:
+    """A finished stage's JSON, or None while its run has not got there."""
+    return _json(path) if Path(path).is_file() else None
+
+
 def measure(root: Path, scenes: list[str], default_interp: str) -> dict:
-    """Every figure of the table, by scene."""
+    """Every figure of the table, by scene; a configuration that has not finished a stage
+    leaves its figures None (the table says n/a), so a partial run still prints."""
     figures = {}
     for scene in scenes:
         f = {}
-        inpaint = {r: _json(root / r / "results" / scene / "inpaint" / "summary.json") for r in ("bilinear", "nearest")}
-        f["consistency"] = inpaint[default_interp]["consistency"]
-        f["consistency_by_interp"] = {r: inpaint[r]["consistency"] for r in inpaint}
-        metrics = {r: _json(root / r / "results" / scene / "eval" / "metrics.json") for r in ("bilinear", "nearest", "random")}
-        f["box"] = {r: {"psnr": m["psnr"], "ssim": m["ssim"]} for r, m in metrics.items()}
-        f["box"]["before"] = {"psnr": metrics["bilinear"]["before"]["psnr"], "ssim": metrics["bilinear"]["before"]["ssim"]}
-        f["weights"] = {r: m.get("weights") for r, m in metrics.items()}
-        f["depth"] = depth_prior_errors(root / default_interp, scene)
-        f["base_view"] = _json(root / default_interp / "results" / scene / "base" / "summary.json")["winner"]
+        inpaint = {r: _json_or_none(root / r / "results" / scene / "inpaint" / "summary.json") for r in ("bilinear", "nearest")}
+        f["consistency_by_interp"] = {r: (s or {}).get("consistency") for r, s in inpaint.items()}
+        f["consistency"] = f["consistency_by_interp"][default_interp]
+        metrics = {r: _json_or_none(root / r / "results" / scene / "eval" / "metrics.json") for r in ("bilinear", "nearest", "random")}
+        f["box"] = {r: m and {"psnr": m["psnr"], "ssim": m["ssim"]} for r, m in metrics.items()}
+        before = next((m["before"] for m in metrics.values() if m and "before" in m), None)
+        f["box"]["before"] = before and {"psnr": before["psnr"], "ssim": before["ssim"]}
+        f["weights"] = {r: m and m.get("weights") for r, m in metrics.items()}
+        base = root / default_interp / "results" / scene / "base"
+        finished_base = (base / "depth_prior.npy").is_file()
+        f["depth"] = depth_prior_errors(root / default_interp, scene) if finished_base else None
+        f["base_view"] = _json(base / "summary.json")["winner"] if finished_base else None
         figures[scene] = f
     return figures
+
+
+def missing_runs(root: Path, configurations, scenes: list[str]) -> list[str]:
+    """The configuration/scene pairs whose evaluation has not finished."""
+    return [f"{r}/{s}" for r in configurations for s in scenes
+            if not (root / r / "results" / s / "eval" / "metrics.json").is_file()]
 
 
 # --------------------------------------------------------------------------- table
@@ -226,54 +245,81 @@ def _n(x, digits=2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _ratio(c: dict | None, variant: str) -> float | None:
+    return None if c is None else c[variant] / c["independent"]
+
+
+def _pair(a: float | None, b: float | None, digits_b: int = 2) -> str:
+    return f"{_n(a)} / {_n(b, digits_b)}"
+
+
 def table(figures: dict, default_interp: str) -> str:
+    """Rows: measures, columns: scenes; n/a where a run has not finished the stage."""
     scenes = list(figures)
     rows: list[tuple[str, list[str]]] = []
+
+    def get(d: dict | None, key: str):
+        return None if d is None else d[key]
+
     for v in VARIANTS:
         rows.append((f"consistency `{v}` (grey levels; / independent)",
-                     [f"{_n(f['consistency'][v])} ({_n(f['consistency'][v] / f['consistency']['independent'])})" for f in figures.values()]))
+                     [f"{_n(get(f['consistency'], v))} ({_n(_ratio(f['consistency'], v))})" for f in figures.values()]))
     for interp in ("bilinear", "nearest"):
         rows.append((f"ELA {interp}: consistency `ela` / `ela_ila`",
-                     [f"{_n(f['consistency_by_interp'][interp]['ela'])} / {_n(f['consistency_by_interp'][interp]['ela_ila'])}"
+                     [_pair(get(f["consistency_by_interp"][interp], "ela"), get(f["consistency_by_interp"][interp], "ela_ila"))
                       for f in figures.values()]))
         rows.append((f"ELA {interp}: box PSNR (dB) / SSIM after refine",
-                     [f"{_n(f['box'][interp]['psnr'])} / {_n(f['box'][interp]['ssim'], 3)}" for f in figures.values()]))
+                     [_pair(get(f["box"][interp], "psnr"), get(f["box"][interp], "ssim"), 3) for f in figures.values()]))
     for key, label in ((default_interp, "after (trained models)"), ("before", "before (pre-trained NeRF, object in it)"),
                        ("random", "after, random weights (`tiny`)")):
-        rows.append((f"box PSNR (dB) / SSIM {label}", [f"{_n(f['box'][key]['psnr'])} / {_n(f['box'][key]['ssim'], 3)}"
+        rows.append((f"box PSNR (dB) / SSIM {label}", [_pair(get(f["box"][key], "psnr"), get(f["box"][key], "ssim"), 3)
                                                       for f in figures.values()]))
     rows.append(("depth prior vs true depth: median rel. error in mask / whole view",
-                 [f"{_n(f['depth']['mask'], 3)} / {_n(f['depth']['all'], 3)}" for f in figures.values()]))
+                 ["n/a" if f["depth"] is None else f"{_n(f['depth']['mask'], 3)} / {_n(f['depth']['all'], 3)}"
+                  for f in figures.values()]))
     rows.append(("depth prior vs NeRF outside mask (base stage): rel. error, plausible",
-                 [f"{_n(f['depth']['nerf_rel_error'], 3)}, {f['depth']['plausible']}" for f in figures.values()]))
+                 ["n/a" if f["depth"] is None else f"{_n(f['depth']['nerf_rel_error'], 3)}, {f['depth']['plausible']}"
+                  for f in figures.values()]))
     lines = ["| measure | " + " | ".join(scenes) + " |", "|---" * (len(scenes) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
     return "\n".join(lines)
 
 
-def bar_checks(demo: dict, default_interp: str) -> list[tuple[str, str, bool]]:
-    """The issue's acceptance bars on the demo: (the bar, the bar with its figures, holds)."""
+def bar_checks(demo: dict, default_interp: str) -> list[tuple[str, str, bool | None]]:
+    """The issue's acceptance bars on the demo: (the bar, the bar with its figures, holds);
+    holds is None where a run the bar reads has not finished."""
     c = demo["consistency"]
-    after, before, rnd = (demo["box"][k]["psnr"] for k in (default_interp, "before", "random"))
-    return [
-        ("consistency.ila <= 0.85 x independent",
-         f"consistency.ila {c['ila']:.2f} <= 0.85 x independent {c['independent']:.2f} = {0.85 * c['independent']:.2f}",
-         c["ila"] <= 0.85 * c["independent"]),
-        ("consistency.ela_ila <= 0.6 x independent",
-         f"consistency.ela_ila {c['ela_ila']:.2f} <= 0.6 x independent = {0.6 * c['independent']:.2f}",
-         c["ela_ila"] <= 0.6 * c["independent"]),
-        ("ela_ila the lowest of the four",
-         f"ela_ila the lowest of the four ({', '.join(f'{v} {c[v]:.2f}' for v in VARIANTS)})",
-         c["ela_ila"] == min(c.values())),
-        ("box PSNR after >= before", f"box PSNR after {after:.2f} >= before {before:.2f} dB", after >= before),
-        ("box PSNR after >= random + 1 dB", f"box PSNR after {after:.2f} >= random {rnd:.2f} + 1 dB", after >= rnd + 1.0),
-    ]
+    after, before, rnd = ((demo["box"][k] or {}).get("psnr") for k in (default_interp, "before", "random"))
+    checks: list[tuple[str, str, bool | None]] = []
+    if c is None:
+        checks += [(bar, bar, None) for bar in ("consistency.ila <= 0.85 x independent", "consistency.ela_ila <= 0.6 x independent",
+                                                "ela_ila the lowest of the four")]
+    else:
+        checks += [
+            ("consistency.ila <= 0.85 x independent",
+             f"consistency.ila {c['ila']:.2f} <= 0.85 x independent {c['independent']:.2f} = {0.85 * c['independent']:.2f}",
+             c["ila"] <= 0.85 * c["independent"]),
+            ("consistency.ela_ila <= 0.6 x independent",
+             f"consistency.ela_ila {c['ela_ila']:.2f} <= 0.6 x independent = {0.6 * c['independent']:.2f}",
+             c["ela_ila"] <= 0.6 * c["independent"]),
+            ("ela_ila the lowest of the four",
+             f"ela_ila the lowest of the four ({', '.join(f'{v} {c[v]:.2f}' for v in VARIANTS)})",
+             c["ela_ila"] == min(c.values())),
+        ]
+    for bar, other, margin in (("box PSNR after >= before", before, 0.0), ("box PSNR after >= random + 1 dB", rnd, 1.0)):
+        if after is None or other is None:
+            checks.append((bar, bar, None))
+        else:
+            name = "before" if margin == 0.0 else "random"
+            extra = " + 1 dB" if margin else " dB"
+            checks.append((bar, f"box PSNR after {after:.2f} >= {name} {other:.2f}{extra}", after >= other + margin))
+    return checks
 
 
 def bars(demo: dict, default_interp: str) -> list[str]:
     """The issue's acceptance bars on the demo, each with its figures and verdict."""
-    return [f"- [{'x' if ok else ' '}] {text}: {'holds' if ok else 'DOES NOT HOLD'}"
-            for _, text, ok in bar_checks(demo, default_interp)]
+    verdicts = {True: ("x", "holds"), False: (" ", "DOES NOT HOLD"), None: ("?", "not measured yet (a run has not finished)")}
+    return [f"- [{verdicts[ok][0]}] {text}: {verdicts[ok][1]}" for _, text, ok in bar_checks(demo, default_interp)]
 
 
 # --------------------------------------------------------------------------- pictures
@@ -325,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--sheets", type=Path, default=REPO / "docs" / "measurements", help="where the picture sheets go")
     ap.add_argument("--runs", nargs="+", choices=["random", "bilinear", "nearest"], default=None,
-                    help="run only these configurations (default: all), then print the table if every run is finished")
+                    help="run only these configurations (default: all), then print the table (n/a where a run has not finished)")
     ap.add_argument("--table-only", action="store_true", help="only reprint from finished runs")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -343,14 +389,10 @@ def main(argv: list[str] | None = None) -> int:
                     seed_upstream(args.out / other, workdir, args.scenes)
             print(f"{name}: model {run['model']}, overrides {run['overrides']}", flush=True)
             seconds[name] = run_workflow(workdir, args.cores)
-    missing = [str(args.out / r / "results" / s / "eval" / "metrics.json") for r in configurations for s in args.scenes
-               if not (args.out / r / "results" / s / "eval" / "metrics.json").is_file()]
-    if missing:
-        print(f"not every run is finished (e.g. {missing[0]}): no table yet")
-        print(f"Total time: {time.perf_counter() - t0:.0f} s")
-        return 1
+    missing = missing_runs(args.out, configurations, args.scenes)
     figures = measure(args.out, args.scenes, default_interp)
-    sheets = {scene: args.sheets / f"{scene}.jpg" for scene in args.scenes}
+    sheets = {scene: args.sheets / f"{scene}.jpg" for scene in args.scenes
+              if not {f"{default_interp}/{scene}", f"random/{scene}"} & set(missing)}
     for scene, path in sheets.items():
         picture_sheet(args.out, scene, default_interp, args.model, path)
     print()
@@ -360,11 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     if "demo" in figures:
         print("\nBars on the demo:")
         print("\n".join(bars(figures["demo"], default_interp)))
-    print("\nPicture sheets: " + ", ".join(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p) for p in sheets.values()))
+    if sheets:
+        print("\nPicture sheets: " + ", ".join(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p) for p in sheets.values()))
     if seconds:
         print("Workflow runs: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    if missing:
+        print(f"\nPARTIAL TABLE: {len(missing)} run(s) not finished ({', '.join(missing)}): their cells say n/a, "
+              "and their scenes' picture sheets were not made")
     print(f"Total time: {time.perf_counter() - t0:.0f} s")
-    return 0
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":
