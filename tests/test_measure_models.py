@@ -51,3 +51,32 @@ def test_bars_judge_finished_figures():
     assert verdicts == {"consistency.ila <= 0.85 x independent": False, "consistency.ela_ila <= 0.6 x independent": True,
                         "ela_ila the lowest of the four": False, "box PSNR after >= before": False,
                         "box PSNR after >= random + 1 dB": True}
+
+
+def _stage(root: Path, scene: str, stage: str, finished: bool = True) -> Path:
+    folder = root / "results" / scene / stage
+    folder.mkdir(parents=True)
+    (folder / "data.bin").write_bytes(b"x")
+    if finished:
+        (folder / "summary.json").write_text("{}")
+    return folder
+
+
+def test_seed_upstream_links_only_finished_model_free_stages(tmp_path):
+    """Another configuration gets the scene, poses, pre-trained NeRF and its "before" renders
+    of a finished run as hard links; a stage that has not written its summary (killed) and
+    every stage a model set reaches are left to run."""
+    source, workdir = tmp_path / "random", tmp_path / "nearest"
+    (source / "results" / "generated" / "demo").mkdir(parents=True)
+    for stage in ("scene", "poses", "pretrain", "render_pretrain", "base"):
+        _stage(source, "demo", stage)
+    _stage(source, "heldout-forward", "pretrain")
+    _stage(source, "heldout-forward", "render_pretrain", finished=False)
+    measure_models.seed_upstream(source, workdir, ["demo", "heldout-forward"])
+    for stage in ("scene", "poses", "pretrain", "render_pretrain"):
+        linked = workdir / "results" / "demo" / stage / "data.bin"
+        assert linked.stat().st_ino == (source / "results" / "demo" / stage / "data.bin").stat().st_ino
+    assert (workdir / "results" / "generated" / "demo").is_dir()
+    assert not (workdir / "results" / "demo" / "base").exists()
+    assert (workdir / "results" / "heldout-forward" / "pretrain" / "summary.json").is_file()
+    assert not (workdir / "results" / "heldout-forward" / "render_pretrain").exists()

@@ -20,8 +20,8 @@ config/measure.yaml``; a rerun reuses every finished stage. The configurations:
 ``random``
     the ``tiny`` random-weight set, everything else the default.
 
-They share the scenes, poses and pre-trained NeRFs (hard links from the first run),
-which depend on no model. Scenes (``SCENES``): the demo (its config: seed 0, COLMAP
+They share the scenes, poses, pre-trained NeRFs and their "before" renders (hard links
+from the first run that finished them), which depend on no model. Scenes (``SCENES``): the demo (its config: seed 0, COLMAP
 poses) and two procedural scenes of the reserved seeds no training scene uses (1000
 forward-facing, 1001 360-degree; the generator's poses), at the demo's size.
 
@@ -116,14 +116,19 @@ def prepare_workdir(workdir: Path, run: dict, scenes: list[str]) -> None:
     (workdir / "config" / "measure.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+MODEL_FREE_STAGES = ("scene", "poses", "pretrain", "render_pretrain")  # no model set reaches them (render_pretrain: the "before")
+
+
 def seed_upstream(source: Path, workdir: Path, scenes: list[str]) -> None:
-    """Hard links of the model-free stages (scene, poses, pre-training) of ``source``'s
-    finished runs, so another configuration does not recompute them."""
+    """Hard links of the model-free stages (``MODEL_FREE_STAGES``) that ``source``'s runs
+    finished (their ``summary.json`` is written last), so another configuration does not
+    recompute them: Snakemake finds them up to date (checked with ``snakemake -n``)."""
     for scene in scenes:
-        pairs = [(source / "results" / "generated" / scene, workdir / "results" / "generated" / scene)]
-        pairs += [(source / "results" / scene / stage, workdir / "results" / scene / stage) for stage in ("scene", "poses", "pretrain")]
         if not (source / "results" / scene / "pretrain" / "summary.json").is_file():
             continue
+        pairs = [(source / "results" / "generated" / scene, workdir / "results" / "generated" / scene)]
+        pairs += [(source / "results" / scene / stage, workdir / "results" / scene / stage) for stage in MODEL_FREE_STAGES
+                  if (source / "results" / scene / stage / "summary.json").is_file()]
         for src, dst in pairs:
             if src.is_dir() and not dst.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
