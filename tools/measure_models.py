@@ -21,9 +21,10 @@ config/measure.yaml``; a rerun reuses every finished stage. The configurations:
     the ``tiny`` random-weight set, everything else the default.
 
 They share the scenes, poses, pre-trained NeRFs and their "before" renders (hard links
-from the first run that finished them), which depend on no model. Scenes (``SCENES``): the demo (its config: seed 0, COLMAP
-poses) and two procedural scenes of the reserved seeds no training scene uses (1000
-forward-facing, 1001 360-degree; the generator's poses), at the demo's size.
+from the first run that finished them), which depend on no model. Scenes (``SCENES``):
+the demo (its config: seed 0, COLMAP poses) and two procedural scenes of the reserved
+seeds no training scene uses (1000 forward-facing, 1001 360-degree; the generator's
+poses), at the demo's size.
 
 The table (rows: measures, columns: scenes):
 
