@@ -54,7 +54,7 @@ from innout.training.data import (
     render_views,
     training_scenes,
 )
-from innout.training.depth import DepthConfig, evaluate_depth, train_depth
+from innout.training.depth import MAX_TRAINED_REL_ERROR, DepthConfig, check_learnt, evaluate_depth, train_depth
 from innout.training.hidden_pattern import PATTERN_FORMAT, build_pattern_samples, check_pattern_mean
 from innout.training.inpainter import UnetConfig, assemble_pipeline, build_samples, build_text_encoder, build_unet, train_unet
 from innout.stage import atomic_dir
@@ -188,10 +188,13 @@ def _versions() -> dict:
 
 
 def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: str | Path | None = None,
-                 command: str | None = None, log_file: str | Path | None = None) -> dict:
+                 command: str | None = None, log_file: str | Path | None = None,
+                 max_depth_rel_error: float | None = MAX_TRAINED_REL_ERROR) -> dict:
     """Train every model of the ``procedural`` set and write ``out_dir`` (atomically).
     Returns the manifest. ``work_dir`` holds the caches and checkpoints (None: none);
-    ``log_file`` is copied into ``out_dir`` as the training log."""
+    ``log_file`` is copied into ``out_dir`` as the training log. A depth model whose error
+    on its training views is above ``max_depth_rel_error`` (None: no check) is refused
+    (``ValueError``) and nothing is written (:func:`innout.training.depth.check_learnt`)."""
     cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir is not None else None
@@ -245,6 +248,7 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         phases["depth"] = time.perf_counter() - t
         log.info("depth: median relative error after scale/shift alignment on training views: %.3f (object-free), "
                  "%.3f (with the object)", depth_summary["depth_rel_error_background"], depth_summary["depth_rel_error_object"])
+        check_learnt(depth_summary, max_depth_rel_error)  # before anything is written to out_dir
 
     histories = {"vae": vae_summary.pop("history"), "unet": unet_summary.pop("history"), "depth": depth_summary.pop("history")}
     info = {
