@@ -230,11 +230,8 @@ def measure(root: Path, scenes: list[str], default_interp: str) -> dict:
         f["box"] = {r: m and {"psnr": m["psnr"], "ssim": m["ssim"]} for r, m in metrics.items()}
         before = next((m["before"] for m in metrics.values() if m and "before" in m), None)
         f["box"]["before"] = before and {"psnr": before["psnr"], "ssim": before["ssim"]}
-        f["weights"] = {r: m and m.get("weights") for r, m in metrics.items()}
-        base = root / default_interp / "results" / scene / "base"
-        finished_base = (base / "depth_prior.npy").is_file()
+        finished_base = (root / default_interp / "results" / scene / "base" / "depth_prior.npy").is_file()
         f["depth"] = depth_prior_errors(root / default_interp, scene) if finished_base else None
-        f["base_view"] = _json(base / "summary.json")["winner"] if finished_base else None
         figures[scene] = f
     return figures
 
@@ -296,29 +293,27 @@ def bar_checks(demo: dict, default_interp: str) -> list[tuple[str, str, bool | N
     holds is None where a run the bar reads has not finished."""
     c = demo["consistency"]
     after, before, rnd = ((demo["box"][k] or {}).get("psnr") for k in (default_interp, "before", "random"))
-    checks: list[tuple[str, str, bool | None]] = []
+    consistency_bars = ("consistency.ila <= 0.85 x independent", "consistency.ela_ila <= 0.6 x independent",
+                        "ela_ila the lowest of the four")
     if c is None:
-        checks += [(bar, bar, None) for bar in ("consistency.ila <= 0.85 x independent", "consistency.ela_ila <= 0.6 x independent",
-                                                "ela_ila the lowest of the four")]
+        checks: list[tuple[str, str, bool | None]] = [(bar, bar, None) for bar in consistency_bars]
     else:
-        checks += [
-            ("consistency.ila <= 0.85 x independent",
-             f"consistency.ila {c['ila']:.2f} <= 0.85 x independent {c['independent']:.2f} = {0.85 * c['independent']:.2f}",
+        texts_and_verdicts = (
+            (f"consistency.ila {c['ila']:.2f} <= 0.85 x independent {c['independent']:.2f} = {0.85 * c['independent']:.2f}",
              c["ila"] <= 0.85 * c["independent"]),
-            ("consistency.ela_ila <= 0.6 x independent",
-             f"consistency.ela_ila {c['ela_ila']:.2f} <= 0.6 x independent = {0.6 * c['independent']:.2f}",
+            (f"consistency.ela_ila {c['ela_ila']:.2f} <= 0.6 x independent = {0.6 * c['independent']:.2f}",
              c["ela_ila"] <= 0.6 * c["independent"]),
-            ("ela_ila the lowest of the four",
-             f"ela_ila the lowest of the four ({', '.join(f'{v} {c[v]:.2f}' for v in VARIANTS)})",
+            (f"ela_ila the lowest of the four ({', '.join(f'{v} {c[v]:.2f}' for v in VARIANTS)})",
              c["ela_ila"] == min(c.values())),
-        ]
-    for bar, other, margin in (("box PSNR after >= before", before, 0.0), ("box PSNR after >= random + 1 dB", rnd, 1.0)):
+        )
+        checks = [(bar, text, ok) for bar, (text, ok) in zip(consistency_bars, texts_and_verdicts)]
+    for bar, name, other, margin in (("box PSNR after >= before", "before", before, 0.0),
+                                     ("box PSNR after >= random + 1 dB", "random", rnd, 1.0)):
         if after is None or other is None:
             checks.append((bar, bar, None))
         else:
-            name = "before" if margin == 0.0 else "random"
-            extra = " + 1 dB" if margin else " dB"
-            checks.append((bar, f"box PSNR after {after:.2f} >= {name} {other:.2f}{extra}", after >= other + margin))
+            unit = " + 1 dB" if margin else " dB"
+            checks.append((bar, f"box PSNR after {after:.2f} >= {name} {other:.2f}{unit}", after >= other + margin))
     return checks
 
 

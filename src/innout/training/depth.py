@@ -157,7 +157,7 @@ def aligned_depth_error(pred_disparity: np.ndarray, depth: np.ndarray) -> float:
 MAX_TRAINED_REL_ERROR = 0.15
 
 
-def check_learnt(summary: dict, max_rel_error: float | None = MAX_TRAINED_REL_ERROR) -> None:
+def check_learnt(summary: dict, max_rel_error: float | None) -> None:
     """Raise ``ValueError`` (one line) when :func:`evaluate_depth`'s object-free error is
     above ``max_rel_error`` (None: no check)."""
     error = float(summary["depth_rel_error_background"])
