@@ -10,22 +10,23 @@ Phases (each in its own module; :func:`train_models` runs them in order):
 
 1. :mod:`.data`: render the training views (scenes whose seeds are disjoint from every
    evaluation scene, :data:`.data.RESERVED_SEEDS`);
-2. :mod:`.vae`: the ``AutoencoderKL`` and its latent ``scaling_factor``;
-3. :mod:`.inpainter`: latent samples through the pipeline's own conditioning code, then
+2. :mod:`.depth`: the ``DepthAnythingForDepthEstimation``, refused at once if it did not
+   learn (:func:`.depth.check_learnt`: a minute lost, not the run);
+3. :mod:`.vae`: the ``AutoencoderKL`` and its latent ``scaling_factor``;
+4. :mod:`.inpainter`: latent samples through the pipeline's own conditioning code, then
    the 9-channel ``UNet2DConditionModel`` (plain and ILA steps);
-4. :mod:`.depth`: the ``DepthAnythingForDepthEstimation``;
 5. save ``inpainter/`` (a ``StableDiffusionInpaintPipeline`` folder, fp16), ``depth/``
    (a transformers folder, fp32: it is small, and transformers loads it in the dtype it
    was saved in), ``loss_curves.png``, ``train.log`` and ``manifest.json`` (:mod:`.manifest`).
 
-Budget: the whole training must fit in 45 minutes on 2 CPU cores; the default config took
+Budget: the whole training must fit in 45 minutes on 2 CPU cores. The default config took
 30 minutes (1774 s: data 20, vae 137, samples 27, unet 1545, depth 41) with ``--threads 2``
-on an idle 2-core AMD EPYC with AVX-512 (2026-12-02; the shipped set, ``--seed 1``, 1958 s
-beside a test run: its manifest records that). The UNet's 4800 steps with the ILA lesson are
-most of it (an ILA or hidden-pattern step runs the base view with gradient: two backward
-passes); a ~1.4x slower 2-core machine took 2916 s for a recipe of the same cost, so on slow
-cores the budget is tight. Rendered views and latent samples are cached in
-``work_dir`` and every model checkpoints there, so a killed run resumes (same seed, same
+on an idle 2-core AMD EPYC with AVX-512 (2026-12-02), and 50 minutes (2992 s) on another
+2-core AVX-512 EPYC the same day: machines of the same core count differ ~1.7x, so on slow
+cores it is over (each run's manifest records its phases' seconds and its machine). The
+UNet's 4800 steps with the ILA lesson are most of it (an ILA or hidden-pattern step runs the
+base view with gradient: two backward passes). Rendered views and latent samples are cached
+in ``work_dir`` and every model checkpoints there, so a killed run resumes (same seed, same
 weights).
 """
 
@@ -39,6 +40,7 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -183,8 +185,40 @@ def _versions() -> dict:
     import numpy
     import transformers
 
+    import innout
+
     return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "numpy": numpy.__version__}
+            "transformers": transformers.__version__, "numpy": numpy.__version__, "innout": innout.__version__,
+            "innout_commit": _source_commit(Path(innout.__file__).parent),
+            "innout_sources_sha256": source_digest(Path(innout.__file__).parent)}
+
+
+def source_digest(package_dir: Path) -> str:
+    """sha256 over the package's Python and YAML sources (path and content, the shipped
+    weights excluded): names the training code even when it was not committed yet, as when
+    a recipe change and the set it trains land in one commit."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in package_dir.rglob("*")
+                   if p.suffix in (".py", ".yaml") and "weights" not in p.relative_to(package_dir).parts)
+    for path in files:
+        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _source_commit(package_dir: Path) -> str | None:
+    """The git commit of the code that trained (``+dirty`` with uncommitted changes to
+    tracked files), so a manifest names the recipe's code as well as its command; None
+    outside a git checkout (an installed wheel)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(package_dir), *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
 
 
 def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: str | Path | None = None,
@@ -213,8 +247,20 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         views = _cached_views(cfg.data, work)
         phases["data"] = time.perf_counter() - t
 
-        t = time.perf_counter()
         data_key = fingerprint(asdict(cfg.data))
+        # The depth model first: it is quick (~1 min of the ~30-50), and a refused one then
+        # costs that minute, not the whole run (each phase draws from its own seed, so the
+        # order changes no weights).
+        t = time.perf_counter()
+        depth_model, processor, depth_summary = train_depth(views, cfg.depth, seeds["depth"], work,
+                                                            fingerprint(data_key, asdict(cfg.depth), seeds["depth"]))
+        depth_summary.update(evaluate_depth(depth_model, processor, views.subset(slice(0, None, max(1, len(views) // 64)))))
+        phases["depth"] = time.perf_counter() - t
+        log.info("depth: median relative error after scale/shift alignment on training views: %.3f (object-free), "
+                 "%.3f (with the object)", depth_summary["depth_rel_error_background"], depth_summary["depth_rel_error_object"])
+        check_learnt(depth_summary, max_depth_rel_error)  # before anything else is trained or written
+
+        t = time.perf_counter()
         vae_key = fingerprint(data_key, asdict(cfg.vae), seeds["vae"])
         vae, vae_summary = train_vae(views, cfg.vae, seeds["vae"], work, vae_key)
         phases["vae"] = time.perf_counter() - t
@@ -241,14 +287,6 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
                                   fingerprint(samples_key, asdict(cfg.unet), seeds["unet"]), pattern, views)
         phases["unet"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        depth_model, processor, depth_summary = train_depth(views, cfg.depth, seeds["depth"], work,
-                                                            fingerprint(data_key, asdict(cfg.depth), seeds["depth"]))
-        depth_summary.update(evaluate_depth(depth_model, processor, views.subset(slice(0, None, max(1, len(views) // 64)))))
-        phases["depth"] = time.perf_counter() - t
-        log.info("depth: median relative error after scale/shift alignment on training views: %.3f (object-free), "
-                 "%.3f (with the object)", depth_summary["depth_rel_error_background"], depth_summary["depth_rel_error_object"])
-        check_learnt(depth_summary, max_depth_rel_error)  # before anything is written to out_dir
 
     histories = {"vae": vae_summary.pop("history"), "unet": unet_summary.pop("history"), "depth": depth_summary.pop("history")}
     info = {
