@@ -80,3 +80,31 @@ def test_seed_upstream_links_only_finished_model_free_stages(tmp_path):
     assert not (workdir / "results" / "demo" / "base").exists()
     assert (workdir / "results" / "heldout-forward" / "pretrain" / "summary.json").is_file()
     assert not (workdir / "results" / "heldout-forward" / "render_pretrain").exists()
+
+
+def _one_rule_workdir(workdir: Path) -> Path:
+    """A workflow of one rule, run the way run_workflow runs a configuration."""
+    (workdir / "config").mkdir(parents=True)
+    (workdir / "config" / "measure.yaml").write_text("{}\n")
+    (workdir / "Snakefile").write_text('rule all:\n    output:\n        "out.txt",\n    shell:\n        "echo done > {output}"\n')
+    return workdir / "out.txt"
+
+
+def test_a_killed_runs_lock_is_named_with_its_cure(tmp_path, capsys):
+    """A measurement killed mid-run leaves Snakemake's lock; the rerun must say how to lift
+    it (one line naming the folder), and once lifted the same call finishes the run."""
+    output = _one_rule_workdir(tmp_path)
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text("out.txt\n")  # what a killed run leaves (paths as the workflow names them)
+    try:
+        measure_models.run_workflow(tmp_path, cores=1)
+    except SystemExit as failure:
+        message = str(failure)
+    else:
+        raise AssertionError("a locked workdir ran")
+    assert "snakemake --unlock" in message, message
+    assert str(tmp_path) in message and "\n" not in message
+    (locks / "0.output.lock").unlink()
+    measure_models.run_workflow(tmp_path, cores=1)
+    assert output.read_text() == "done\n"

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from PIL import Image
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
@@ -61,3 +63,21 @@ def test_share_from_links_the_same_before_and_random_run(tmp_path):
     assert not (out / "procedural-seed3" / "results" / "demo" / "eval").exists()
     random_metrics = out / "tiny-seed3" / "results" / "demo" / "eval" / "metrics.json"
     assert random_metrics.stat().st_ino == (source / "tiny-seed3" / "results" / "demo" / "eval" / "metrics.json").stat().st_ino
+
+
+def test_seed_sheet_names_the_lpips_backbones(tmp_path, monkeypatch):
+    """The sheet crops the evaluate stage's comparisons, banners included; the note that
+    LPIPS ran on random backbones must come back over the LPIPS captions it keeps."""
+    note = "LPIPS/FID on random backbones: not comparable with published numbers"
+    for name in ("procedural-seed0", "tiny-seed0"):
+        _finished_run(tmp_path, name, after=15.0, before=15.5)
+        metrics = tmp_path / name / "results" / "demo" / "eval" / "metrics.json"
+        metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "metrics_note": note}))
+        height = measure_seeds.COMPARISON_TOP + 6 * measure_seeds.COMPARISON_ROW
+        Image.new("RGB", (3 * measure_seeds.TILE_WIDTH, height), "grey").save(metrics.with_name("comparison.png"))
+    banners = []
+    real_banner = measure_seeds.with_banner
+    monkeypatch.setattr(measure_seeds, "with_banner", lambda image, text, *a: banners.append(text) or real_banner(image, text, *a))
+    measure_seeds.seed_sheet(tmp_path, "procedural", [0], tmp_path / "sheet.jpg")
+    assert (tmp_path / "sheet.jpg").is_file()
+    assert sum(note in text for text in banners) == 1, banners

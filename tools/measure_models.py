@@ -150,8 +150,19 @@ def run_workflow(workdir: Path, cores: int) -> float:
                 print(f"  [{workdir.name} {time.perf_counter() - t0:6.0f} s] {line.rstrip()}", flush=True)
         code = proc.wait()
     if code != 0:
-        raise SystemExit(f"{workdir}: snakemake failed (exit {code}); see {workdir / 'snakemake.log'}")
+        raise SystemExit(workflow_failure(workdir, code, (workdir / "snakemake.log").read_text()))
     return time.perf_counter() - t0
+
+
+def workflow_failure(workdir: Path, code: int, log_text: str) -> str:
+    """The one-line error for a failed run. A run that was killed leaves Snakemake's lock
+    behind, and the next run stops on it: say how to lift it rather than only "failed"."""
+    if "LockException" in log_text:
+        return (
+            f"{workdir}: locked by a Snakemake run that is still running or was killed; if none is running there, "
+            f"lift it with (cd {workdir} && snakemake --unlock --cores 1 --configfile config/measure.yaml) and rerun"
+        )
+    return f"{workdir}: snakemake failed (exit {code}); see {workdir / 'snakemake.log'}"
 
 
 # --------------------------------------------------------------------------- measuring

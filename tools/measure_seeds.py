@@ -77,10 +77,15 @@ def share_finished(source: Path, out: Path, model: str, seed: int) -> None:
         shutil.copytree(run_dir(source, "tiny", seed), rnd, copy_function=os.link, symlinks=True)
 
 
+def read_result(out: Path, m: str, seed: int, rel: str) -> dict:
+    """A finished run's JSON file ``rel`` under its scene's results."""
+    return json.loads((run_dir(out, m, seed) / "results" / SCENE / rel).read_text())
+
+
 def seed_figures(out: Path, model: str, seed: int) -> dict:
     """One seed's figures in the shape :func:`measure_models.bars` reads."""
     def read(m: str, rel: str) -> dict:
-        return json.loads((run_dir(out, m, seed) / "results" / SCENE / rel).read_text())
+        return read_result(out, m, seed, rel)
 
     trained, rnd = read(model, "eval/metrics.json"), read("tiny", "eval/metrics.json")
     box = {"trained": trained, "before": trained["before"], "random": rnd}
@@ -121,6 +126,18 @@ COMPARISON_TOP, TILE_WIDTH = 44, 240
 COMPARISON_ROW = round(TILE_WIDTH * DEMO_SIZE["height"] / DEMO_SIZE["width"]) + 14
 
 
+def metrics_notes(out: Path, model: str, seeds: list[int]) -> list[str]:
+    """The evaluate stage's notes on its LPIPS/FID networks (random backbones offline) in the
+    runs a seed sheet shows, each once."""
+    notes = []
+    for seed in seeds:
+        for m in (model, "tiny"):
+            note = read_result(out, m, seed, "eval/metrics.json").get("metrics_note")
+            if note and note not in notes:
+                notes.append(note)
+    return notes
+
+
 def seed_sheet(out: Path, model: str, seeds: list[int], png: Path) -> None:
     """Per seed, the first test view of the evaluate stage's comparison: ground truth,
     before, after with the trained set, and after with random weights (4th column)."""
@@ -136,6 +153,9 @@ def seed_sheet(out: Path, model: str, seeds: list[int], png: Path) -> None:
     sheet = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), "white")
     for i, row in enumerate(rows):
         sheet.paste(row, (0, sum(r.height for r in rows[:i])))
+    # the crop drops the comparisons' own banners: the LPIPS captions need their backbones' note again
+    for note in metrics_notes(out, model, seeds):
+        sheet = with_banner(sheet, f"LPIPS in the captions: {note}", (90, 90, 90))
     sheet = with_banner(sheet, "4th column: final NeRF with RANDOM weights (tiny), not a result", BANNER_COLOURS["random"])
     png.parent.mkdir(parents=True, exist_ok=True)
     with_weights_banner(sheet, "procedural", model).convert("RGB").save(png, quality=88)
