@@ -90,7 +90,7 @@ def _one_rule_workdir(workdir: Path) -> Path:
     return workdir / "out.txt"
 
 
-def test_a_killed_runs_lock_is_named_with_its_cure(tmp_path, capsys):
+def test_a_killed_runs_lock_is_named_with_its_cure(tmp_path):
     """A measurement killed mid-run leaves Snakemake's lock; the rerun must say how to lift
     it (one line naming the folder), and once lifted the same call finishes the run."""
     output = _one_rule_workdir(tmp_path)

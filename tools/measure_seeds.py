@@ -84,12 +84,9 @@ def read_result(out: Path, m: str, seed: int, rel: str) -> dict:
 
 def seed_figures(out: Path, model: str, seed: int) -> dict:
     """One seed's figures in the shape :func:`measure_models.bars` reads."""
-    def read(m: str, rel: str) -> dict:
-        return read_result(out, m, seed, rel)
-
-    trained, rnd = read(model, "eval/metrics.json"), read("tiny", "eval/metrics.json")
+    trained, rnd = read_result(out, model, seed, "eval/metrics.json"), read_result(out, "tiny", seed, "eval/metrics.json")
     box = {"trained": trained, "before": trained["before"], "random": rnd}
-    return {"consistency": read(model, "inpaint/summary.json")["consistency"],
+    return {"consistency": read_result(out, model, seed, "inpaint/summary.json")["consistency"],
             "box": {k: {"psnr": m["psnr"], "ssim": m["ssim"]} for k, m in box.items()}}
 
 
