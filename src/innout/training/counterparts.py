@@ -115,9 +115,15 @@ def attention_loss(probabilities: list[torch.Tensor], counterparts: Counterparts
     have one; and the fraction of those tokens whose strongest base token is a counterpart
     (its target weight > 0.1: within ~1.3 sigma)."""
     losses, hits, counted = [], 0.0, 0.0
+    # the layers of one UNet level share its token grid, so their targets (B x L x L Gaussians)
+    # are made once per grid: the 7 layers have 3 grids
+    targets_of: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for probs in probabilities:
         attention = probs.mean(dim=1)
-        wanted, valid = counterparts.batch(targets, bases, attention.shape[-1])
+        tokens = attention.shape[-1]
+        if tokens not in targets_of:
+            targets_of[tokens] = counterparts.batch(targets, bases, tokens)
+        wanted, valid = targets_of[tokens]
         valid = valid.float()
         cross_entropy = -(wanted * torch.log(attention + 1e-8)).sum(-1)
         losses.append((cross_entropy * valid).sum() / valid.sum().clamp(min=1.0))
