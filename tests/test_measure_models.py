@@ -108,3 +108,15 @@ def test_a_killed_runs_lock_is_named_with_its_cure(tmp_path):
     (locks / "0.output.lock").unlink()
     measure_models.run_workflow(tmp_path, cores=1)
     assert output.read_text() == "done\n"
+
+
+def test_targets_build_only_themselves(tmp_path):
+    """run_workflow's targets reach Snakemake as targets (put after --configfile they would be
+    read as config files) and only they are built."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "measure.yaml").write_text("{}\n")
+    rules = "".join(f'rule {n}:\n    output:\n        "{n}.txt",\n    shell:\n        "echo {n} > {{output}}"\n\n\n' for n in "ab")
+    (tmp_path / "Snakefile").write_text('rule all:\n    input:\n        "a.txt",\n        "b.txt",\n\n\n' + rules)
+    measure_models.run_workflow(tmp_path, cores=1, targets=["b.txt"])
+    assert (tmp_path / "b.txt").read_text() == "b\n"
+    assert not (tmp_path / "a.txt").exists()

@@ -136,11 +136,13 @@ def seed_upstream(source: Path, workdir: Path, scenes: list[str]) -> None:
                 shutil.copytree(src, dst, copy_function=os.link)
 
 
-def run_workflow(workdir: Path, cores: int) -> float:
-    """``snakemake`` in ``workdir``; its output goes to ``snakemake.log`` there, its
-    progress lines to stdout. Returns the wall seconds."""
+def run_workflow(workdir: Path, cores: int, targets: list[str] | tuple = ()) -> float:
+    """``snakemake`` in ``workdir`` (every target, or ``targets``); its output goes to
+    ``snakemake.log`` there, its progress lines to stdout. Returns the wall seconds."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    command = [str(Path(sys.executable).with_name("snakemake")), "--cores", str(cores), "--configfile", "config/measure.yaml"]
+    # targets before --configfile, which takes every value after it
+    command = [str(Path(sys.executable).with_name("snakemake")), "--cores", str(cores), *targets,
+               "--configfile", "config/measure.yaml"]
     t0 = time.perf_counter()
     with open(workdir / "snakemake.log", "w") as log:
         proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
