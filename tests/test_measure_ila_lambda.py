@@ -61,3 +61,15 @@ def test_unfinished_cells_are_tabled_as_missing(tmp_path, capsys):
     assert code == 1
     assert "| 0.1 | n/a | n/a | n/a | n/a |" in out
     assert "PARTIAL: not measured yet: heldout-forward at 0.1" in out
+
+
+def test_an_unfinished_source_is_refused_in_one_line_before_any_copy(tmp_path):
+    out = tmp_path / "out"
+    try:
+        measure_ila_lambda.ensure_inpainted(out, tmp_path / "procedural-seed1", ["demo"], 0.1, cores=1)
+    except SystemExit as refusal:
+        message = str(refusal)
+    else:
+        raise AssertionError("an unfinished source was copied")
+    assert str(tmp_path / "procedural-seed1") in message and "demo" in message and "\n" not in message
+    assert not out.exists()

@@ -102,12 +102,14 @@ def copy_upstream(source: Path, workdir: Path) -> None:
 
 def ensure_inpainted(out: Path, source: Path, scenes: list[str], lam: float, cores: int) -> float | None:
     """Inpaint ``scenes`` of ``source`` at ``lam`` unless done; returns the wall seconds run."""
+    unfinished = [s for s in scenes if inpaint_summary(source, s) is None]
+    if unfinished:
+        raise SystemExit(f"{source}: the inpaint stage of {', '.join(unfinished)} is not finished "
+                         "(run tools/measure_models.py and tools/measure_seeds.py first)")
     workdir = run_for(out, source, scenes[0], lam)
     todo = [s for s in scenes if inpaint_summary(workdir, s) is None]
     if not todo:
         return None
-    if workdir == source:
-        raise SystemExit(f"{source}: the inpaint stage of {', '.join(todo)} is not finished (run its tool first)")
     if not workdir.exists():
         tmp = workdir.with_name(workdir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
