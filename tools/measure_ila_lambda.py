@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tools"))
 
+from inspect_models import psnr_in  # noqa: E402
 from measure_models import run_workflow, true_background  # noqa: E402
 
 LAMBDAS = (0.2, 0.1, 0.0)
@@ -121,23 +122,19 @@ def ensure_inpainted(out: Path, source: Path, scenes: list[str], lam: float, cor
     return run_workflow(workdir, cores, [f"results/{s}/inpaint/summary.json" for s in todo])
 
 
-def fill_psnr(run: Path, scene: str) -> dict[str, float]:
+def fill_psnr(run: Path, scene: str, base_view: str) -> dict[str, float]:
     """Mean PSNR inside the mask of every ``VIEW_STRIDE``-th target view's fill, per variant
     of ``FILLS``, against the generator's object-free render."""
     inpaint = run / "results" / scene / "inpaint"
-    base = inpaint_summary(run, scene)["base_view"]
-    names = [p.stem for p in sorted((inpaint / "images").glob("*.png")) if p.stem != base][::VIEW_STRIDE]
+    names = [p.stem for p in sorted((inpaint / "images").glob("*.png")) if p.stem != base_view][::VIEW_STRIDE]
     truth = true_background(run, scene, names)
-    psnr = {}
-    for variant, folder in FILLS.items():
-        values = []
-        for name in names:
-            fill = np.asarray(Image.open(inpaint / folder / f"{name}.png").convert("RGB"), np.float64)
-            mask = np.asarray(Image.open(run / "results" / scene / "scene" / "masks" / f"{name}.png").convert("L")) > 127
-            error = ((fill - truth[name]["rgb"].astype(np.float64)) ** 2)[mask].mean()
-            values.append(10 * np.log10(255.0 ** 2 / error))
-        psnr[variant] = float(np.mean(values))
-    return psnr
+    values: dict[str, list[float]] = {variant: [] for variant in FILLS}
+    for name in names:
+        mask = np.asarray(Image.open(run / "results" / scene / "scene" / "masks" / f"{name}.png").convert("L")) > 127
+        for variant, folder in FILLS.items():
+            fill = np.asarray(Image.open(inpaint / folder / f"{name}.png").convert("RGB"))
+            values[variant].append(psnr_in(mask, fill, truth[name]["rgb"]))
+    return {variant: float(np.mean(v)) for variant, v in values.items()}
 
 
 def figures(run: Path, scene: str) -> dict | None:
@@ -145,7 +142,7 @@ def figures(run: Path, scene: str) -> dict | None:
     if summary is None:
         return None
     c = summary["consistency"]
-    return {"ratio": {v: c[v] / c["independent"] for v in FILLS}, "psnr": fill_psnr(run, scene)}
+    return {"ratio": {v: c[v] / c["independent"] for v in FILLS}, "psnr": fill_psnr(run, scene, summary["base_view"])}
 
 
 def tables(cells: dict[float, dict[str, dict | None]]) -> str:
