@@ -52,7 +52,8 @@ def test_tiny_check_runs_every_stage_and_reports_seconds_and_memory(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
     stages = report["stages"]
-    assert list(stages) == ["generate", "scene", "models", "pretrain", "pretrain-torch", "base", "inpaint-shard-0", "refine"]
+    assert list(stages) == ["generate", "scene", "models", "pretrain", "pretrain-torch", "base", "inpaint-shard-0", "refine",
+                            "train-models"]
     for name in ("generate", "scene", "models", "pretrain-torch", "base", "inpaint-shard-0", "refine"):
         assert stages[name]["seconds"] > 0 and stages[name]["peak_gpu_gib"] is None, (name, stages[name])
     assert "not importable" in stages["pretrain"]["tcnn"]
@@ -63,6 +64,12 @@ def test_tiny_check_runs_every_stage_and_reports_seconds_and_memory(tmp_path):
     assert set(shard["variants_seconds"]) == {"independent", "ela", "ila", "ela_ila"}
     assert shard["projected_stage_gpu_seconds"] >= stages["inpaint-shard-0"]["seconds"]
     assert stages["refine"]["steps"] == 3 and stages["refine"]["steps_per_second"] > 0
+    train = stages["train-models"]
+    assert train["device"] == "cpu" and train["steps"]["unet"] == 3 and min(train["steps"].values()) >= 2
+    assert set(train["steps_per_second"]) == {"vae", "unet", "depth"} and min(train["steps_per_second"].values()) > 0
+    # the recipe's 4800 UNet steps at the measured rate are in the projection
+    assert train["projected_recipe_seconds"] > 4800 / train["steps_per_second"]["unet"]
+    assert not (tmp_path / "check" / "procedural").exists()  # its weights are not kept
     assert report["environment"]["device"] == "cpu" and report["size"]["width"] == 64
-    for name in ("pretrain-torch", "base", "inpaint-shard-0", "refine"):
+    for name in ("pretrain-torch", "base", "inpaint-shard-0", "refine", "train-models"):
         assert f"] {name}: " in result.stdout  # printed as each stage ends

@@ -20,7 +20,11 @@ The library's stage functions run directly (no Snakemake: the GPU machine has no
    steps, fp16, batches of 4 targets, all four variants), with the projection to all
    60 views (shards x shard seconds: every shard recomputes the base trajectory);
 7. ``refine``: ``--refine-steps`` steps at the paper's settings (256 px patches, LPIPS on
-   the patch, discriminator on 64 px tiles) on the views shard 0 inpainted.
+   the patch, discriminator on 64 px tiles) on the views shard 0 inpainted;
+8. ``train-models``: ``innout train-models --device`` the check's device with the shipped
+   recipe's models and data, ``--train-steps`` UNet steps (the VAE and depth model a
+   fraction of theirs): each model's steps/s, and the seconds the recipe's full steps would
+   take there (what a larger budget on that GPU costs). The weights it writes are not kept.
 
 Numbers are printed as each stage ends (a killed run keeps what it printed) and written
 to ``<out>/gpu-check.json``. Outputs are made with RANDOM weights: they measure speed and
@@ -51,7 +55,8 @@ from innout.config import load_method_config  # noqa: E402
 SIZES = {
     # the check the README reports: SPIn-NeRF's working size and view counts, paper settings
     "spinnerf": dict(width=1008, height=567, n_train=60, n_test=40, preset="paper", model="sd2-random",
-                     pretrain_steps=1000, prior_steps=200, shards=5, refine_steps=200, workers=16, overrides=[]),
+                     pretrain_steps=1000, prior_steps=200, shards=5, refine_steps=200, workers=16, overrides=[],
+                     train_steps=400, train_overrides=[]),
     # the same code path at a size a CPU runs in a minute (tests/test_gpu_check.py)
     "tiny": dict(width=64, height=48, n_train=9, n_test=4, preset="smoke", model="tiny",
                  pretrain_steps=150, prior_steps=4, shards=2, refine_steps=3, workers=2,
@@ -59,7 +64,11 @@ SIZES = {
                             "pretrain.rays_per_batch=256", "base.rays_per_batch=256", "base.prior_rays_per_batch=64",
                             "pretrain.eval_rays_per_chunk=4096", "refine.patch_size=16", "refine.disc_tile=8",
                             "refine.disc_channels=4", "refine.disc_max_channels=8", "refine.rays_per_batch=128",
-                            "refine.prior_rays_per_batch=64"]),
+                            "refine.prior_rays_per_batch=64"],
+                 train_steps=3, train_overrides=["data.scenes=2", "data.views_per_scene=3", "data.width=64", "data.height=48",
+                                                 "data.supersample=1", "data.first_seed=50000", "vae.crop=32",
+                                                 "vae.loop.batch=2", "unet.loop.batch=4", "unet.encode_batch=4",
+                                                 "depth.input_size=56", "depth.loop.batch=2"]),
 }
 
 
@@ -142,7 +151,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, required=True, help="working folder (emptied first)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds the whole check should fit in")
-    for key in ("pretrain_steps", "prior_steps", "shards", "refine_steps"):
+    for key in ("pretrain_steps", "prior_steps", "shards", "refine_steps", "train_steps"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None)
     args = parser.parse_args(argv)
     # the stages' own progress lines (every few seconds) on stderr; library deprecation noise off
@@ -151,7 +160,7 @@ def main(argv=None) -> dict:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     size = dict(SIZES[args.size])
-    for key in ("pretrain_steps", "prior_steps", "shards", "refine_steps"):
+    for key in ("pretrain_steps", "prior_steps", "shards", "refine_steps", "train_steps"):
         if getattr(args, key) is not None:
             size[key] = getattr(args, key)
     if args.out.exists():
@@ -227,7 +236,13 @@ def run(check: Check, args, size: dict) -> None:
                depth_seconds=round(shard["depth_seconds"], 2), dtype=shard["dtype"], latent=shard["latent_size"],
                projected_stage_gpu_seconds=round(shard_seconds * size["shards"], 1))
 
-    # ---- refine: a few steps on the views shard 0 inpainted ----------------------------------------
+    refine_stage(check, args, size, transforms, cfg, shard_dir)
+    train_stage(check, args, size)
+
+
+def refine_stage(check: Check, args, size: dict, transforms: Path, cfg, shard_dir: Path) -> None:
+    """A few refine steps on the views shard 0 inpainted."""
+    out = args.out
     if size["refine_steps"] <= 0:
         return
     if check.over_budget():
@@ -242,6 +257,33 @@ def run(check: Check, args, size: dict) -> None:
     check.note("refine", steps=refine["iterations"], train_seconds=refine["seconds"],
                steps_per_second=round(refine["iterations"] / max(refine["seconds"], 1e-9), 2),
                patch_size=refine["patch_size"], patch_views=len(refine["patch_views"]))
+
+
+def train_stage(check: Check, args, size: dict) -> None:
+    """``train-models`` on the check's device: the shipped recipe's sizes, short loops."""
+    from innout.training import TrainConfig, apply_overrides, train_models
+
+    if size["train_steps"] <= 0:
+        return
+    if check.over_budget():
+        check.note("train-models", skipped=f"past 70 % of the {args.budget:.0f} s budget")
+        return
+    recipe = TrainConfig()
+    full = {name: getattr(recipe, name).loop.steps for name in ("vae", "unet", "depth")}
+    steps = {"unet": size["train_steps"]}
+    for name in ("vae", "depth"):  # the same share of each model's recipe as the UNet's
+        steps[name] = max(2, round(full[name] * size["train_steps"] / full["unet"]))
+    cfg = apply_overrides(TrainConfig(seed=0, threads=os.cpu_count() or 1, device=args.device),
+                          [f"data.workers={size['workers']}", *size["train_overrides"],
+                           *(f"{name}.loop.steps={n}" for name, n in steps.items())])
+    manifest = check.stage("train-models", train_models, args.out / "procedural", cfg, args.out / "work" / "train-models",
+                           max_depth_rel_error=None)  # a few steps cannot learn: no refusal
+    results, phases = manifest["results"], manifest["phase_seconds"]
+    rates = {name: round(results[name]["steps"] / max(results[name]["seconds"], 1e-9), 2) for name in ("vae", "unet", "depth")}
+    projected = sum(full[name] / rates[name] for name in rates) + phases["data"] + phases["samples"]
+    check.note("train-models", device=manifest["device"], steps=steps, steps_per_second=rates,
+               phase_seconds=phases, projected_recipe_seconds=round(projected, 1))
+    shutil.rmtree(args.out / "procedural", ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,12 @@ def _train_models(args: argparse.Namespace, rest: list[str]) -> int:
     import logging
     import shlex
 
+    from innout.errors import StageError
     from innout.stage import setup_logging
     from innout.training import LOG_NAME, TrainConfig, apply_overrides, train_models
 
     try:
-        cfg = apply_overrides(TrainConfig(seed=args.seed, threads=args.threads), args.set)
+        cfg = apply_overrides(TrainConfig(seed=args.seed, threads=args.threads, device=args.device), args.set)
     except ValueError as err:
         print(f"innout train-models: error: {err}", file=sys.stderr)
         return 2
@@ -62,7 +63,7 @@ def _train_models(args: argparse.Namespace, rest: list[str]) -> int:
     command = "innout " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         manifest = train_models(Path(args.out), cfg, work, command=command, log_file=log_file)
-    except ValueError as err:
+    except (ValueError, StageError) as err:
         print(f"innout train-models: error: {err}", file=sys.stderr)
         return 2
     log.info("wrote %s (%d files)", args.out, len(manifest["files"]))
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--work-dir", default=".work/train-models", help="caches, checkpoints and the log (a killed run resumes)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=2, help="torch threads (the shipped weights: 2)")
+    train.add_argument("--device", default="cpu",
+                       help="cpu (the shipped weights), cuda, cuda:N or auto; on a GPU give it a larger budget "
+                            "with --set, e.g. unet.loop.steps=48000")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a training setting, e.g. unet.loop.steps=200 (see innout.training.TrainConfig)")
     train.set_defaults(func=_train_models)

@@ -28,6 +28,11 @@ UNet's 4800 steps with the ILA lesson are most of it (an ILA or hidden-pattern s
 base view with gradient: two backward passes). Rendered views and latent samples are cached
 in ``work_dir`` and every model checkpoints there, so a killed run resumes (same seed, same
 weights).
+
+``TrainConfig.device`` (``innout train-models --device``) trains on a GPU, for a larger
+budget. Every random draw stays on the CPU (the loops' ``torch.Generator``), so a GPU run
+draws the batches a CPU run draws; what it computes differs in the last bits, so its caches
+and checkpoints are keyed apart from the CPU's.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from innout.training.data import (
 from innout.training.depth import MAX_TRAINED_REL_ERROR, DepthConfig, check_learnt, evaluate_depth, train_depth
 from innout.training.hidden_pattern import PATTERN_FORMAT, build_pattern_samples, check_pattern_mean
 from innout.training.inpainter import UnetConfig, assemble_pipeline, build_samples, build_text_encoder, build_unet, train_unet
+from innout.devices import resolve_device
 from innout.stage import atomic_dir
 from innout.training.loop import plot_loss_curves
 from innout.packaged import write_manifest
@@ -74,10 +80,19 @@ LOG_NAME = "train.log"
 class TrainConfig:
     seed: int = 0
     threads: int = 2
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (innout.devices.resolve_device); the shipped set: cpu
     data: DataConfig = field(default_factory=DataConfig)
     vae: VaeConfig = field(default_factory=VaeConfig)
     unet: UnetConfig = field(default_factory=UnetConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu``, or ``cuda:0 (NVIDIA H200)``: what the manifest and the log say trained."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def sub_seed(seed: int, name: str) -> int:
@@ -128,9 +143,12 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 
 @contextlib.contextmanager
-def _torch_settings(threads: int):
+def _torch_settings(threads: int, device: torch.device):
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
+    if device.type == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace, set before its first call
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
@@ -236,13 +254,17 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         work.mkdir(parents=True, exist_ok=True)
     scenes = training_scenes(cfg.data)  # refuses reserved seeds before any work
     check_pattern_mean(cfg.unet.pattern_mean)  # else a typo would fail after the VAE's minutes
+    device = resolve_device(cfg.device)  # a GPU asked for and missing: one line, before any work
+    # what was computed on another device differs in its last bits: caches and checkpoints
+    # are keyed by it (nothing added on the CPU, so the CPU's keep their names)
+    on = () if device.type == "cpu" else (device.type,)
     seeds = {name: sub_seed(cfg.seed, name) for name in ("vae", "text", "unet", "samples", "pattern", "depth")}
     start = time.perf_counter()
     phases = {}
-    with _torch_settings(cfg.threads):
-        log.info("train-models: %d scenes (%s seeds %d-%d), %d views each; seed %d, %d threads", len(scenes),
+    with _torch_settings(cfg.threads, device):
+        log.info("train-models: %d scenes (%s seeds %d-%d), %d views each; seed %d, %d threads, on %s", len(scenes),
                  "/".join(sorted({v for v, _ in scenes})), scenes[0][1], scenes[-1][1], cfg.data.views_per_scene,
-                 cfg.seed, torch.get_num_threads())
+                 cfg.seed, torch.get_num_threads(), device_name(device))
         t = time.perf_counter()
         views = _cached_views(cfg.data, work)
         phases["data"] = time.perf_counter() - t
@@ -253,7 +275,8 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         # order changes no weights).
         t = time.perf_counter()
         depth_model, processor, depth_summary = train_depth(views, cfg.depth, seeds["depth"], work,
-                                                            fingerprint(data_key, asdict(cfg.depth), seeds["depth"]))
+                                                            fingerprint(data_key, asdict(cfg.depth), seeds["depth"], *on),
+                                                            device)
         depth_summary.update(evaluate_depth(depth_model, processor, views.subset(slice(0, None, max(1, len(views) // 64)))))
         phases["depth"] = time.perf_counter() - t
         log.info("depth: median relative error after scale/shift alignment on training views: %.3f (object-free), "
@@ -261,14 +284,14 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         check_learnt(depth_summary, max_depth_rel_error)  # before anything else is trained or written
 
         t = time.perf_counter()
-        vae_key = fingerprint(data_key, asdict(cfg.vae), seeds["vae"])
-        vae, vae_summary = train_vae(views, cfg.vae, seeds["vae"], work, vae_key)
+        vae_key = fingerprint(data_key, asdict(cfg.vae), seeds["vae"], *on)
+        vae, vae_summary = train_vae(views, cfg.vae, seeds["vae"], work, vae_key, device)
         phases["vae"] = time.perf_counter() - t
 
         t = time.perf_counter()
         text_encoder, tokenizer = build_text_encoder(seeds["text"])
         unet = build_unet(cfg.unet, text_encoder.config.hidden_size, seeds["unet"])
-        pipe = assemble_pipeline(unet, vae, text_encoder, tokenizer, cfg.unet.timestep_spacing)
+        pipe = assemble_pipeline(unet, vae, text_encoder, tokenizer, cfg.unet.timestep_spacing).to(device)
         samples_key = fingerprint(vae_key, state_digest(vae), seeds["samples"],
                                   *(getattr(cfg.unet, k) for k in ("masks_per_view", "extra_hole_fraction", "encode_batch")))
         samples = _cached_samples(pipe, views, cfg.unet, seeds["samples"], samples_key, work)
@@ -282,7 +305,7 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         phases["samples"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        prompt_embeds = pipe.encode_prompt("", torch.device("cpu"), 1, False)[0].detach()
+        prompt_embeds = pipe.encode_prompt("", device, 1, False)[0].detach()
         unet_summary = train_unet(pipe, samples, prompt_embeds, cfg.unet, seeds["unet"], work,
                                   fingerprint(samples_key, asdict(cfg.unet), seeds["unet"]), pattern, views)
         phases["unet"] = time.perf_counter() - t
@@ -295,6 +318,7 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         "command": command,
         "seed": cfg.seed,
         "threads": cfg.threads,
+        "device": device_name(device),
         "config": asdict(cfg),
         "training_scenes": {"count": len(scenes), "seeds": [scenes[0][1], scenes[-1][1]],
                             "variants": sorted({v for v, _ in scenes}), "views": len(views)},
@@ -316,8 +340,8 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
     with atomic_dir(out_dir) as tmp:
-        pipe.to(dtype=torch.float16).save_pretrained(tmp / "inpainter", safe_serialization=True)
-        depth_model.save_pretrained(tmp / "depth", safe_serialization=True)
+        pipe.to(device="cpu", dtype=torch.float16).save_pretrained(tmp / "inpainter", safe_serialization=True)
+        depth_model.to("cpu").save_pretrained(tmp / "depth", safe_serialization=True)
         processor.save_pretrained(tmp / "depth")
         plot_loss_curves(histories, tmp / "loss_curves.png")
         manifest = write_manifest(tmp, info)

@@ -122,7 +122,7 @@ def attention_loss(probabilities: list[torch.Tensor], counterparts: Counterparts
         attention = probs.mean(dim=1)
         tokens = attention.shape[-1]
         if tokens not in targets_of:
-            targets_of[tokens] = counterparts.batch(targets, bases, tokens)
+            targets_of[tokens] = tuple(x.to(attention.device) for x in counterparts.batch(targets, bases, tokens))
         wanted, valid = targets_of[tokens]
         valid = valid.float()
         cross_entropy = -(wanted * torch.log(attention + 1e-8)).sum(-1)

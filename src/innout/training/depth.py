@@ -157,14 +157,16 @@ def predict(model, processor, images_u8: np.ndarray) -> torch.Tensor:
     """The model's output for ``(B, H, W, 3) uint8`` views, resized to ``(B, H, W)``
     (bilinear; with gradients when enabled)."""
     inputs = processor(images=list(images_u8), return_tensors="pt")
-    pred = model(pixel_values=inputs["pixel_values"]).predicted_depth
+    pred = model(pixel_values=inputs["pixel_values"].to(model.device)).predicted_depth
     h, w = images_u8.shape[1:3]
     return F.interpolate(pred[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
 
 
-def train_depth(views: Views, cfg: DepthConfig, seed: int, work_dir=None, fingerprint: str = "") -> tuple:
-    """Train the depth model; returns ``(model, processor, summary)``."""
+def train_depth(views: Views, cfg: DepthConfig, seed: int, work_dir=None, fingerprint: str = "",
+                device: str | torch.device = "cpu") -> tuple:
+    """Train the depth model on ``device``; returns ``(model, processor, summary)``."""
     model, processor = build_depth(cfg, seed)
+    model.to(device)  # built on the CPU: the same initial weights on every device
     images = np.concatenate([views.rgb, views.background])
     disparity = torch.from_numpy(1.0 / np.concatenate([views.depth, views.background_depth]).clip(1e-3, None))
 
@@ -174,7 +176,7 @@ def train_depth(views: Views, cfg: DepthConfig, seed: int, work_dir=None, finger
         batch = images[index.numpy()]
         batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
         truth = disparity[index]
-        truth = torch.where(torch.from_numpy(flip)[:, None, None], truth.flip(-1), truth)
+        truth = torch.where(torch.from_numpy(flip)[:, None, None], truth.flip(-1), truth).to(model.device)
         parts = ssi_losses(predict(model, processor, np.ascontiguousarray(batch)), truth)
         loss = parts["ssi"] + cfg.gradient_weight * parts["grad"]
         return loss, {k: v.detach() for k, v in parts.items()}
@@ -223,7 +225,7 @@ def evaluate_depth(model, processor, views: Views) -> dict:
     for key, images, depth in (("background", views.background, views.background_depth), ("object", views.rgb, views.depth)):
         errors = []
         for start in range(0, len(images), 16):
-            pred = predict(model, processor, images[start:start + 16]).numpy()
+            pred = predict(model, processor, images[start:start + 16]).cpu().numpy()
             errors += [aligned_depth_error(p, d) for p, d in zip(pred, depth[start:start + 16])]
         out[f"depth_rel_error_{key}"] = float(np.median(errors))
     return out

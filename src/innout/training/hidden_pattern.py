@@ -201,7 +201,7 @@ def build_pattern_samples(pipe, views: Views, amplitude: float, references_per_s
             progress("pattern scenes", done, len(scenes))
     if not count:
         raise ValueError("hidden-pattern samples: no reference view's hole holds enough background")
-    return {**{key: torch.cat(value) for key, value in parts.items()}, "group": torch.tensor(group),
+    return {**{key: torch.cat(value).cpu() for key, value in parts.items()}, "group": torch.tensor(group),
             "base": torch.tensor(base), "covered": torch.from_numpy(np.concatenate(covered)).float(),
             "view": torch.tensor(view)}
 

@@ -248,10 +248,10 @@ def build_samples(pipe, views: Views, cfg: UnetConfig, seed: int, progress=None)
         masked.append(lat_masked)
         if progress:
             progress("masked inputs", start + len(chunk), len(samples))
-    return {
-        "target": torch.stack([target_of[(i, "rgb" if kind == OBJECT_CONTEXT else "background")] for i, kind, _ in samples]),
-        "mask": torch.cat(masks),
-        "masked": torch.cat(masked),
+    return {  # on the CPU whatever the pipeline's device: they are cached as a file
+        "target": torch.stack([target_of[(i, "rgb" if kind == OBJECT_CONTEXT else "background")] for i, kind, _ in samples]).cpu(),
+        "mask": torch.cat(masks).cpu(),
+        "masked": torch.cat(masked).cpu(),
         "view": torch.tensor([i for i, _, _ in samples]),
         "kind": torch.tensor([kind for _, kind, _ in samples]),
         "scene": torch.from_numpy(views.scene[[i for i, _, _ in samples]].astype(np.int64)),
@@ -286,12 +286,12 @@ def noisy_inputs(data: dict, index: torch.Tensor, t: torch.Tensor, alphas_cumpro
     sampler's first step does, their target the epsilon from which the scheduler's
     x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) is the true clean latent (see the module doc)."""
     x0 = data["target"][index]
-    noise = torch.randn(x0.shape, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)  # drawn on the CPU on every device
     hole = data["mask"][index]
     if hole_noise_offset > 0:
-        offset = torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen)
+        offset = torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen).to(x0.device)
         noise = noise + float(hole_noise_offset) * offset * hole
-    ab = alphas_cumprod[t].view(-1, 1, 1, 1)
+    ab = alphas_cumprod[t.to(alphas_cumprod.device)].view(-1, 1, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
     if pure_first:
         k = int(pure_first)
@@ -340,11 +340,11 @@ def eps_with_base(unet, controller, base_in: torch.Tensor, t_base: torch.Tensor,
     ``attention``: a list that receives every layer's attention probabilities to the base."""
     with torch.set_grad_enabled(bool(base_gradient)):
         controller.record()
-        unet(base_in, t_base, encoder_hidden_states=prompt)
+        unet(base_in, t_base.to(base_in.device), encoder_hidden_states=prompt)
     controller.share(lam)
     controller.base_attention = attention
     try:
-        eps = unet(x_in, t, encoder_hidden_states=prompt).sample
+        eps = unet(x_in, t.to(x_in.device), encoder_hidden_states=prompt).sample
     finally:
         controller.base_attention = None
     controller.clear()
@@ -352,18 +352,30 @@ def eps_with_base(unet, controller, base_in: torch.Tensor, t_base: torch.Tensor,
     return eps
 
 
+def _latents_to(samples: dict | None, device: torch.device) -> dict | None:
+    """``samples`` with its latents (``target``, ``mask``, ``masked``) on ``device``; the
+    indices, which index CPU draws, stay where they are."""
+    if samples is None:
+        return None
+    return {key: value.to(device) if key in ("target", "mask", "masked") else value for key, value in samples.items()}
+
+
 def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, seed: int, work_dir=None,
                fingerprint: str = "", pattern: dict | None = None, views: Views | None = None) -> dict:
     """Train ``pipe.unet`` on latent samples (:func:`build_samples`), and on hidden-pattern
     pairs (``pattern``: :func:`innout.training.hidden_pattern.build_pattern_samples`) in
     ``cfg.pattern_fraction`` of the steps; returns the summary. ``views`` (those the samples
-    were built from) give the counterparts ``cfg.ila_attention_weight`` needs."""
+    were built from) give the counterparts ``cfg.ila_attention_weight`` needs. Trains on
+    ``pipe.unet``'s device: the samples' latents move there, while every random draw stays
+    on the CPU (the loop's generator), so a GPU run draws the batches a CPU run draws."""
     from innout.ila import ILAController, ila_installed
     from innout.training.counterparts import Counterparts, attention_loss
     from innout.training.hidden_pattern import PatternPairs
 
     unet = pipe.unet
-    alphas_cumprod = pipe.scheduler.alphas_cumprod.to(torch.float32)
+    device = unet.device
+    alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    data, pattern = _latents_to(data, device), _latents_to(pattern, device)
     n_train = int(pipe.scheduler.config.num_train_timesteps)
     pairs = PairSampler(data, cfg.ila_self_fraction) if cfg.ila_fraction > 0 else None
     if cfg.pattern_fraction > 0 and pattern is None:
@@ -430,10 +442,10 @@ def train_unet(pipe, data: dict, prompt_embeds: torch.Tensor, cfg: UnetConfig, s
         else:
             index = torch.randint(0, len(data["target"]), (batch,), generator=gen)
             x_in, noise, hole = noisy(index, t, gen, n_start)
-            eps = unet(x_in, t, encoder_hidden_states=embeds).sample
+            eps = unet(x_in, t.to(device), encoder_hidden_states=embeds).sample
         pixel_weight = 1 + (float(cfg.hole_weight) - 1) * hole
         per_sample = ((eps - noise).pow(2) * pixel_weight).mean(dim=(1, 2, 3)) / pixel_weight.mean(dim=(1, 2, 3))
-        loss = (weights * per_sample).mean()
+        loss = (weights.to(device) * per_sample).mean()
         parts = {"mse": per_sample.mean().detach()}
         parts["mse_pattern" if use_pattern else "mse_ila" if use_ila else "mse_plain"] = per_sample.mean().detach()
         if attention:  # an ILA or pattern step: targets and bases index that kind's samples

@@ -142,15 +142,18 @@ class CropSampler:
         return x * (~holes)
 
 
-def train_vae(views: Views, cfg: VaeConfig, seed: int, work_dir=None, fingerprint: str = "") -> tuple:
-    """Train the VAE; returns ``(vae, summary)`` with ``scaling_factor`` set in its config."""
-    vae = build_vae(cfg, seed)
+def train_vae(views: Views, cfg: VaeConfig, seed: int, work_dir=None, fingerprint: str = "",
+              device: str | torch.device = "cpu") -> tuple:
+    """Train the VAE on ``device``; returns ``(vae, summary)`` with ``scaling_factor`` set in
+    its config. Batches and noise are drawn on the CPU (the loop's generator) on every
+    device, so a GPU run sees the batches a CPU run sees."""
+    vae = build_vae(cfg, seed).to(device)
     sampler = CropSampler(views, cfg.crop, cfg.masked_fraction, seed + 1)
 
     def step(_: int, gen: torch.Generator):
-        x = sampler.sample(cfg.loop.batch, gen)
+        x = sampler.sample(cfg.loop.batch, gen).to(device)
         posterior = vae.encode(x).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=gen)
+        noise = torch.randn(posterior.mean.shape, generator=gen).to(device)
         z = posterior.mean + posterior.std * noise  # a posterior sample drawn from the loop's generator
         recon = vae.decode(z).sample
         parts = reconstruction_losses(recon, x)
@@ -197,7 +200,7 @@ def standardise_latents(vae, views: Views, n: int = 128) -> tuple[list, list]:
 def _posterior_means(vae, views: Views, n: int) -> torch.Tensor:
     idx = np.linspace(0, len(views) - 1, min(n, len(views))).round().astype(int)
     images = np.concatenate([views.rgb[idx[::2]], views.background[idx[1::2]]])
-    return torch.cat([vae.encode(to_signed(torch.from_numpy(images[i:i + 16]))).latent_dist.mode()
+    return torch.cat([vae.encode(to_signed(torch.from_numpy(images[i:i + 16])).to(vae.device)).latent_dist.mode()
                       for i in range(0, len(images), 16)])
 
 
@@ -212,7 +215,7 @@ def measure_scaling_factor(vae, views: Views, n: int = 128) -> float:
 def evaluate_vae(vae, views: Views, n: int = 32) -> dict:
     """Reconstruction PSNR (dB, posterior mode) of up to ``n`` full-size views."""
     idx = np.linspace(0, len(views) - 1, min(n, len(views))).round().astype(int)
-    x = to_signed(torch.from_numpy(views.background[idx]))
+    x = to_signed(torch.from_numpy(views.background[idx])).to(vae.device)
     recon = torch.cat([vae.decode(vae.encode(x[i:i + 8]).latent_dist.mode()).sample for i in range(0, len(x), 8)])
     mse = ((recon.clamp(-1, 1) - x) / 2).pow(2).mean(dim=(1, 2, 3))
     return {"psnr_full_size": float((-10 * torch.log10(mse)).mean())}

@@ -1,0 +1,141 @@
+"""A GPU that is not there, for checking device placement on a CPU-only machine.
+
+Code that runs on a GPU must keep every tensor of an operation on one device: a batch drawn
+on the CPU and fed to a model on the GPU stops a CUDA run at once, but passes on a CPU,
+where every test runs. :func:`virtual_gpu` makes ``cuda`` a label: inside it, a tensor moved
+to ``cuda`` (``.to``, ``device=`` of a factory, ``Module.to``) stays in CPU memory but is
+marked, reports ``device`` ``cuda:0``, and an operation that mixes marked and unmarked
+tensors raises :class:`DeviceMismatch` the way CUDA would. The data are real, so
+``float()``, ``.item()`` and ``.tolist()`` work as on a GPU; ``.numpy()`` of a marked
+tensor raises, as on a GPU.
+
+What CUDA allows and this allows too: a 0-dimensional CPU tensor beside GPU tensors (a
+scalar), a GPU tensor indexed with CPU indices, copies between devices. Gradients are not
+marked: run forward passes only (loss construction included), not optimiser steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+
+CUDA = torch.device("cuda", 0)
+MARK = "_virtual_gpu"
+
+
+class DeviceMismatch(RuntimeError):
+    pass
+
+
+def on_gpu(t) -> bool:
+    return isinstance(t, torch.Tensor) and getattr(t, MARK, False)
+
+
+def _mark(tree):
+    for leaf in pytree.tree_leaves(tree):
+        if isinstance(leaf, torch.Tensor):
+            setattr(leaf, MARK, True)
+    return tree
+
+
+def _is_cuda(device) -> bool:
+    if device is None:
+        return False
+    if isinstance(device, int):  # .to(0) / device=0
+        return True
+    return torch.device(device).type == "cuda"
+
+
+def _target_device(func, args, kwargs):
+    """(device asked for, args, kwargs with it replaced by the CPU) of a ``.to`` / factory call."""
+    if "device" in kwargs:
+        device = kwargs["device"]
+        return device, args, {**kwargs, "device": "cpu" if _is_cuda(device) else device}
+    if func is torch.Tensor.to:
+        for i, a in enumerate(args[1:], 1):
+            if isinstance(a, (str, torch.device, int)) and not isinstance(a, bool):
+                replaced = list(args)
+                replaced[i] = "cpu" if _is_cuda(a) else a
+                return a, tuple(replaced), kwargs
+            if isinstance(a, torch.Tensor):  # .to(other): other's device and dtype
+                return (CUDA if on_gpu(a) else "cpu"), args[:i] + (a.dtype,) + args[i + 1:], kwargs
+    return None, args, kwargs
+
+
+def _with_mark(out, inputs, gpu: bool):
+    """``out`` marked ``gpu``; a copy when it is one of ``inputs`` with the other mark (a
+    ``.to()`` that had nothing to do returns its input, which must keep its own device)."""
+    if not isinstance(out, torch.Tensor):
+        return out
+    if on_gpu(out) != gpu and any(out is t for t in inputs):
+        out = out.clone()
+    setattr(out, MARK, gpu)
+    return out
+
+
+INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.index_select, torch.index_select}
+COPIES = {torch.Tensor.copy_}
+
+
+class _VirtualGpu(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func == torch.Tensor.device.__get__:  # (a new method-wrapper at each access: ==, not is)
+            return CUDA if on_gpu(args[0]) else func(*args)
+        if func == torch.Tensor.is_cuda.__get__:
+            return on_gpu(args[0])
+        if func is torch.Tensor.numpy and on_gpu(args[0]):
+            raise DeviceMismatch("can't convert a cuda tensor to numpy: .cpu() it first")
+        if func is torch.Tensor.cpu:
+            return _with_mark(func(*args, **kwargs), args, False)
+        if func is torch.Tensor.cuda:
+            return _with_mark(args[0], args, True)
+        device, args, kwargs = _target_device(func, args, kwargs)
+        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        marked = [t for t in tensors if on_gpu(t)]
+        if device is not None:
+            return _with_mark(func(*args, **kwargs), tensors, _is_cuda(device))
+        if marked and func not in COPIES:
+            first = args[0] if args else None
+            if func in INDEXING and on_gpu(first):
+                pass  # a GPU tensor indexed with CPU indices: allowed
+            else:
+                loose = [t for t in tensors if not on_gpu(t) and t.dim() > 0]
+                if loose:
+                    raise DeviceMismatch(
+                        f"{getattr(func, '__name__', func)}: expected all tensors on one device, found cuda:0 and cpu "
+                        f"(a cpu tensor of shape {tuple(loose[0].shape)})")
+        out = func(*args, **kwargs)
+        return _mark(out) if marked and func not in COPIES else out
+
+
+def _module_to(original):
+    def to(self, *args, **kwargs):
+        device = kwargs.get("device", next((a for a in args if isinstance(a, (str, torch.device, int))
+                                            and not isinstance(a, bool)), None))
+        if device is None:
+            return original(self, *args, **kwargs)
+        args = tuple("cpu" if a is device else a for a in args)
+        kwargs = {**kwargs, **({"device": "cpu"} if "device" in kwargs else {})}
+        for t in (*self.parameters(), *self.buffers()):
+            setattr(t, MARK, False)  # the move itself is a no-op on the CPU: relabel after it
+        result = original(self, *args, **kwargs)
+        for t in (*self.parameters(), *self.buffers()):
+            setattr(t, MARK, _is_cuda(device))
+        return result
+    return to
+
+
+@contextlib.contextmanager
+def virtual_gpu():
+    """Inside: ``cuda`` is a label on CPU tensors (module doc)."""
+    original = torch.nn.Module.to
+    torch.nn.Module.to = _module_to(original)
+    try:
+        with _VirtualGpu():
+            yield
+    finally:
+        torch.nn.Module.to = original
