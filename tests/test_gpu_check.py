@@ -73,3 +73,33 @@ def test_tiny_check_runs_every_stage_and_reports_seconds_and_memory(tmp_path):
     assert report["environment"]["device"] == "cpu" and report["size"]["width"] == 64
     for name in ("pretrain-torch", "base", "inpaint-shard-0", "refine", "train-models"):
         assert f"] {name}: " in result.stdout  # printed as each stage ends
+
+
+def test_gpu_train_runs_train_models_and_brings_the_weights_back(tmp_path):
+    """tools/gpu-train.sh on a CPU (``--device cpu``) at a tiny size: the set, its manifest and
+    its log arrive in $OUT; with the depth check on, 2 steps are refused in one line, nothing
+    arrives."""
+    tiny = ["data.scenes=2", "data.views_per_scene=3", "data.width=64", "data.height=48", "data.supersample=1",
+            "data.first_seed=50000", "data.workers=1", "vae.crop=32", "vae.loop.batch=2", "unet.loop.batch=4",
+            "unet.encode_batch=4", "depth.input_size=56", "depth.loop.batch=2", "vae.loop.steps=2",
+            "unet.loop.steps=2", "depth.loop.steps=2"]
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_SITE=str(tmp_path / "site"), OMP_NUM_THREADS="1",
+               GPU_CHECK_WHEELS=str(tmp_path / "no-wheels"), OUT=str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+
+    def train(*extra: str) -> subprocess.CompletedProcess:
+        sets = [arg for item in tiny for arg in ("--set", item)]
+        return subprocess.run(["bash", str(REPO / "tools" / "gpu-train.sh"), "--device", "cpu", "--out",
+                               str(tmp_path / "set"), "--work-dir", str(tmp_path / "work"), "--seed", "5", *sets, *extra],
+                              env=env, capture_output=True, text=True, timeout=1200)
+
+    refused = train()
+    assert refused.returncode == 2 and "the depth model did not learn" in refused.stderr, refused.stderr[-2000:]
+    assert refused.stderr.strip().splitlines()[-1].startswith("innout train-models: error:")
+    assert not (tmp_path / "out" / "set").exists()
+    result = train("--max-depth-error", "none")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "set" / "manifest.json").read_text())
+    assert manifest["device"] == "cpu" and manifest["seed"] == 5 and manifest["results"]["unet"]["steps"] == 2
+    assert "--max-depth-error none" in manifest["command"]
+    assert (tmp_path / "out" / "set" / "train.log").is_file() and (tmp_path / "out" / "set" / "inpainter" / "unet").is_dir()

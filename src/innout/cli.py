@@ -50,6 +50,7 @@ def _train_models(args: argparse.Namespace, rest: list[str]) -> int:
 
     try:
         cfg = apply_overrides(TrainConfig(seed=args.seed, threads=args.threads, device=args.device), args.set)
+        depth_check = _depth_check(args.max_depth_error)
     except ValueError as err:
         print(f"innout train-models: error: {err}", file=sys.stderr)
         return 2
@@ -62,12 +63,25 @@ def _train_models(args: argparse.Namespace, rest: list[str]) -> int:
     logging.getLogger().addHandler(handler)
     command = "innout " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
-        manifest = train_models(Path(args.out), cfg, work, command=command, log_file=log_file)
+        manifest = train_models(Path(args.out), cfg, work, command=command, log_file=log_file, **depth_check)
     except (ValueError, StageError) as err:
         print(f"innout train-models: error: {err}", file=sys.stderr)
         return 2
     log.info("wrote %s (%d files)", args.out, len(manifest["files"]))
     return 0
+
+
+def _depth_check(text: str) -> dict:
+    """``train_models``' keywords for ``--max-depth-error``: ``default`` keeps its threshold, ``none``
+    turns the check off, a number replaces the threshold."""
+    if text == "default":
+        return {}
+    if text.lower() == "none":
+        return {"max_depth_rel_error": None}
+    try:
+        return {"max_depth_rel_error": float(text)}
+    except ValueError:
+        raise ValueError(f"--max-depth-error must be a number or none, got {text!r}") from None
 
 
 def _suggest_views(args: argparse.Namespace, rest: list[str]) -> int:
@@ -112,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--work-dir", default=".work/train-models", help="caches, checkpoints and the log (a killed run resumes)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=2, help="torch threads (the shipped weights: 2)")
+    train.add_argument("--max-depth-error", default="default", metavar="E",
+                       help="refuse a depth model whose median relative error on its training views is above E "
+                            "(default: the library's threshold; none: keep any, for runs of a few steps that time things)")
     train.add_argument("--device", default="cpu",
                        help="cpu (the shipped weights), cuda, cuda:N or auto; on a GPU give it a larger budget "
                             "with --set, e.g. unet.loop.steps=48000")

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Train the `procedural` model set on a GPU machine that has python3 with torch and
+# transformers but no network (the project's H200 box): the packages it lacks come from the
+# wheels in .whl/ (tools/gpu-check-wheels.sh, as for tools/gpu-check.sh), then
+# `innout train-models --device cuda` runs with the arguments given, and the weights folder
+# (manifest, train.log and loss curves inside) is copied into $OUT when OUT is set.
+#
+#   bash tools/gpu-train.sh --seed 1 --set unet.loop.steps=48000     # on the GPU machine
+#   bash tools/gpu-train.sh --device cpu --set ...                   # the same path on a CPU
+#
+# Arguments: those of `innout train-models` (--out, --work-dir and --device have defaults
+# here: /tmp/innout-gpu-train/procedural, /tmp/innout-gpu-train/work, cuda).
+# Environment: PYTHON (default python3), GPU_CHECK_WHEELS (default .whl), GPU_CHECK_SITE
+# (where wheels are unpacked, default /tmp/innout-gpu-check-site), OUT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+SITE=${GPU_CHECK_SITE:-/tmp/innout-gpu-check-site}
+export GPU_CHECK_WHEELS=${GPU_CHECK_WHEELS:-.whl}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+# shellcheck source=tools/gpu-wheels.sh
+source tools/gpu-wheels.sh
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # a checkout without an install
+
+args=("$@")
+case " $* " in *" --out "*) ;; *) args+=(--out /tmp/innout-gpu-train/procedural) ;; esac
+case " $* " in *" --work-dir "*) ;; *) args+=(--work-dir /tmp/innout-gpu-train/work) ;; esac
+case " $* " in *" --device "*) ;; *) args+=(--device cuda) ;; esac
+for ((i = 0; i < ${#args[@]}; i++)); do [ "${args[$i]}" = "--out" ] && dir=${args[$((i + 1))]}; done
+status=0
+"$PY" -c "import sys; from innout.cli import main; sys.exit(main())" train-models "${args[@]}" || status=$?
+if [ -n "${OUT:-}" ] && [ -d "$dir" ]; then
+    cp -r "$dir" "$OUT/"
+fi
+exit $status
