@@ -13,13 +13,8 @@
 # result is copied into).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-SITE=${GPU_CHECK_SITE:-/tmp/innout-gpu-check-site}
-export GPU_CHECK_WHEELS=${GPU_CHECK_WHEELS:-.whl}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-
 # shellcheck source=tools/gpu-wheels.sh
-source tools/gpu-wheels.sh
+source tools/gpu-wheels.sh  # sets PY and installs the wheels this python lacks
 
 args=("$@")
 case " $* " in *" --out "*) ;; *) args+=(--out "${GPU_CHECK_DIR:-/tmp/innout-gpu-check}") ;; esac

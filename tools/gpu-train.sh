@@ -14,13 +14,8 @@
 # (where wheels are unpacked, default /tmp/innout-gpu-check-site), OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-SITE=${GPU_CHECK_SITE:-/tmp/innout-gpu-check-site}
-export GPU_CHECK_WHEELS=${GPU_CHECK_WHEELS:-.whl}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-
 # shellcheck source=tools/gpu-wheels.sh
-source tools/gpu-wheels.sh
+source tools/gpu-wheels.sh  # sets PY and installs the wheels this python lacks
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # a checkout without an install
 
 args=("$@")
