@@ -1,12 +1,15 @@
-"""``innout train-models --device cuda`` on a machine without a GPU: the one-line refusal,
-and, on a virtual GPU (:mod:`virtual_gpu`), that every trainer keeps its tensors on the
-device it trains on (a CPU run cannot show a batch left on the CPU)."""
+"""GPU paths on a machine without a GPU: ``innout train-models --device cuda``'s one-line
+refusal, and, on a virtual GPU (:mod:`virtual_gpu`), that every trainer and every stage of
+the GPU check keeps its tensors on the device it runs on (a CPU run cannot show a batch
+left on the CPU)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,38 +17,34 @@ import torch
 import innout.training as training
 from innout.training.loop import Loop
 from test_training import tiny_config
-from virtual_gpu import DeviceMismatch, on_gpu, virtual_gpu
+from virtual_gpu import DeviceMismatch, on_gpu, pretend_cuda, virtual_gpu
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _forward_only(kinds: list[str]):
-    """A :meth:`Loop.run` that runs the step function's forward passes and loss (no backward:
-    gradients are not placed by the virtual GPU) and checks the loss is on the GPU."""
+def _spying(kinds: list[str]):
+    """:meth:`Loop.run` as it is, with each step's loss checked to be on the GPU and the kind
+    of step (its loss parts) recorded."""
+    real = Loop.run
 
     def run(self, step_fn):
-        self.model.train()
-        while self.step < self.cfg.steps:
-            loss, parts = step_fn(self.step, self.generator)
+        def step(i, generator):
+            loss, parts = step_fn(i, generator)
             if not on_gpu(loss):
-                raise DeviceMismatch(f"{self.name}: the loss of step {self.step} was computed on the CPU")
+                raise DeviceMismatch(f"{self.name}: the loss of step {i} was computed on the CPU")
             kinds.append(f"{self.name}:" + ",".join(sorted(parts)))
-            self.history.append({"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}})
-            self.step += 1
-        self.model.eval()
-        return self.summary()
+            return loss, parts
+
+        return real(self, step)
 
     return run
 
 
 def test_every_trainer_keeps_its_tensors_on_the_training_device(tmp_path, monkeypatch):
     kinds: list[str] = []
-    monkeypatch.setattr(Loop, "run", _forward_only(kinds))
-    monkeypatch.setattr(training, "resolve_device", lambda name: torch.device("cuda", 0))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "virtual")
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # (train-models sets it for CUDA; restored after)
-    cfg = tiny_config(steps=12)
-    cfg = replace(cfg, device="cuda")
+    monkeypatch.setattr(Loop, "run", _spying(kinds))
+    pretend_cuda(monkeypatch)
+    cfg = replace(tiny_config(steps=12), device="cuda")
     with virtual_gpu():
         manifest = training.train_models(tmp_path / "out", cfg, tmp_path / "work", max_depth_rel_error=None)
     assert manifest["device"] == "cuda:0 (virtual)" and manifest["config"]["device"] == "cuda"
@@ -59,6 +58,25 @@ def test_every_trainer_keeps_its_tensors_on_the_training_device(tmp_path, monkey
     from diffusers import UNet2DConditionModel
 
     UNet2DConditionModel.from_pretrained(tmp_path / "out" / "inpainter" / "unet")
+
+
+def test_the_whole_gpu_check_runs_on_a_virtual_gpu(tmp_path, monkeypatch):
+    """Every stage's GPU path (nerfacto pretraining and rendering, the base view, ELA + ILA,
+    refine with LPIPS and the discriminator, train-models) keeps its tensors on one device:
+    tools/gpu_check.py at its tiny size with ``--device cuda``, in fp16 where a GPU would be."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    import gpu_check
+
+    pretend_cuda(monkeypatch)
+    with virtual_gpu(), warnings.catch_warnings():  # (the check silences library warnings globally)
+        report = gpu_check.main(["--size", "tiny", "--out", str(tmp_path / "check"), "--device", "cuda",
+                                 "--budget", "100000"])
+    stages = report["stages"]
+    assert all("error" not in record for record in stages.values()), stages
+    assert list(stages) == ["generate", "scene", "models", "pretrain", "pretrain-torch", "base", "inpaint-shard-0",
+                            "refine", "train-models"]
+    assert stages["inpaint-shard-0"]["dtype"] == "float16"  # the GPU's dtype: the GPU path ran
+    assert stages["train-models"]["device"] == "cuda:0 (virtual)"
 
 
 def test_the_virtual_gpu_catches_a_batch_left_on_the_cpu():
@@ -75,6 +93,16 @@ def test_the_virtual_gpu_catches_a_batch_left_on_the_cpu():
             out.detach().numpy()
         assert out.detach().cpu().numpy().shape == (2, 4, 6, 6)
         assert float(out.sum()) == float(out.detach().cpu().sum())  # real data: float() works as on a GPU
+        table = torch.arange(10.0)  # a CPU table, as a scheduler's
+        with pytest.raises(DeviceMismatch, match="indexing a cpu tensor"):
+            table[torch.tensor([1, 2]).to("cuda")]
+        assert not on_gpu(table[torch.tensor(3).to("cuda")])  # one integer: read as a number, as CUDA does
+        rows = torch.zeros(4, 2)
+        rows[:, 0] = torch.ones(4).to("cuda")  # a copy between devices
+        assert not on_gpu(rows) and float(rows.sum()) == 4.0
+        out.sum().backward()  # gradients read from GPU parameters are on the GPU: an optimiser runs
+        torch.optim.AdamW(model.parameters()).step()
+        assert on_gpu(model.weight.grad) and on_gpu(model.weight)
 
 
 def test_a_gpu_asked_for_where_there_is_none_is_one_line_and_writes_nothing(tmp_path):

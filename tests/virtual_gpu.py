@@ -10,13 +10,17 @@ tensors raises :class:`DeviceMismatch` the way CUDA would. The data are real, so
 tensor raises, as on a GPU.
 
 What CUDA allows and this allows too: a 0-dimensional CPU tensor beside GPU tensors (a
-scalar), a GPU tensor indexed with CPU indices, copies between devices. Gradients are not
-marked: run forward passes only (loss construction included), not optimiser steps.
+scalar), a GPU tensor indexed with CPU indices, a CPU tensor indexed with a one-integer GPU
+tensor (read as a number), copies between devices (``copy_``, ``t[:, 0] = other``). The
+gradients autograd makes are marked when read (``.grad`` of a marked tensor), so optimisers
+run. What it cannot see: kernels that exist on one device only (fp16 convolutions run on a
+CPU here), speed, memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -76,8 +80,24 @@ def _with_mark(out, inputs, gpu: bool):
     return out
 
 
-INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.index_select, torch.index_select}
+def _has_tensor(index) -> bool:
+    return any(isinstance(leaf, torch.Tensor) for leaf in pytree.tree_leaves(index))
+
+
 COPIES = {torch.Tensor.copy_}
+
+
+def _getitem(func, tensor: torch.Tensor, index):
+    """``tensor[index]``: a GPU tensor takes CPU or GPU indices; a CPU tensor takes CPU
+    indices, and a GPU index only when it holds one integer (read as a number, as diffusers'
+    schedulers index their CPU tables with a GPU timestep); the result is on the tensor's device."""
+    if not on_gpu(tensor):
+        wrong = [t for t in pytree.tree_leaves(index) if on_gpu(t) and t.dim() > 0]
+        if wrong:
+            raise DeviceMismatch(f"indexing a cpu tensor with cuda:0 indices of shape {tuple(wrong[0].shape)}")
+    out = func(tensor, index)
+    setattr(out, MARK, on_gpu(tensor))
+    return out
 
 
 class _VirtualGpu(TorchFunctionMode):
@@ -98,9 +118,13 @@ class _VirtualGpu(TorchFunctionMode):
         marked = [t for t in tensors if on_gpu(t)]
         if device is not None:
             return _with_mark(func(*args, **kwargs), tensors, _is_cuda(device))
+        if func is torch.Tensor.__setitem__ and not _has_tensor(args[1]):
+            return func(*args, **kwargs)  # t[slices] = value is a copy, allowed between devices
+        if func is torch.Tensor.__getitem__:
+            return _getitem(func, args[0], args[1])
         if marked and func not in COPIES:
             first = args[0] if args else None
-            if func in INDEXING and on_gpu(first):
+            if func is torch.Tensor.__setitem__ and on_gpu(first):
                 pass  # a GPU tensor indexed with CPU indices: allowed
             else:
                 loose = [t for t in tensors if not on_gpu(t) and t.dim() > 0]
@@ -112,6 +136,12 @@ class _VirtualGpu(TorchFunctionMode):
         return _mark(out) if marked and func not in COPIES else out
 
 
+def _state(module: torch.nn.Module) -> list[torch.Tensor]:
+    """What ``Module.to`` moves: parameters, their gradients, buffers."""
+    params = list(module.parameters())
+    return [*params, *(p.grad for p in params if p.grad is not None), *module.buffers()]
+
+
 def _module_to(original):
     def to(self, *args, **kwargs):
         device = kwargs.get("device", next((a for a in args if isinstance(a, (str, torch.device, int))
@@ -120,13 +150,33 @@ def _module_to(original):
             return original(self, *args, **kwargs)
         args = tuple("cpu" if a is device else a for a in args)
         kwargs = {**kwargs, **({"device": "cpu"} if "device" in kwargs else {})}
-        for t in (*self.parameters(), *self.buffers()):
+        for t in _state(self):
             setattr(t, MARK, False)  # the move itself is a no-op on the CPU: relabel after it
         result = original(self, *args, **kwargs)
-        for t in (*self.parameters(), *self.buffers()):
+        for t in _state(self):
             setattr(t, MARK, _is_cuda(device))
         return result
     return to
+
+
+def pretend_cuda(monkeypatch) -> None:
+    """Make the project's device resolution give ``cuda:0`` for ``cuda``/``cuda:N``/``auto``
+    (``innout.devices.resolve_device`` and every module that imported it by name), and
+    ``torch.cuda.get_device_name`` answer ``virtual``: with :func:`virtual_gpu`, code asked
+    to run on a GPU takes its GPU paths here."""
+    import innout.devices as devices
+
+    real = devices.resolve_device
+
+    def resolve(device="auto"):
+        name = str(device or "auto")
+        return torch.device("cuda", 0) if name == "auto" or name.startswith("cuda") else real(device)
+
+    for module in list(sys.modules.values()):
+        if module is not None and getattr(module, "resolve_device", None) is real:
+            monkeypatch.setattr(module, "resolve_device", resolve)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args, **kwargs: "virtual")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # (what a CUDA run sets; restored after)
 
 
 @contextlib.contextmanager
