@@ -62,8 +62,9 @@ def test_every_trainer_keeps_its_tensors_on_the_training_device(tmp_path, monkey
 
 def test_the_whole_gpu_check_runs_on_a_virtual_gpu(tmp_path, monkeypatch):
     """Every stage's GPU path (nerfacto pretraining and rendering, the base view, ELA + ILA,
-    refine with LPIPS and the discriminator, train-models) keeps its tensors on one device:
-    tools/gpu_check.py at its tiny size with ``--device cuda``, in fp16 where a GPU would be."""
+    refine with LPIPS and the discriminator, train-models, then render and evaluate) keeps its
+    tensors on one device: tools/gpu_check.py at its tiny size with ``--device cuda``, in fp16
+    where a GPU would be, and the two stages after it on its outputs."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
     import gpu_check
 
@@ -77,6 +78,26 @@ def test_the_whole_gpu_check_runs_on_a_virtual_gpu(tmp_path, monkeypatch):
                             "refine", "train-models"]
     assert stages["inpaint-shard-0"]["dtype"] == "float16"  # the GPU's dtype: the GPU path ran
     assert stages["train-models"]["device"] == "cuda:0 (virtual)"
+
+    # the stages after refine, which the check does not time: render (test boxes, train views,
+    # the camera-path video), the "before" renders, and evaluate (LPIPS and FID on the GPU)
+    from innout.config import load_method_config
+    from innout.evaluate import run_evaluate
+    from innout.render import run_render, run_render_pretrain
+
+    out, size = tmp_path / "check", gpu_check.SIZES["tiny"]
+    cfg = load_method_config(size["preset"], ["device=cuda", f"models.cache_dir={out / 'models'}", *size["overrides"]],
+                             size["model"])
+    scene = out / "scene" / "transforms.json"
+    with virtual_gpu(), warnings.catch_warnings():
+        run_render(scene, out / "refine" / "nerf" / "innout-nerfacto" / "config.yml", out / "render", cfg,
+                   upstream_summary=out / "refine" / "summary.json", base_summary=out / "base" / "summary.json",
+                   inpaint_images=out / "inpaint" / "images")
+        run_render_pretrain(scene, out / "pretrain" / "innout-nerfacto" / "config.yml", out / "render_pretrain", cfg)
+        metrics = run_evaluate(scene, out / "render" / "test", out / "render_pretrain" / "test", out / "metrics.json", cfg,
+                               upstream_summary=out / "render" / "summary.json")
+    assert metrics["n_views"] == 4 and metrics["lpips"] is not None and metrics["fid"] is not None
+    assert (out / "render" / "video.mp4").is_file()
 
 
 def test_the_virtual_gpu_catches_a_batch_left_on_the_cpu():
