@@ -279,8 +279,10 @@ def train_stage(check: Check, args, size: dict) -> None:
     manifest = check.stage("train-models", train_models, args.out / "procedural", cfg, args.out / "work" / "train-models",
                            max_depth_rel_error=None)  # a few steps cannot learn: no refusal
     results, phases = manifest["results"], manifest["phase_seconds"]
-    rates = {name: round(results[name]["steps"] / max(results[name]["seconds"], 1e-9), 2) for name in ("vae", "unet", "depth")}
-    projected = sum(full[name] / rates[name] for name in rates) + phases["data"] + phases["samples"]
+    per_step = {name: results[name]["seconds"] / max(results[name]["steps"], 1) for name in full}
+    # (the short loops' first steps, with the GPU's warm-up, weigh more than in a long run: an upper bound)
+    projected = sum(full[name] * per_step[name] for name in full) + phases["data"] + phases["samples"]
+    rates = {name: round(1 / max(per_step[name], 1e-9), 2) for name in full}
     check.note("train-models", device=manifest["device"], steps=steps, steps_per_second=rates,
                phase_seconds=phases, projected_recipe_seconds=round(projected, 1))
     shutil.rmtree(args.out / "procedural", ignore_errors=True)
