@@ -11,6 +11,9 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+import gpu_check  # noqa: E402
 
 
 def _wheel(folder: Path, dist: str, version: str, module: str) -> Path:
@@ -79,10 +82,9 @@ def test_gpu_train_runs_train_models_and_brings_the_weights_back(tmp_path):
     """tools/gpu-train.sh on a CPU (``--device cpu``) at a tiny size: the set, its manifest and
     its log arrive in $OUT; with the depth check on, 2 steps are refused in one line, nothing
     arrives."""
-    tiny = ["data.scenes=2", "data.views_per_scene=3", "data.width=64", "data.height=48", "data.supersample=1",
-            "data.first_seed=50000", "data.workers=1", "vae.crop=32", "vae.loop.batch=2", "unet.loop.batch=4",
-            "unet.encode_batch=4", "depth.input_size=56", "depth.loop.batch=2", "vae.loop.steps=2",
-            "unet.loop.steps=2", "depth.loop.steps=2"]
+    # the GPU check's tiny training settings (one source for both), 2 steps of each model
+    tiny = [*gpu_check.SIZES["tiny"]["train_overrides"], "data.workers=1",
+            *(f"{name}.loop.steps=2" for name in ("vae", "unet", "depth"))]
     env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_SITE=str(tmp_path / "site"), OMP_NUM_THREADS="1",
                GPU_CHECK_WHEELS=str(tmp_path / "no-wheels"), OUT=str(tmp_path / "out"))
     (tmp_path / "out").mkdir()
