@@ -111,3 +111,21 @@ def test_a_scene_with_every_mask_has_nothing_to_do(stage_run):
     with pytest.raises(InputError, match="nothing to do") as err:
         run_masks(transforms, transforms, root / "out_full", root / "work_full", _cfg())
     assert str(err.value).startswith(str(transforms)) and not (root / "out_full").exists()
+
+
+def test_the_stage_runs_on_a_virtual_gpu(stage_run, tmp_path, monkeypatch):
+    """Its GPU path (the whole-scene NeRF trained and rendered on ``cuda``, SAM there too)
+    keeps every tensor on one device: on a virtual GPU (tests/virtual_gpu.py), from a fresh
+    work folder (the module's NeRF would be reused)."""
+    from virtual_gpu import pretend_cuda, virtual_gpu
+
+    from innout.masks import run_masks
+
+    root, annotated, first = stage_run
+    transforms = root / "scene" / "transforms.json"
+    pretend_cuda(monkeypatch)
+    with virtual_gpu():
+        summary = run_masks(transforms, transforms, tmp_path / "out", tmp_path / "work",
+                            _cfg("device=cuda", "masks.sam=random"))
+    assert summary["iou_mean"] >= 0.75 and summary["empty_views"] == []
+    assert summary["sam"]["random_weights"] and len([v for v in summary["per_view"].values() if "sam" in v]) == 18

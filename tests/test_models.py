@@ -218,6 +218,37 @@ def test_sd2_random_builds_and_runs_a_step():
     assert out.shape == (64, 64, 3)
 
 
+@pytest.mark.parametrize("offload", ["off", "model"])
+def test_sd2_random_is_built_on_the_gpu_it_runs_on(monkeypatch, offload):
+    """The GPU check's inpainter (``sd2-random``) is built on the GPU (seeded under a fork of
+    CUDA's RNG), then cast to fp16: that path on a virtual GPU (tests/virtual_gpu.py), with
+    the SD2 configs shrunk to the tiny ones so that it takes seconds; and with
+    ``models.cpu_offload=model`` (accelerate's hooks move each model to the GPU while it runs:
+    they need the ``accelerate`` package, a dependency since it was found missing here).
+    ``sequential`` offload goes through the meta device, which the virtual GPU cannot follow."""
+    from virtual_gpu import on_gpu, pretend_cuda, virtual_gpu
+
+    from innout import model_presets
+    from innout.diffusion import inpaint_single
+
+    for part in ("UNET", "VAE", "TEXT"):
+        monkeypatch.setattr(model_presets, f"SD2_{part}", getattr(model_presets, f"TINY_{part}"))
+    pretend_cuda(monkeypatch)
+    image = np.full((64, 64, 3), 128, np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    with virtual_gpu():
+        pipe = load_inpainter("sd2-random", device="cuda", options={"cpu_offload": offload})
+        for part in ("unet", "vae", "text_encoder"):
+            weights = list(getattr(pipe, part).parameters())
+            assert all(w.dtype == torch.float16 for w in weights), part
+            # offloaded: each model waits on the CPU until its hook moves it for its call
+            assert all(on_gpu(w) for w in weights) if offload == "off" else not any(on_gpu(w) for w in weights), part
+        out = inpaint_single(pipe, image, mask, steps=2, resolution=64, scheduler="ddim")
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert pipe.innout_memory["cpu_offload"] == offload
+
+
 def _fake_download(item: dict) -> str:
     """Stands in for the network: a hub item becomes a snapshot-like folder, a URL a file."""
     from pathlib import Path

@@ -189,6 +189,30 @@ def test_reset_fields_gives_a_fresh_nerf(stage_inputs):  # noqa: F811
     assert paper.subset_by == "phash" and paper.reset_learning_rate == 1e-2
 
 
+def test_reset_fields_on_a_virtual_gpu_matches_the_cpu(stage_inputs, monkeypatch):  # noqa: F811
+    """On a GPU the reset forks CUDA's RNG too; the fresh NeRF is drawn on the CPU (nerfacto
+    builds its fields there) and loaded onto the GPU, so the same seed gives the CPU's reset.
+    On a virtual GPU (tests/virtual_gpu.py): the parameters on the GPU, equal to the CPU
+    reset, and a step of rays trains there."""
+    from virtual_gpu import on_gpu, pretend_cuda, virtual_gpu
+
+    from innout.finetune import NerfTuner
+
+    nerf = stage_inputs["base_dir"] / "nerf"
+    on_cpu = dict(NerfTuner(nerf, device="cpu", reset_seed=0).model.named_parameters())
+    pretend_cuda(monkeypatch)
+    with virtual_gpu():
+        tuner = NerfTuner(nerf, device="cuda", reset_seed=0)
+        params = dict(tuner.model.named_parameters())
+        assert all(on_gpu(p) for p in params.values())
+        assert all(torch.equal(params[n].cpu(), on_cpu[n]) for n in on_cpu)
+        origins = torch.zeros(64, 3).to("cuda")
+        directions = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1).to("cuda")
+        out = tuner.forward(origins, directions)
+        out["rgb"].mean().backward()
+        assert on_gpu(out["rgb"]) and tuner.start_step == 0
+
+
 def test_similarity_and_empty_groups():
     up = np.array([0.0, 1.0, 0.0])
     tgt = np.array([0.0, 0.0, -5.0])

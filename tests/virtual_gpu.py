@@ -13,8 +13,11 @@ What CUDA allows and this allows too: a 0-dimensional CPU tensor beside GPU tens
 scalar), a GPU tensor indexed with CPU indices, a CPU tensor indexed with a one-integer GPU
 tensor (read as a number), copies between devices (``copy_``, ``t[:, 0] = other``). The
 gradients autograd makes are marked when read (``.grad`` of a marked tensor), so optimisers
-run. What it cannot see: kernels that exist on one device only (fp16 convolutions run on a
-CPU here), speed, memory.
+run. :func:`pretend_cuda` gives CUDA's random-number state a placeholder, so that
+``torch.random.fork_rng(devices=[0])`` (models seeded on the GPU, ``refine.reset_fields``)
+runs; draws on the virtual GPU come from the CPU's generator. What it cannot see: kernels that
+exist on one device only (fp16 convolutions run on a CPU here), autocast (off without CUDA),
+what a GPU's random draws are, speed, memory.
 """
 
 from __future__ import annotations
@@ -161,9 +164,9 @@ def _module_to(original):
 
 def pretend_cuda(monkeypatch) -> None:
     """Make the project's device resolution give ``cuda:0`` for ``cuda``/``cuda:N``/``auto``
-    (``innout.devices.resolve_device`` and every module that imported it by name), and
-    ``torch.cuda.get_device_name`` answer ``virtual``: with :func:`virtual_gpu`, code asked
-    to run on a GPU takes its GPU paths here."""
+    (``innout.devices.resolve_device`` and every module that imported it by name),
+    ``torch.cuda.get_device_name`` answer ``virtual`` and CUDA's RNG state a placeholder (module
+    doc): with :func:`virtual_gpu`, code asked to run on a GPU takes its GPU paths here."""
     import innout.devices as devices
 
     real = devices.resolve_device
@@ -176,6 +179,11 @@ def pretend_cuda(monkeypatch) -> None:
         if module is not None and getattr(module, "resolve_device", None) is real:
             monkeypatch.setattr(module, "resolve_device", resolve)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args, **kwargs: "virtual")
+    # fork_rng(devices=[0]) saves and restores CUDA's generator state: a placeholder state that
+    # round-trips (the real calls need a driver; the virtual GPU draws from the CPU's generator)
+    held = {"state": torch.zeros(16, dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": held["state"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new_state, device="cuda": held.update(state=new_state.clone()))
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # (what a CUDA run sets; restored after)
 
 
