@@ -103,6 +103,19 @@ def test_sam_refinement_runs_and_says_its_weights_are_random(stage_run):
     assert len(records) == 18 and all("iou_with_propagated" in r for r in records)
 
 
+def test_sam_on_a_missing_gpu_is_the_stages_one_line():
+    """SAM resolves its device as every stage does: ``cuda`` without a GPU is one line."""
+    import torch
+
+    from innout.errors import StageError
+    from innout.sam_refine import load_sam
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(StageError, match="'cuda' requested, but torch"):
+        load_sam("random", device="cuda")
+
+
 def test_a_scene_with_every_mask_has_nothing_to_do(stage_run):
     from innout.masks import run_masks
 

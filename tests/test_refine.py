@@ -191,9 +191,10 @@ def test_reset_fields_gives_a_fresh_nerf(stage_inputs):  # noqa: F811
 
 def test_reset_fields_on_a_virtual_gpu_matches_the_cpu(stage_inputs, monkeypatch):  # noqa: F811
     """On a GPU the reset forks CUDA's RNG too; the fresh NeRF is drawn on the CPU (nerfacto
-    builds its fields there) and loaded onto the GPU, so the same seed gives the CPU's reset.
-    On a virtual GPU (tests/virtual_gpu.py): the parameters on the GPU, equal to the CPU
-    reset, and a step of rays trains there."""
+    builds its torch fields there) and loaded onto the GPU, so the same seed gives the CPU's
+    reset (with tiny-cuda-nn's fields, which initialise themselves, it would not). On a
+    virtual GPU (tests/virtual_gpu.py): the parameters on the GPU, equal to the CPU reset,
+    and a batch of rays forward and backward there."""
     from virtual_gpu import on_gpu, pretend_cuda, virtual_gpu
 
     from innout.finetune import NerfTuner

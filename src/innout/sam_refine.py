@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from innout.devices import resolve_device
 from innout.errors import InputError
 
 RANDOM_SAM = "random"
@@ -60,9 +61,9 @@ def build_random_sam(seed: int = 0):
 
 
 def load_sam(spec: str, device: str | torch.device = "cpu", cache_dir: str | None = None) -> SamRefiner:
-    """The model and processor named by ``spec`` (see the module docstring)."""
-    dev = torch.device("cuda" if str(device) == "auto" and torch.cuda.is_available() else
-                       ("cpu" if str(device) == "auto" else device))
+    """The model and processor named by ``spec`` (see the module docstring), on ``device``
+    as every stage resolves it (``auto``; ``cuda`` without a GPU: one line)."""
+    dev = resolve_device(device)
     if spec == RANDOM_SAM:
         model, processor = build_random_sam()
         random_weights = True
