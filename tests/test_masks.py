@@ -134,7 +134,7 @@ def test_the_stage_runs_on_a_virtual_gpu(stage_run, tmp_path, monkeypatch):
 
     from innout.masks import run_masks
 
-    root, annotated, first = stage_run
+    root, _, _ = stage_run
     transforms = root / "scene" / "transforms.json"
     pretend_cuda(monkeypatch)
     with virtual_gpu():
