@@ -228,6 +228,17 @@ def test_resume_after_an_interruption_gives_the_same_result(runs):
         assert (runs["a"] / name).read_bytes() == (runs["b"] / name).read_bytes(), name
 
 
+def test_a_prior_fit_checkpoint_resumes_only_on_the_kind_of_device_that_wrote_it(trained):  # noqa: F811
+    """The fit's fingerprint names a GPU (other kernels: a CPU's checkpoint is not continued
+    there, nor the reverse), not which one (a Slurm job's GPU is cuda:0 whichever it is)."""
+    from innout.base import _fit_fingerprint
+
+    nerf = trained["out_dir"] / "innout-nerfacto" / "config.yml"
+    fit = (base_cfg(), nerf, "view", np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), np.float32), b"{}", True)
+    on_cpu, on_gpu0, on_gpu1 = (_fit_fingerprint(*fit, torch.device(d)) for d in ("cpu", "cuda:0", "cuda:1"))
+    assert on_cpu != on_gpu0 and on_gpu0 == on_gpu1
+
+
 def test_winner_has_the_smallest_summed_hamming_distance(runs):
     out, summary = runs["a"], runs["straight"]
     votes = summary["votes"]

@@ -80,6 +80,16 @@ def tiny_cfg(*extra: str):
     return load_method_config("smoke", [*TINY, *extra])
 
 
+def _record_and_stop_at(stop: int, seen: list | None = None):
+    """An ``on_step`` that appends each finished step to ``seen`` and kills the run after ``stop``."""
+    def on_step(step: int) -> None:
+        if seen is not None:
+            seen.append(step)
+        if step == stop:
+            raise Interrupted(step)
+    return on_step
+
+
 def _logger(name: str) -> tuple[logging.Logger, ListHandler]:
     log = logging.getLogger(f"innout.test.{name}")
     log.setLevel(logging.INFO)
@@ -276,22 +286,15 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, scene, offline):
 
     cfg = tiny_cfg("pretrain.iterations=6", "pretrain.steps_per_checkpoint=2", "pretrain.rays_per_batch=128")
 
-    def stop_at(k, seen):
-        def cb(step):
-            seen.append(step)
-            if step == k:
-                raise Interrupted(step)
-        return cb
-
     log, _ = _logger("exact")
     steps_a, steps_b1, steps_b2 = [], [], []
     with pytest.raises(Interrupted):  # uninterrupted up to the checkpoint after 4 steps
-        run_pretrain(scene, tmp_path / "a_out", tmp_path / "a_work", cfg, log, on_step=stop_at(5, steps_a))
+        run_pretrain(scene, tmp_path / "a_out", tmp_path / "a_work", cfg, log, on_step=_record_and_stop_at(5, steps_a))
     with pytest.raises(Interrupted):  # killed after the first checkpoint (2 steps) ...
-        run_pretrain(scene, tmp_path / "b_out", tmp_path / "b_work", cfg, log, on_step=stop_at(1, steps_b1))
+        run_pretrain(scene, tmp_path / "b_out", tmp_path / "b_work", cfg, log, on_step=_record_and_stop_at(1, steps_b1))
     log_b2, rerun = _logger("exact-rerun")
     with pytest.raises(Interrupted):  # ... rerun: resumes at step 2
-        run_pretrain(scene, tmp_path / "b_out", tmp_path / "b_work", cfg, log_b2, on_step=stop_at(5, steps_b2))
+        run_pretrain(scene, tmp_path / "b_out", tmp_path / "b_work", cfg, log_b2, on_step=_record_and_stop_at(5, steps_b2))
     assert steps_a == list(range(6)) and steps_b1 == [0, 1]
     assert steps_b2 == [2, 3, 4, 5], steps_b2  # resumed from a step > 0: fewer steps than run a
     assert any(m.startswith("resuming from step 2 ") for m in rerun.messages), rerun.messages
@@ -310,34 +313,50 @@ def test_changed_setting_discards_the_checkpoint(tmp_path, scene, offline):
 
     base = ("pretrain.iterations=4", "pretrain.steps_per_checkpoint=2", "pretrain.rays_per_batch=128")
 
-    def record(seen, stop):
-        def cb(step):
-            seen.append(step)
-            if step == stop:
-                raise Interrupted(step)
-        return cb
-
     out, work = tmp_path / "out", tmp_path / "work"
     log, _ = _logger("discard")
     with pytest.raises(Interrupted):  # a checkpoint after 2 steps
-        run_pretrain(scene, out, work, tiny_cfg(*base), log, on_step=record([], 1))
+        run_pretrain(scene, out, work, tiny_cfg(*base), log, on_step=_record_and_stop_at(1))
     assert (work / "checkpoints" / "step-000000001.ckpt").is_file()
 
     same_model = tiny_cfg(*base, "pretrain.log_every_steps=1")  # not in the fingerprint
     kept, kept_log = [], _logger("kept")
     with pytest.raises(Interrupted):
-        run_pretrain(scene, out, work, same_model, kept_log[0], on_step=record(kept, 2))
+        run_pretrain(scene, out, work, same_model, kept_log[0], on_step=_record_and_stop_at(2, kept))
     assert kept == [2], kept
     assert any(m.startswith("resuming from step 2 ") for m in kept_log[1].messages)
 
     changed = tiny_cfg(*base[:2], "pretrain.rays_per_batch=256")  # another model
     seen, (changed_log, handler) = [], _logger("changed")
     with pytest.raises(Interrupted):
-        run_pretrain(scene, out, work, changed, changed_log, on_step=record(seen, 0))
+        run_pretrain(scene, out, work, changed, changed_log, on_step=_record_and_stop_at(0, seen))
     assert seen == [0], seen  # started over
     assert any("other settings or data: starting over" in m for m in handler.messages), handler.messages
     assert not any(m.startswith("resuming") for m in handler.messages)
     assert not (work / "checkpoints" / "step-000000001.ckpt").exists()
+
+
+def test_a_cpu_checkpoint_is_not_continued_on_a_gpu(tmp_path, scene, offline, monkeypatch):
+    """A run killed on a CPU and rerun on a GPU starts over there (a GPU trains in mixed
+    precision with other kernels, and its gradient scaler refuses the CPU's empty state); the
+    GPU run's checkpoint keeps that GPU's generator state. On a virtual GPU (tests/virtual_gpu.py)."""
+    from virtual_gpu import pretend_cuda, virtual_gpu
+
+    from innout.pretrain import run_pretrain
+
+    base = ("pretrain.iterations=4", "pretrain.steps_per_checkpoint=2", "pretrain.rays_per_batch=128")
+    out, work = tmp_path / "out", tmp_path / "work"
+
+    with pytest.raises(Interrupted):  # killed on the CPU after its checkpoint at 2 steps
+        run_pretrain(scene, out, work, tiny_cfg(*base), _logger("cpu-run")[0], on_step=_record_and_stop_at(1))
+    pretend_cuda(monkeypatch)
+    seen, (gpu_log, handler) = [], _logger("gpu-rerun")
+    with virtual_gpu(), pytest.raises(Interrupted):
+        run_pretrain(scene, out, work, tiny_cfg(*base, "device=cuda"), gpu_log, on_step=_record_and_stop_at(1, seen))
+    assert seen == [0, 1], seen  # started over
+    assert any("other settings or data: starting over" in m for m in handler.messages), handler.messages
+    state = torch.load(work / "checkpoints" / "step-000000001.ckpt", weights_only=False)
+    assert "cuda_device" in state["innout"]["rng"]
 
 
 def test_bad_input(tmp_path, scene):

@@ -466,13 +466,15 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
 
 
 def _fit_fingerprint(cfg: Any, nerf_config: Path, winner: str, inpainted: np.ndarray, prior_depth: np.ndarray,
-                     transforms_bytes: bytes, use_depth: bool) -> str:
-    """What a checkpoint of the prior fit must have been made from to be resumed."""
+                     transforms_bytes: bytes, use_depth: bool, device: torch.device) -> str:
+    """What a checkpoint of the prior fit must have been made from to be resumed; on a GPU, the
+    kind of device too (other kernels: a CPU's checkpoint is not continued there, nor the reverse)."""
 
     fit = {k: v for k, v in dict(cfg.base).items() if k not in _NOT_IN_FIT_FINGERPRINT}
     ckpt = latest_checkpoint(nerf_config.parent / "nerfstudio_models")
+    on_gpu = () if device.type == "cpu" else (device.type,)  # nothing added on a CPU: its work dirs keep their fingerprints
     return _digest(fit, int(cfg.seed), winner, inpainted.tobytes(), prior_depth.tobytes(), transforms_bytes,
-                   hashlib.sha256(ckpt.read_bytes()).hexdigest(), bool(use_depth))
+                   hashlib.sha256(ckpt.read_bytes()).hexdigest(), bool(use_depth), *on_gpu)
 
 
 # -------------------------------------------------------------------------- run
@@ -566,7 +568,8 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
 
     # ---- prior fit ----------------------------------------------------------------------
     use_depth = depth_check["used"]
-    fingerprint = _fit_fingerprint(cfg, nerf_config, winner, inpainted[winner], prior_depth, transforms.read_bytes(), use_depth)
+    fingerprint = _fit_fingerprint(cfg, nerf_config, winner, inpainted[winner], prior_depth, transforms.read_bytes(), use_depth,
+                                   tuner.device)
     curves = TrainingLog(work_dir / "tensorboard" if bool(cfg.base.tensorboard) else None)
     fit = fit_prior(tuner, views, base, inpainted[winner], prior_depth, cfg.base, work_dir / "fit", fingerprint, seed, log, on_step,
                     use_depth=use_depth, curves=curves)

@@ -29,6 +29,7 @@ import yaml
 
 from innout.errors import StageError
 from innout.renderer import SIDECAR, NerfRenderer, find_nerf_config, latest_checkpoint
+from innout.rng_state import capture_rng, restore_rng
 
 
 class NerfTuner:
@@ -174,7 +175,7 @@ class NerfTuner:
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
             "proposal_sampler": [self.model.proposal_sampler._steps_since_update, self.model.proposal_sampler._step],
-            "torch_rng": torch.get_rng_state(),
+            "rng": capture_rng(self.device),  # the GPU's too: nerfacto's stratified samples are drawn there
             "extra": extra or {},
         }
         torch.save(state, tmp)
@@ -196,7 +197,8 @@ class NerfTuner:
         for k, v in state["schedulers"].items():
             self.schedulers[k].load_state_dict(v)
         self.model.proposal_sampler._steps_since_update, self.model.proposal_sampler._step = state["proposal_sampler"]
-        torch.set_rng_state(state["torch_rng"])
+        # (checkpoints written before the GPU's state was kept hold torch's CPU state alone)
+        restore_rng(state["rng"] if "rng" in state else {"torch": state["torch_rng"]}, self.device)
         self.step = int(state["step"])
         self.model.update_to_step(self.start_step + self.step)
         return state["extra"]

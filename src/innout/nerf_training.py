@@ -6,14 +6,14 @@ of a scene's train views and writes a NeRF folder (:mod:`innout.pretrain` descri
 Training runs in ``work_dir`` (persistent across reruns, unlike Snakemake outputs): a
 checkpoint every ``pretrain.steps_per_checkpoint`` steps (model, optimisers, schedulers,
 RNG states, step). A rerun with the same settings resumes from the last one; a checkpoint
-made with other settings or data (another fingerprint) is discarded. Checkpoint steps
-follow nerfstudio: ``step-N`` holds the state after iteration N (0-based), so a run of
-``iterations`` steps ends with ``step-{iterations-1}`` and resumes at N + 1.
+made with other settings or data, or on the other kind of device (another fingerprint), is
+discarded. Checkpoint steps follow nerfstudio: ``step-N`` holds the state after iteration N
+(0-based), so a run of ``iterations`` steps ends with ``step-{iterations-1}`` and resumes at
+N + 1.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -34,6 +34,7 @@ from innout.devices import stage_device
 from innout.errors import InputError, StageError
 from innout.frames import Frame, nerfstudio_transforms, read_scene
 from innout.renderer import SIDECAR, NerfRenderer, SceneFrame, latest_checkpoint
+from innout.rng_state import capture_rng, restore_rng
 from innout.stage import atomic_dir
 from innout.training_log import TrainingLog
 
@@ -46,42 +47,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict:
-    """RNG states as plain lists/tensors (loadable with torch.load(weights_only=True))."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(RuntimeError):
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # settings that do not change the trained model: changing them keeps a run resumable
 _NOT_IN_FINGERPRINT = ("steps_per_checkpoint", "log_every_steps", "eval_rays_per_chunk", "eval_patches_per_view",
                        "eval_patch_size", "tensorboard")
 
 
-def _fingerprint(cfg: Any, transforms_bytes: bytes) -> str:
-    """What a checkpoint in the work dir must have been trained with to be resumed."""
+def _fingerprint(cfg: Any, transforms_bytes: bytes, device: torch.device) -> str:
+    """What a checkpoint in the work dir must have been trained with to be resumed. The kind
+    of device is part of it (not on a CPU, so CPU work dirs keep their fingerprints): a GPU
+    trains in mixed precision with other kernels, and torch's gradient scaler refuses the
+    empty state a CPU run saves."""
 
     pre = OmegaConf.to_container(cfg.pretrain, resolve=True) if not isinstance(cfg.pretrain, dict) else dict(cfg.pretrain)
     for key in _NOT_IN_FINGERPRINT:
         pre.pop(key, None)
-    blob = json.dumps({"pretrain": pre, "seed": int(cfg.seed)}, sort_keys=True).encode()
+    identity = {"pretrain": pre, "seed": int(cfg.seed)}
+    if device.type != "cpu":
+        identity["device"] = device.type
+    blob = json.dumps(identity, sort_keys=True).encode()
     h = hashlib.sha256(blob)
     h.update(hashlib.sha256(transforms_bytes).digest())
     return h.hexdigest()[:16]
@@ -217,7 +200,7 @@ def train_nerf(
     ns_data = nerfstudio_transforms(meta, frames, train, test)
     ns_data_text = json.dumps(ns_data, indent=1)
     # a checkpoint of the other implementation (tcnn / torch) has another layout
-    fingerprint = _fingerprint(cfg, ns_data_text.encode() + settings.implementation.encode())
+    fingerprint = _fingerprint(cfg, ns_data_text.encode() + settings.implementation.encode(), device_t)
     work_dir.mkdir(parents=True, exist_ok=True)
     run_file = work_dir / "run.json"
     ckpt_dir = work_dir / "checkpoints"
@@ -264,7 +247,7 @@ def train_nerf(
         grad_scaler.load_state_dict(state["scalers"])
         extra = state.get("innout", {})
         if "rng" in extra:
-            _set_rng_state(extra["rng"])
+            restore_rng(extra["rng"], device_t)
         ps = extra.get("proposal_sampler")
         if ps:
             model.proposal_sampler._steps_since_update = int(ps["steps_since_update"])
@@ -293,7 +276,7 @@ def train_nerf(
 
     def extra_state() -> dict:
         return {
-            "rng": _rng_state(),
+            "rng": capture_rng(device_t),
             "train_seconds": seconds_before + (time.perf_counter() - t_train),
             "fingerprint": fingerprint,
             "curves": curves.state(),

@@ -210,8 +210,10 @@ class CameraRays:
         return torch.from_numpy(self.c2w[v, :, 3].copy()), torch.from_numpy(dirs)
 
 
-def _fingerprint(cfg: Any, inputs: "RefineInputs", nerf_config: Path) -> str:
-    """What a checkpoint in the work dir must have been trained with to be resumed."""
+def _fingerprint(cfg: Any, inputs: "RefineInputs", nerf_config: Path, device: torch.device) -> str:
+    """What a checkpoint in the work dir must have been trained with to be resumed; on a GPU,
+    the kind of device too (other kernels: a CPU's checkpoint is not continued there, nor the
+    reverse; nothing is added on a CPU, so its work dirs keep their fingerprints)."""
 
 
     section = OmegaConf.to_container(cfg.refine, resolve=True) if hasattr(cfg.refine, "_metadata") else dict(cfg.refine)
@@ -225,6 +227,8 @@ def _fingerprint(cfg: Any, inputs: "RefineInputs", nerf_config: Path) -> str:
                 *[inputs.object_masks[k] for k in inputs.names]):
         digest.update(np.ascontiguousarray(arr).tobytes())
     digest.update(Path(nerf_config).read_bytes())
+    if device.type != "cpu":
+        digest.update(device.type.encode())
     return digest.hexdigest()[:16]
 
 
@@ -411,7 +415,8 @@ def run_refine(
              len(inputs.names), w, h, inputs.base, len(inputs.inpainted), iterations, cfg.device)
 
     # ---- work dir: resume only what was trained with these settings and inputs -------
-    fingerprint = _fingerprint(cfg, inputs, nerf_config)
+    device, device_warning = stage_device(cfg, "refine")
+    fingerprint = _fingerprint(cfg, inputs, nerf_config, device)
     ckpt_dir = work_dir / "checkpoints"
     run_file = work_dir / "run.json"
     if run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") != fingerprint:
@@ -420,7 +425,6 @@ def run_refine(
     work_dir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"fingerprint": fingerprint}, indent=1))
 
-    device, device_warning = stage_device(cfg, "refine")
     torch.manual_seed(int(cfg.seed))
     reset = bool(rc.reset_fields)
     learning_rate = float(rc.reset_learning_rate if reset else rc.learning_rate)
