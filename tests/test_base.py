@@ -228,15 +228,23 @@ def test_resume_after_an_interruption_gives_the_same_result(runs):
         assert (runs["a"] / name).read_bytes() == (runs["b"] / name).read_bytes(), name
 
 
-def test_a_prior_fit_checkpoint_resumes_only_on_the_kind_of_device_that_wrote_it(trained):  # noqa: F811
-    """The fit's fingerprint names a GPU (other kernels: a CPU's checkpoint is not continued
-    there, nor the reverse), not which one (a Slurm job's GPU is cuda:0 whichever it is)."""
-    from innout.base import _fit_fingerprint
+def test_a_gpu_rerun_redoes_what_the_cpu_left_in_the_work_dir(runs, tmp_path, monkeypatch):
+    """The CPU's cached candidates and its prior-fit checkpoint are not taken up by a run on a
+    GPU (other kernels: other last bits): it inpaints and fits afresh. On a virtual GPU
+    (tests/virtual_gpu.py), from a copy of the finished CPU run's work dir; in float32, whose
+    pictures there equal the CPU's, so only the device tells the keys apart."""
+    from virtual_gpu import pretend_cuda, virtual_gpu
 
-    nerf = trained["out_dir"] / "innout-nerfacto" / "config.yml"
-    fit = (base_cfg(), nerf, "view", np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), np.float32), b"{}", True)
-    on_cpu, on_gpu0, on_gpu1 = (_fit_fingerprint(*fit, torch.device(d)) for d in ("cpu", "cuda:0", "cuda:1"))
-    assert on_cpu != on_gpu0 and on_gpu0 == on_gpu1
+    from innout.base import run_base
+
+    work = tmp_path / "work"
+    shutil.copytree(runs["a"].parent / "work", work)
+    pretend_cuda(monkeypatch)
+    with virtual_gpu():
+        on_gpu = run_base(runs["scene"], runs["nerf"], runs["cache"] / "manifest.json", tmp_path / "out", work,
+                          base_cfg("device=cuda", "models.dtype=fp32"), prompt="a wall")
+    assert on_gpu["inpainting"]["candidates_from_cache"] == 0
+    assert on_gpu["prior_fit"]["resumed_from_step"] is None and on_gpu["prior_fit"]["steps_this_run"] == FIT_STEPS
 
 
 def test_winner_has_the_smallest_summed_hamming_distance(runs):

@@ -465,16 +465,22 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
     }
 
 
+def _computed_on(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
+    """What a cache or checkpoint key adds for the device and precision that made it: other
+    kernels give other last bits, and on a GPU fp16 gives other pictures. Nothing for the
+    CPU in float32, so the keys of CPU work dirs stay as they were."""
+    return (*(() if device.type == "cpu" else (device.type,)), *(() if dtype == torch.float32 else (str(dtype),)))
+
+
 def _fit_fingerprint(cfg: Any, nerf_config: Path, winner: str, inpainted: np.ndarray, prior_depth: np.ndarray,
                      transforms_bytes: bytes, use_depth: bool, device: torch.device) -> str:
     """What a checkpoint of the prior fit must have been made from to be resumed; on a GPU, the
-    kind of device too (other kernels: a CPU's checkpoint is not continued there, nor the reverse)."""
+    kind of device too (a CPU's checkpoint is not continued there, nor the reverse)."""
 
     fit = {k: v for k, v in dict(cfg.base).items() if k not in _NOT_IN_FIT_FINGERPRINT}
     ckpt = latest_checkpoint(nerf_config.parent / "nerfstudio_models")
-    on_gpu = () if device.type == "cpu" else (device.type,)  # nothing added on a CPU: its work dirs keep their fingerprints
     return _digest(fit, int(cfg.seed), winner, inpainted.tobytes(), prior_depth.tobytes(), transforms_bytes,
-                   hashlib.sha256(ckpt.read_bytes()).hexdigest(), bool(use_depth), *on_gpu)
+                   hashlib.sha256(ckpt.read_bytes()).hexdigest(), bool(use_depth), *_computed_on(device, torch.float32))
 
 
 # -------------------------------------------------------------------------- run
@@ -533,7 +539,8 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
                           options=cfg.models)
     _, guidance_mode = guidance(pipe, prompt, "", float(settings["guidance_scale"]), bool(settings["skip_identical_guidance"]))
     log.info("inpainting: %s", GUIDANCE_MODES[guidance_mode])
-    model_key = [models["model_set"], models["specs"], (manifest_item(models, "inpainter") or {}).get("path")]
+    model_key = [models["model_set"], models["specs"], (manifest_item(models, "inpainter") or {}).get("path"),
+                 *_computed_on(device_t, pipe.unet.dtype)]
     inpainted, noise, n_cached = inpaint_candidates(pipe, by_name, candidates, prompt, settings, seed, work_dir / "candidates",
                                                    model_key, log)
     del pipe
