@@ -77,3 +77,12 @@ def test_nerfacto_implementation_auto(monkeypatch):
         nerf.resolve_implementation("tcnn", "cuda")
     with pytest.raises(StageError, match="one of auto, torch, tcnn"):
         nerf.resolve_implementation("cuda", "cuda")
+
+
+def test_work_dir_keys_name_the_kind_of_device_and_precision_not_the_gpus_index():
+    from innout.devices import computed_on
+
+    assert computed_on(torch.device("cpu")) == ()  # CPU work dirs keep the keys they had
+    assert computed_on(torch.device("cuda", 0)) == computed_on(torch.device("cuda", 1)) == ("cuda",)
+    assert computed_on(torch.device("cuda", 0), torch.float16) == ("cuda", "torch.float16")
+    assert computed_on(torch.device("cpu"), torch.bfloat16) == ("torch.bfloat16",)

@@ -62,7 +62,7 @@ from innout import depth_prior  # the module: tests stand in for depth_prior.mon
 from innout.cameras import Camera
 from innout.config import write_resolved
 from innout.depth_prior import align_depth, check_plausible, ray_cosines
-from innout.devices import stage_device
+from innout.devices import computed_on, stage_device
 from innout.errors import InputError, StageError
 from innout.finetune import NerfTuner
 from innout.frames import load_keep_mask, read_scene
@@ -465,13 +465,6 @@ def fit_prior(tuner: Any, views: list[TrainView], base: TrainView, inpainted: np
     }
 
 
-def _computed_on(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
-    """What a cache or checkpoint key adds for the device and precision that made it: other
-    kernels give other last bits, and on a GPU fp16 gives other pictures. Nothing for the
-    CPU in float32, so the keys of CPU work dirs stay as they were."""
-    return (*(() if device.type == "cpu" else (device.type,)), *(() if dtype == torch.float32 else (str(dtype),)))
-
-
 def _fit_fingerprint(cfg: Any, nerf_config: Path, winner: str, inpainted: np.ndarray, prior_depth: np.ndarray,
                      transforms_bytes: bytes, use_depth: bool, device: torch.device) -> str:
     """What a checkpoint of the prior fit must have been made from to be resumed; on a GPU, the
@@ -480,7 +473,7 @@ def _fit_fingerprint(cfg: Any, nerf_config: Path, winner: str, inpainted: np.nda
     fit = {k: v for k, v in dict(cfg.base).items() if k not in _NOT_IN_FIT_FINGERPRINT}
     ckpt = latest_checkpoint(nerf_config.parent / "nerfstudio_models")
     return _digest(fit, int(cfg.seed), winner, inpainted.tobytes(), prior_depth.tobytes(), transforms_bytes,
-                   hashlib.sha256(ckpt.read_bytes()).hexdigest(), bool(use_depth), *_computed_on(device, torch.float32))
+                   hashlib.sha256(ckpt.read_bytes()).hexdigest(), bool(use_depth), *computed_on(device))
 
 
 # -------------------------------------------------------------------------- run
@@ -540,7 +533,7 @@ def run_base(transforms: Path, nerf: Path, manifest: Path, out_dir: Path, work_d
     _, guidance_mode = guidance(pipe, prompt, "", float(settings["guidance_scale"]), bool(settings["skip_identical_guidance"]))
     log.info("inpainting: %s", GUIDANCE_MODES[guidance_mode])
     model_key = [models["model_set"], models["specs"], (manifest_item(models, "inpainter") or {}).get("path"),
-                 *_computed_on(device_t, pipe.unet.dtype)]
+                 *computed_on(device_t, pipe.unet.dtype)]
     inpainted, noise, n_cached = inpaint_candidates(pipe, by_name, candidates, prompt, settings, seed, work_dir / "candidates",
                                                    model_key, log)
     del pipe

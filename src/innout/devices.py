@@ -116,3 +116,12 @@ def stage_device(cfg: Any, stage: str) -> tuple[torch.device, str | None]:
         log.warning("WARNING: %s", warning)
         print(f"innout {stage}: WARNING: {warning}", file=sys.stderr)
     return device, warning
+
+
+def computed_on(device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[str, ...]:
+    """What a work dir's cache or checkpoint key adds for the device and precision that made
+    its contents: other kernels give other last bits (fp16 other pictures), so a rerun on a GPU
+    does not take up what a CPU run left, nor the reverse. Nothing for a CPU in float32, so
+    the keys of CPU work dirs stay as they were; not the GPU's index (a Slurm job's GPU is
+    ``cuda:0`` whichever it is)."""
+    return (*(() if device.type == "cpu" else (device.type,)), *(() if dtype == torch.float32 else (str(dtype),)))

@@ -30,7 +30,7 @@ import torch
 from omegaconf import OmegaConf
 
 from innout.config import write_resolved
-from innout.devices import stage_device
+from innout.devices import computed_on, stage_device
 from innout.errors import InputError, StageError
 from innout.frames import Frame, nerfstudio_transforms, read_scene
 from innout.renderer import SIDECAR, NerfRenderer, SceneFrame, latest_checkpoint
@@ -53,17 +53,16 @@ _NOT_IN_FINGERPRINT = ("steps_per_checkpoint", "log_every_steps", "eval_rays_per
 
 
 def _fingerprint(cfg: Any, transforms_bytes: bytes, device: torch.device) -> str:
-    """What a checkpoint in the work dir must have been trained with to be resumed. The kind
-    of device is part of it (not on a CPU, so CPU work dirs keep their fingerprints): a GPU
-    trains in mixed precision with other kernels, and torch's gradient scaler refuses the
-    empty state a CPU run saves."""
+    """What a checkpoint in the work dir must have been trained with to be resumed, the kind of
+    device included (:func:`innout.devices.computed_on`; besides, a GPU trains in mixed
+    precision, and torch's gradient scaler refuses the empty state a CPU run saves)."""
 
     pre = OmegaConf.to_container(cfg.pretrain, resolve=True) if not isinstance(cfg.pretrain, dict) else dict(cfg.pretrain)
     for key in _NOT_IN_FINGERPRINT:
         pre.pop(key, None)
     identity = {"pretrain": pre, "seed": int(cfg.seed)}
-    if device.type != "cpu":
-        identity["device"] = device.type
+    if computed_on(device):
+        identity["device"] = computed_on(device)
     blob = json.dumps(identity, sort_keys=True).encode()
     h = hashlib.sha256(blob)
     h.update(hashlib.sha256(transforms_bytes).digest())

@@ -40,7 +40,7 @@ from PIL import Image
 from torch import nn
 
 from innout.config import write_resolved
-from innout.devices import stage_device
+from innout.devices import computed_on, stage_device
 from innout.errors import InputError, StageError
 from innout.finetune import NerfTuner
 from innout.frames import load_keep_mask, read_scene
@@ -211,9 +211,8 @@ class CameraRays:
 
 
 def _fingerprint(cfg: Any, inputs: "RefineInputs", nerf_config: Path, device: torch.device) -> str:
-    """What a checkpoint in the work dir must have been trained with to be resumed; on a GPU,
-    the kind of device too (other kernels: a CPU's checkpoint is not continued there, nor the
-    reverse; nothing is added on a CPU, so its work dirs keep their fingerprints)."""
+    """What a checkpoint in the work dir must have been trained with to be resumed, the kind of
+    device included (:func:`innout.devices.computed_on`)."""
 
 
     section = OmegaConf.to_container(cfg.refine, resolve=True) if hasattr(cfg.refine, "_metadata") else dict(cfg.refine)
@@ -227,8 +226,8 @@ def _fingerprint(cfg: Any, inputs: "RefineInputs", nerf_config: Path, device: to
                 *[inputs.object_masks[k] for k in inputs.names]):
         digest.update(np.ascontiguousarray(arr).tobytes())
     digest.update(Path(nerf_config).read_bytes())
-    if device.type != "cpu":
-        digest.update(device.type.encode())
+    for part in computed_on(device):
+        digest.update(part.encode())
     return digest.hexdigest()[:16]
 
 

@@ -64,7 +64,7 @@ from innout.training.data import (
 from innout.training.depth import MAX_TRAINED_REL_ERROR, DepthConfig, check_learnt, evaluate_depth, train_depth
 from innout.training.hidden_pattern import PATTERN_FORMAT, build_pattern_samples, check_pattern_mean
 from innout.training.inpainter import UnetConfig, assemble_pipeline, build_samples, build_text_encoder, build_unet, train_unet
-from innout.devices import resolve_device
+from innout.devices import computed_on, resolve_device
 from innout.stage import atomic_dir
 from innout.training.loop import plot_loss_curves
 from innout.packaged import write_manifest
@@ -255,9 +255,7 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
     scenes = training_scenes(cfg.data)  # refuses reserved seeds before any work
     check_pattern_mean(cfg.unet.pattern_mean)  # else a typo would fail after the VAE's minutes
     device = resolve_device(cfg.device)  # a GPU asked for and missing: one line, before any work
-    # what was computed on another device differs in its last bits: caches and checkpoints
-    # are keyed by it (nothing added on the CPU, so the CPU's keep their names)
-    on = () if device.type == "cpu" else (device.type,)
+    on = computed_on(device)  # caches and checkpoints are keyed by the kind of device
     seeds = {name: sub_seed(cfg.seed, name) for name in ("vae", "text", "unet", "samples", "pattern", "depth")}
     start = time.perf_counter()
     phases = {}
