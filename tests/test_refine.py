@@ -663,26 +663,21 @@ def test_a_gpu_run_starts_over_from_a_cpu_checkpoint_and_resumes_its_gpus_genera
     generator state is a placeholder that only a restore changes."""
     from virtual_gpu import pretend_cuda, virtual_gpu
 
+    from test_pretrain import Interrupted, _record_and_stop_at
+
     from innout.refine import run_refine
 
     args = (stage_inputs["transforms"], stage_inputs["base_dir"], stage_inputs["inpaint_dir"])
     out, work = tmp_path / "refine", tmp_path / "work"
     cfg = stage_cfg("refine.iterations=4", "refine.steps_per_checkpoint=2")
 
-    def kill_after(last: int, seen: list):
-        def on_step(step):
-            seen.append(step)
-            if step == last:
-                raise _Killed
-        return on_step
-
-    with pytest.raises(_Killed):  # the CPU's checkpoint after 2 steps
-        run_refine(*args, out, work, cfg, on_step=kill_after(1, []))
+    with pytest.raises(Interrupted):  # the CPU's checkpoint after 2 steps
+        run_refine(*args, out, work, cfg, on_step=_record_and_stop_at(1))
     pretend_cuda(monkeypatch)
     gpu_cfg = stage_cfg("refine.iterations=4", "refine.steps_per_checkpoint=2", "device=cuda")
     seen = []
-    with virtual_gpu(), pytest.raises(_Killed):
-        run_refine(*args, out, work, gpu_cfg, on_step=kill_after(1, seen))
+    with virtual_gpu(), pytest.raises(Interrupted):
+        run_refine(*args, out, work, gpu_cfg, on_step=_record_and_stop_at(1, seen))
     assert seen == [0, 1], seen  # started over
     saved = torch.load(next((work / "checkpoints").glob("*.ckpt")), weights_only=False)["rng"]["cuda_device"]
     torch.cuda.set_rng_state(torch.full_like(saved, 7))  # what the rerun's GPU holds before it resumes

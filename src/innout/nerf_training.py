@@ -61,8 +61,9 @@ def _fingerprint(cfg: Any, transforms_bytes: bytes, device: torch.device) -> str
     for key in _NOT_IN_FINGERPRINT:
         pre.pop(key, None)
     identity = {"pretrain": pre, "seed": int(cfg.seed)}
-    if computed_on(device):
-        identity["device"] = computed_on(device)
+    on = computed_on(device)
+    if on:  # (nothing on a CPU: the fingerprints of CPU work dirs stay as they were)
+        identity["device"] = on
     blob = json.dumps(identity, sort_keys=True).encode()
     h = hashlib.sha256(blob)
     h.update(hashlib.sha256(transforms_bytes).digest())
