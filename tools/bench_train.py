@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 BUDGET_SECONDS = 45 * 60  # the issue: "the whole training fits in 45 min on 2 cores"
@@ -130,12 +131,12 @@ def project(manifest: dict, clock: StepClock, full_steps: dict[str, int], mix: d
                 if missing:
                     raise SystemExit(f"bench_train: no timed UNet step of kind {', '.join(missing)}: "
                                      f"raise --fraction or --min-steps")
-                mean_step = sum(share * per_step[k] for k, share in mix.items() if share > 0)
+                step_seconds = sum(share * per_step[k] for k, share in mix.items() if share > 0)  # at the mix
             else:
-                mean_step = per_step["step"]
+                step_seconds = per_step["step"]
             row.update(steps_run=len(timed), steps_full=full_steps[phase],
                        seconds_per_step={k: round(v, 4) for k, v in per_step.items()},
-                       projected_s=measured - loop_seconds + mean_step * full_steps[phase])
+                       projected_s=measured - loop_seconds + step_seconds * full_steps[phase])
         rows.append(row)
     rest = manifest["wall_seconds"] - sum(phases.values())  # saving, the loss curves
     rows.append({"phase": "save", "measured_s": rest, "projected_s": rest})
@@ -198,9 +199,7 @@ def main(argv=None) -> int:
     if jiffies is not None and (now := cpu_jiffies()) is not None and now[1] > jiffies[1]:
         steal = (now[0] - jiffies[0]) / (now[1] - jiffies[1])
     rows = project(manifest, clock, full_steps, mix)
-    kinds_run = {}
-    for kind, _ in clock.steps.get("unet", []):
-        kinds_run[kind] = kinds_run.get(kind, 0) + 1
+    kinds_run = Counter(kind for kind, _ in clock.steps.get("unet", []))
     total = print_table(rows, mix, kinds_run, args.threads, steal)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "projected_s": total, "budget_s": BUDGET_SECONDS,
