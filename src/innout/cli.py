@@ -1,4 +1,8 @@
-"""`innout` command line: the library's stages outside Snakemake (one scene, by hand)."""
+"""`innout` command line: the steps that need no workflow, by hand (procedural scenes, scene
+import, COLMAP poses, the views worth annotating, training the `procedural` models, the
+resolved config). The NeRF stages (pretrain, base, inpaint, refine, render, evaluate) run
+through Snakemake, one scene at a time if you like:
+`snakemake --cores all results/<scene>/eval/metrics.json`."""
 
 from __future__ import annotations
 
