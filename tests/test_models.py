@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +75,11 @@ def test_tiny_save_and_load_back_offline(tmp_path):
     assert type(loaded.scheduler) is type(built.scheduler)
     assert loaded.tokenizer("a red chair").input_ids == built.tokenizer("a red chair").input_ids
     assert loaded.tokenizer.model_max_length == 77
-    # a user's local folder goes through load_inpainter the same way
-    pipe = load_inpainter(str(folder), device="cpu")
+    # a user's local folder goes through load_inpainter the same way, without the
+    # FutureWarning diffusers gives callers still passing the deprecated `torch_dtype`
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*torch_dtype.*")
+        pipe = load_inpainter(str(folder), device="cpu")
     assert pipe.unet.dtype == torch.float32 and _same_weights(pipe.unet, built.unet)
 
 

@@ -84,6 +84,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from innout.ila import ILAController, ila_installed  # noqa: E402
+from innout.models import dtype_keyword  # noqa: E402
 from innout.training.counterparts import Counterparts, attention_loss  # noqa: E402
 from innout.training.data import DataConfig, Views, render_views  # noqa: E402
 from innout.training.hidden_pattern import PatternPairs, build_pattern_samples  # noqa: E402
@@ -99,8 +100,8 @@ HOLE_NOISE_OFFSET = UnetConfig().hole_noise_offset
 def load_pipe(weights: Path):
     from diffusers import StableDiffusionInpaintPipeline
 
-    return StableDiffusionInpaintPipeline.from_pretrained(weights / "inpainter", torch_dtype=torch.float32,
-                                                          safety_checker=None, requires_safety_checker=False)
+    return StableDiffusionInpaintPipeline.from_pretrained(weights / "inpainter", safety_checker=None,
+                                                          requires_safety_checker=False, **{dtype_keyword(): torch.float32})
 
 
 def latent_samples(pipe, data_cfg: DataConfig, seed: int, pattern_amplitude: float,

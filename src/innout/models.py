@@ -190,8 +190,8 @@ def load_inpainter(spec: str, device: str | torch.device = "auto", dtype: str | 
 
                 folder = Path(snapshot_download(spec, cache_dir=manifest_hub_cache(cache_dir), local_files_only=True))
             pipe = StableDiffusionInpaintPipeline.from_pretrained(
-                folder, local_files_only=True, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype,
-                variant=snapshot_variant(folder, dtype))
+                folder, local_files_only=True, safety_checker=None, requires_safety_checker=False,
+                variant=snapshot_variant(folder, dtype), **{dtype_keyword(): dtype})
         except (OSError, ValueError) as err:  # huggingface_hub's "not in the cache" is a FileNotFoundError
             where = local if local.is_dir() else f"{spec} in the hub cache {manifest_hub_cache(cache_dir)}"
             raise StageError("models", f"cannot load the inpainter {where} offline ({err.__class__.__name__}: "
@@ -201,6 +201,15 @@ def load_inpainter(spec: str, device: str | torch.device = "auto", dtype: str | 
     apply_memory_options(pipe, options, device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def dtype_keyword() -> str:
+    """The keyword diffusers' ``from_pretrained`` takes the dtype by: ``dtype`` since diffusers
+    followed transformers and deprecated ``torch_dtype`` (a FutureWarning in every stage's log
+    otherwise), ``torch_dtype`` in the releases before, which do not read ``dtype``."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
 def snapshot_variant(folder: str | Path, dtype: torch.dtype) -> str | None:

@@ -239,6 +239,17 @@ def _source_commit(package_dir: Path) -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def save_half(pipe, path: Path) -> None:
+    """Save the pipeline with fp16 weights (a few MB). Each model is cast with ``half()``, not
+    the pipeline with ``to(dtype=float16)``: that warns that a float16 pipeline cannot run on
+    a CPU (true, and beside the point for saving) and each model's ``to(dtype)`` warns about
+    fp32-only modules these models do not have; three false alarms at the end of a run."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.to("cpu").half()
+    pipe.save_pretrained(path, safe_serialization=True)
+
+
 def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: str | Path | None = None,
                  command: str | None = None, log_file: str | Path | None = None,
                  max_depth_rel_error: float | None = MAX_TRAINED_REL_ERROR) -> dict:
@@ -338,7 +349,7 @@ def train_models(out_dir: str | Path, cfg: TrainConfig | None = None, work_dir: 
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
     with atomic_dir(out_dir) as tmp:
-        pipe.to(device="cpu", dtype=torch.float16).save_pretrained(tmp / "inpainter", safe_serialization=True)
+        save_half(pipe, tmp / "inpainter")
         depth_model.to("cpu").save_pretrained(tmp / "depth", safe_serialization=True)
         processor.save_pretrained(tmp / "depth")
         plot_loss_curves(histories, tmp / "loss_curves.png")
