@@ -88,7 +88,7 @@ from innout.models import dtype_keyword  # noqa: E402
 from innout.training.counterparts import Counterparts, attention_loss  # noqa: E402
 from innout.training.data import DataConfig, Views, render_views  # noqa: E402
 from innout.training.hidden_pattern import PatternPairs, build_pattern_samples  # noqa: E402
-from innout.training import TrainConfig, apply_overrides, sub_seed  # noqa: E402
+from innout.training import TrainConfig, apply_overrides, save_half, sub_seed  # noqa: E402
 from innout.training.inpainter import (PairSampler, UnetConfig, build_samples, build_unet, eps_with_base,  # noqa: E402
                                        noisy_inputs, train_unet)
 from innout.training.loop import LoopConfig  # noqa: E402
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     report("after ", pipe, probe, probe_pattern, embeds, probe_views)
     if args.save:
-        pipe.to(dtype=torch.float16).save_pretrained(args.save / "inpainter", safe_serialization=True)
+        save_half(pipe, args.save / "inpainter")
         print("saved", args.save / "inpainter")
     return 0
 
