@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -98,10 +99,15 @@ def test_gpu_train_runs_train_models_and_brings_the_weights_back(tmp_path):
     refused = train()
     assert refused.returncode == 2 and "the depth model did not learn" in refused.stderr, refused.stderr[-2000:]
     assert refused.stderr.strip().splitlines()[-1].startswith("innout train-models: error:")
-    assert not (tmp_path / "out" / "set").exists()
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["train.log"]  # the failed run's log, no set
     result = train("--max-depth-error", "none")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    manifest = json.loads((tmp_path / "out" / "set" / "manifest.json").read_text())
+    # what the device tool brings back: at most 8 files, none more than 2 folders down
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "set.tar.gz", "train.log"]
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["device"] == "cpu" and manifest["seed"] == 5 and manifest["results"]["unet"]["steps"] == 2
     assert "--max-depth-error none" in manifest["command"]
-    assert (tmp_path / "out" / "set" / "train.log").is_file() and (tmp_path / "out" / "set" / "inpainter" / "unet").is_dir()
+    with tarfile.open(out / "set.tar.gz") as tar:
+        names = tar.getnames()
+    assert {"set/manifest.json", "set/train.log", "set/inpainter/unet/diffusion_pytorch_model.safetensors"} <= set(names)

@@ -448,6 +448,20 @@ def test_depth_scale_and_shift_invariant_loss_falls(views):
     assert loss(model, processor) < 0.8 * before
 
 
+def test_depth_normalisation_subtracts_the_lower_median_as_torch_median_gives_it():
+    """The median is read from a sort (torch.median's indices are found non-deterministically
+    on CUDA): the same number torch.median gives, for an even count and for ties."""
+    from innout.training.depth import _normalise
+
+    maps = torch.rand(3, 4, 6, generator=torch.Generator().manual_seed(0))  # 24 values per map
+    maps[1] = 0.5
+    maps[2, :2] = 0.25
+    flat = maps.flatten(1)
+    median = flat.median(dim=1).values
+    scale = (flat - median[:, None]).abs().mean(dim=1).clamp_min(1e-6)
+    assert torch.equal(_normalise(maps), (maps - median.view(-1, 1, 1)) / scale.view(-1, 1, 1))
+
+
 @pytest.mark.parametrize("seed", [sub_seed(s, "depth") for s in range(4)])
 def test_depth_model_starts_with_an_output_that_varies(seed):
     """The shipped config's depth model at initialisation: its output must vary across the
@@ -495,6 +509,71 @@ def test_same_seed_same_weights_and_a_killed_run_resumes_to_them(views, tmp_path
     assert (tmp_path / "vae.ckpt.pt").is_file()
     resumed, summary = train_vae(views, cfg, 9, tmp_path, "fp")
     assert _same_weights(a, resumed) and summary["steps"] == 6
+
+
+def _aten_ops(run) -> int:
+    """How many aten operations ``run()`` issues (each a kernel launch, at least, on a GPU),
+    reads of CPU scalars (AdamW's step counters, which launch nothing) left out."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func is not torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        run()
+    return Count.n
+
+
+def test_optimiser_and_ema_cost_a_few_kernels_whatever_the_parameter_count():
+    """On a GPU these small models' steps are bound by kernel launches (H200, 2026-12-04):
+    the AdamW step and the EMA update issue multi-tensor operations, not ~10 per parameter,
+    and the EMA is still decay x average + (1 - decay) x weights."""
+    from innout.training.loop import Loop
+
+    def ops_of_a_step(parameters: int) -> tuple[int, int]:
+        model = torch.nn.Sequential(*[torch.nn.Linear(3, 3) for _ in range(parameters // 2)])
+        loop = Loop("probe", model, LoopConfig(steps=4, lr=1e-3, batch=1, ema=0.9), seed=0, work_dir=None)
+        model(torch.ones(1, 3)).sum().backward()
+        loop.optimizer.step()  # the first step creates the optimiser's state, one tensor at a time
+        return _aten_ops(loop.optimizer.step), _aten_ops(loop._ema_update)
+
+    few, many = ops_of_a_step(4), ops_of_a_step(40)
+    assert many == few and few[0] <= 16 and few[1] <= 4, (few, many)
+
+    model = torch.nn.Linear(3, 2)
+    loop = Loop("probe", model, LoopConfig(steps=4, lr=1e-3, batch=1, ema=0.9), seed=0, work_dir=None)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = [avg.clone() for avg in loop.ema]
+    loop.step = 5
+    loop._ema_update()
+    decay = min(0.9, 6 / 15)
+    for avg, old, p in zip(loop.ema, before, model.parameters()):
+        assert torch.equal(avg, old.mul(decay).add(p.detach(), alpha=1 - decay))
+
+
+def test_gpu_training_takes_the_deterministic_attention_kernel(monkeypatch):
+    """On CUDA the trainers' attention runs the math kernel (the memory-efficient one's
+    backward is not deterministic); on the CPU the kernels stay as they were."""
+    from innout.training import _torch_settings
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # restored after the test
+
+    def enabled():
+        return (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
+                torch.backends.cuda.math_sdp_enabled())
+
+    before = enabled()
+    with _torch_settings(1, torch.device("cuda")):
+        assert enabled() == (False, False, True)
+    assert enabled() == before
+    with _torch_settings(1, torch.device("cpu")):
+        assert enabled() == before
 
 
 def test_unet_and_depth_training_are_reproducible(views):

@@ -134,7 +134,7 @@ def project(manifest: dict, clock: StepClock, full_steps: dict[str, int], mix: d
                 step_seconds = sum(share * per_step[k] for k, share in mix.items() if share > 0)  # at the mix
             else:
                 step_seconds = per_step["step"]
-            row.update(steps_run=len(timed), steps_full=full_steps[phase],
+            row.update(steps_run=len(timed), steps_full=full_steps[phase], step_s=round(step_seconds, 5),
                        seconds_per_step={k: round(v, 4) for k, v in per_step.items()},
                        projected_s=measured - loop_seconds + step_seconds * full_steps[phase])
         rows.append(row)

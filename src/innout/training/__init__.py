@@ -146,12 +146,20 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 def _torch_settings(threads: int, device: torch.device):
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
+    attention_kernels = contextlib.nullcontext()
     if device.type == "cuda":
         # cuBLAS is deterministic only with a fixed workspace, set before its first call
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # CUDA's memory-efficient attention sums its backward pass in a varying order
+        # (warned on the H200, 2026-12-04; warn_only keeps ops without a deterministic
+        # twin running): the math kernel's matmuls do not. The CPU keeps its kernels.
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        attention_kernels = sdpa_kernel([SDPBackend.MATH])
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        yield
+        with attention_kernels:
+            yield
     finally:
         torch.use_deterministic_algorithms(False)
         torch.set_num_threads(before)

@@ -134,7 +134,9 @@ def _fan_in_init(model) -> None:
 def _normalise(d: torch.Tensor) -> torch.Tensor:
     """Per map: minus its median, over its mean absolute deviation (MiDaS)."""
     flat = d.flatten(1)
-    median = flat.median(dim=1).values
+    # the lower median, as torch.median gives it, read from a sort: torch.median(dim) also
+    # returns indices, which CUDA finds non-deterministically (a warning in every GPU run)
+    median = flat.sort(dim=1, stable=True).values[:, (flat.shape[1] - 1) // 2]
     scale = (flat - median[:, None]).abs().mean(dim=1).clamp_min(1e-6)
     return (d - median.view(-1, 1, 1)) / scale.view(-1, 1, 1)
 

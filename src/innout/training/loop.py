@@ -48,7 +48,11 @@ class Loop:
                  fingerprint: str = "", params=None):
         self.name, self.model, self.cfg, self.fingerprint = name, model, cfg, fingerprint
         self.params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        # foreach: a few multi-tensor kernels per step instead of ~10 per parameter (CPU's
+        # default is one tensor at a time); on a GPU, where these small models' steps are
+        # bound by kernel launches, that was a third of the work. Same numbers either way.
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
+                                           foreach=True)
         self.generator = torch.Generator().manual_seed(int(seed))
         self.ema = [p.detach().clone() for p in self.params] if cfg.ema > 0 else None
         self.history: list[dict] = []
@@ -69,9 +73,9 @@ class Loop:
     def _ema_update(self) -> None:
         # the usual warm-up of the decay, so that early weights do not dominate a short run
         decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            for avg, p in zip(self.ema, self.params):
-                avg.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        with torch.no_grad():  # two multi-tensor kernels, not two per parameter (see the optimiser)
+            torch._foreach_mul_(self.ema, decay)
+            torch._foreach_add_(self.ema, self.params, alpha=1 - decay)
 
     # ---------------------------------------------------------------- checkpoints
     def _save(self) -> None:
