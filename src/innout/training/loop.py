@@ -48,9 +48,9 @@ class Loop:
                  fingerprint: str = "", params=None):
         self.name, self.model, self.cfg, self.fingerprint = name, model, cfg, fingerprint
         self.params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-        # foreach: a few multi-tensor kernels per step instead of ~10 per parameter (CPU's
-        # default is one tensor at a time); on a GPU, where these small models' steps are
-        # bound by kernel launches, that was a third of the work. Same numbers either way.
+        # foreach: a few multi-tensor operations a step instead of ~10 per parameter; torch
+        # takes it by itself on CUDA, not on the CPU (where it saves ~1 % of a UNet step).
+        # The same numbers either way, bit for bit.
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
                                            foreach=True)
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -73,7 +73,9 @@ class Loop:
     def _ema_update(self) -> None:
         # the usual warm-up of the decay, so that early weights do not dominate a short run
         decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():  # two multi-tensor kernels, not two per parameter (see the optimiser)
+        # two multi-tensor operations, not two per parameter: on a GPU, where these small
+        # models' steps are bound by kernel launches, the loop cost ~10 % of a step (H200)
+        with torch.no_grad():
             torch._foreach_mul_(self.ema, decay)
             torch._foreach_add_(self.ema, self.params, alpha=1 - decay)
 
