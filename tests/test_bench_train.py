@@ -38,6 +38,7 @@ def test_unet_steps_are_projected_per_kind_at_the_recipes_mix():
     assert rows["depth"]["projected_s"] == pytest.approx(5.0 + 0.25 * 300)
     assert rows["unet"]["projected_s"] == pytest.approx(1.0 + (0.4 * 1.0 + 0.3 * 0.5 + 0.3 * 0.2) * 4800)
     assert rows["unet"]["steps_run"] == len(unet)
+    assert rows["unet"]["step_s"] == pytest.approx(0.4 * 1.0 + 0.3 * 0.5 + 0.3 * 0.2)  # what sizes a run
     assert rows["save"]["projected_s"] == pytest.approx(2.0)
 
 
