@@ -304,8 +304,8 @@ def test_same_numbers_tells_kernel_noise_from_a_changed_result():
 def test_evaluate_and_inpaint_are_deterministic(demo):
     """Same config and seed: rerunning a stage on the same inputs gives identical files. The
     metrics to 1e-6 (relative): on one Intel Xeon (2026-12-04) CI's first evaluate (a Slurm
-    job) and its rerun differed in LPIPS's 9th digit, which no rerun there reproduced (local,
-    Slurm, one core, under load: all equal to the rerun); the CPU's convolution kernels, not a
+    job) and its rerun differed in LPIPS's 9th decimal, which no rerun there reproduced (local,
+    Slurm, one core, under load: all equal to the rerun); likely the CPU's kernels, not a
     seed. The inpainted images stay byte for byte."""
     metrics = (demo / "results/demo/eval/metrics.json").read_bytes()
     result = snakemake(demo, "results/demo/eval/metrics.json", "--cores", "2", "--forcerun", "evaluate", timeout=900)
