@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from bench_train import step_kind  # the kind of a UNet step from its loss parts (tools/ is on the path)
+
 TIMED_FROM, PROFILED_FROM, PROFILED_STEPS, UNET_STEPS = 5, 44, 12, 60
 SHORT_LOOPS = {"vae": 40, "depth": 30}  # steps of the loops before the UNet (speed only)
 KINDS = ("pattern", "ila", "plain")
@@ -76,7 +78,7 @@ class StepProfiler:
                     probe.profile, profiler = profiler, None
                 loss, parts = step_fn(step, generator)
                 ended[0] = probe._sync()
-                kind = next((k for k in KINDS if f"mse_{k}" in parts), "other")
+                kind = step_kind(parts)
                 probe.rows.append({"step": step, "kind": kind, "fwd": ended[0] - start})
                 return loss, parts
 
