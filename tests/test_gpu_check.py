@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -111,3 +112,29 @@ def test_gpu_train_runs_train_models_and_brings_the_weights_back(tmp_path):
     with tarfile.open(out / "set.tar.gz") as tar:
         names = tar.getnames()
     assert {"set/manifest.json", "set/train.log", "set/inpainter/unet/diffusion_pytorch_model.safetensors"} <= set(names)
+
+
+def test_gpu_train_fit_sizes_the_unet_from_a_probe_whose_work_it_takes_up(tmp_path):
+    """tools/gpu-train-fit.sh on a CPU: the probe's UNet rate gives the steps (the printed
+    arithmetic, bounded), the set is trained with them, and the second run takes up the
+    probe's depth model, VAE and samples instead of training them again."""
+    tiny = [*gpu_check.SIZES["tiny"]["train_overrides"], "data.workers=1",
+            *(f"{name}.loop.steps=2" for name in ("vae", "depth"))]
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_SITE=str(tmp_path / "site"), OMP_NUM_THREADS="1",
+               GPU_CHECK_WHEELS=str(tmp_path / "no-wheels"), OUT=str(tmp_path / "out"), PROBE_STEPS="20", MARGIN="0",
+               MIN_STEPS="7", MAX_STEPS="100")
+    (tmp_path / "out").mkdir()
+    sets = [arg for item in tiny for arg in ("--set", item)]
+    result = subprocess.run(["bash", str(REPO / "tools" / "gpu-train-fit.sh"), "25", "--device", "cpu", "--out",
+                             str(tmp_path / "set"), "--work-dir", str(tmp_path / "work"), "--seed", "5",
+                             "--max-depth-error", "none", *sets], env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rate, left = (float(x) for x in re.search(r"UNet ([\d.]+) steps/s over 20 steps, (-?\d+) s left", result.stderr).groups())
+    steps = int(re.search(r"\[gpu-train-fit\] (\d+) UNet steps", result.stdout).group(1))
+    assert steps == max(7, min(100, int(max(0.0, left) * rate * 0.95) // 100 * 100))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["results"]["unet"]["steps"] == steps
+    log = (tmp_path / "out" / "train.log").read_text()
+    assert "depth: resuming from step 2" in log and "vae: resuming from step 2" in log and "samples: reusing" in log
+    assert "unet: 20 steps" in (tmp_path / "out" / "probe.log").read_text()
+    assert not (tmp_path / "work" / "probe").exists()

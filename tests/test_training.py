@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import yaml
 
 from innout.errors import InputError
 from innout.training import TrainConfig, apply_overrides, sub_seed, train_models
+from innout.training import data as data_module
 from innout.training.data import MEASUREMENT_SCENES, RESERVED_SEEDS, DataConfig, check_disjoint, render_views, training_scenes
 from innout.training.depth import DepthConfig, build_depth, predict, ssi_losses, train_depth
 from innout.training.inpainter import (
@@ -99,6 +101,14 @@ def test_reserved_seeds_hold_the_demo_the_tests_and_the_measurement_scenes():
     assert {0, 2} <= test_seeds  # the scan finds the seeds the tests use
     assert demo_seeds | test_seeds | {s for _, s in MEASUREMENT_SCENES} <= RESERVED_SEEDS
     assert MEASUREMENT_SCENES == (("forward", 1000), ("360", 1001))
+
+
+def test_views_render_in_other_processes_and_equal_those_rendered_in_this_one(views):
+    # processes, not threads: threads did not scale past a few cores (innout.training.data)
+    with data_module._pool(2) as pool:
+        assert pool.submit(os.getpid).result() != os.getpid()
+    pooled = render_views(replace(TINY_DATA, workers=2))
+    assert all(np.array_equal(getattr(pooled, f.name), getattr(views, f.name)) for f in fields(pooled))
 
 
 def test_training_refuses_reserved_seeds(tmp_path):
