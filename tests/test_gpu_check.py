@@ -117,7 +117,8 @@ def test_gpu_train_runs_train_models_and_brings_the_weights_back(tmp_path):
 def test_gpu_train_fit_sizes_the_unet_from_a_probe_whose_work_it_takes_up(tmp_path):
     """tools/gpu-train-fit.sh on a CPU: the probe's UNet rate gives the steps (the printed
     arithmetic, bounded), the set is trained with them, and the second run takes up the
-    probe's depth model, VAE and samples instead of training them again."""
+    probe's depth model, VAE and samples instead of training them again. Run again (a killed
+    run), it keeps those steps and resumes, without a probe."""
     tiny = [*gpu_check.SIZES["tiny"]["train_overrides"], "data.workers=1",
             *(f"{name}.loop.steps=2" for name in ("vae", "depth"))]
     env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_SITE=str(tmp_path / "site"), OMP_NUM_THREADS="1",
@@ -125,10 +126,15 @@ def test_gpu_train_fit_sizes_the_unet_from_a_probe_whose_work_it_takes_up(tmp_pa
                MIN_STEPS="7", MAX_STEPS="100")
     (tmp_path / "out").mkdir()
     sets = [arg for item in tiny for arg in ("--set", item)]
-    result = subprocess.run(["bash", str(REPO / "tools" / "gpu-train-fit.sh"), "25", "--device", "cpu", "--out",
-                             str(tmp_path / "set"), "--work-dir", str(tmp_path / "work"), "--seed", "5",
-                             "--max-depth-error", "none", *sets], env=env, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+    def fit(seconds: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(["bash", str(REPO / "tools" / "gpu-train-fit.sh"), seconds, "--device", "cpu", "--out",
+                                 str(tmp_path / "set"), "--work-dir", str(tmp_path / "work"), "--seed", "5",
+                                 "--max-depth-error", "none", *sets], env=env, capture_output=True, text=True, timeout=1200)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return result
+
+    result = fit("25")
     rate, left = (float(x) for x in re.search(r"UNet ([\d.]+) steps/s over 20 steps, (-?\d+) s left", result.stderr).groups())
     steps = int(re.search(r"\[gpu-train-fit\] (\d+) UNet steps", result.stdout).group(1))
     assert steps == max(7, min(100, int(max(0.0, left) * rate * 0.95) // 100 * 100))
@@ -138,3 +144,7 @@ def test_gpu_train_fit_sizes_the_unet_from_a_probe_whose_work_it_takes_up(tmp_pa
     assert "depth: resuming from step 2" in log and "vae: resuming from step 2" in log and "samples: reusing" in log
     assert "unet: 20 steps" in (tmp_path / "out" / "probe.log").read_text()
     assert not (tmp_path / "work" / "probe").exists()
+    again = fit("1000")  # other seconds: the steps stay those chosen, the UNet resumes at its end
+    assert f"[gpu-train-fit] {steps} UNet steps, as chosen before" in again.stdout and "UNet steps/s" not in again.stderr
+    assert f"unet: resuming from step {steps}" in (tmp_path / "out" / "train.log").read_text()
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["results"]["unet"]["steps"] == steps

@@ -3,7 +3,9 @@
 # `innout train-models` with a short UNet trains the depth model and the VAE and encodes the
 # samples into the work dir (where the second run takes them up: same settings, same keys) and
 # times the UNet's steps; the second trains the set with the steps that leave MARGIN seconds
-# for its start and saving. The set comes back as tools/gpu-train.sh brings it (OUT).
+# for its start and saving. The set comes back as tools/gpu-train.sh brings it (OUT). The
+# steps chosen are kept in the work dir with the arguments: run again with the same arguments
+# (a killed run), it skips the probe and resumes the second run from its checkpoints.
 #
 #   bash tools/gpu-train-fit.sh 530 --seed 1 --set unet.loop.batch=128     # on the GPU machine
 #
@@ -21,16 +23,21 @@ case " $* " in *" --work-dir "*) ;; *) args+=(--work-dir /tmp/innout-gpu-train/w
 for ((i = 0; i < ${#args[@]}; i++)); do [ "${args[$i]}" = "--work-dir" ] && work=${args[$((i + 1))]}; done
 probe_steps=${PROBE_STEPS:-60}
 
-# the probe: the set it writes is thrown away, its caches and checkpoints are not; its log
-# stays in the work dir as probe.log (tools/gpu-train.sh brings the work dir's logs back)
-status=0
-OUT='' bash tools/gpu-train.sh "${args[@]}" --set unet.loop.steps="$probe_steps" --out "$work/probe" || status=$?
-mv "$work/train.log" "$work/probe.log"
-if [ "$status" != 0 ]; then
-    [ -n "${OUT:-}" ] && cp "$work/probe.log" "$OUT/"
-    exit "$status"
-fi
-steps=$("$PY" - "$work/probe/manifest.json" "$((seconds - $(date +%s) + start))" <<PYEOF
+fit="$work/fit-steps.txt"  # the arguments, then the steps chosen for them
+if [ -f "$fit" ] && [ "$(head -n 1 "$fit")" = "${args[*]}" ]; then
+    steps=$(tail -n 1 "$fit")
+    echo "[gpu-train-fit] $steps UNet steps, as chosen before for these arguments ($fit): resuming"
+else
+    # the probe: the set it writes is thrown away, its caches and checkpoints are not; its
+    # log stays in the work dir as probe.log (tools/gpu-train.sh brings the work dir's logs back)
+    status=0
+    OUT='' bash tools/gpu-train.sh "${args[@]}" --set unet.loop.steps="$probe_steps" --out "$work/probe" || status=$?
+    mv "$work/train.log" "$work/probe.log"
+    if [ "$status" != 0 ]; then
+        [ -n "${OUT:-}" ] && cp "$work/probe.log" "$OUT/"
+        exit "$status"
+    fi
+    steps=$("$PY" - "$work/probe/manifest.json" "$((seconds - $(date +%s) + start))" <<PYEOF
 import json, sys
 unet = json.load(open(sys.argv[1]))["results"]["unet"]
 rate = unet["steps"] / unet["seconds"]  # its first steps included: an under-estimate
@@ -39,7 +46,9 @@ steps = int(max(0.0, left) * rate * 0.95) // 100 * 100
 print(max(${MIN_STEPS:-200}, min(${MAX_STEPS:-48000}, steps)))
 print(f"[gpu-train-fit] UNet {rate:.2f} steps/s over {unet['steps']} steps, {left:.0f} s left to train", file=sys.stderr)
 PYEOF
-)
-echo "[gpu-train-fit] $steps UNet steps, $(($(date +%s) - start)) s after the start"
-rm -rf "$work/probe"
+    )
+    echo "[gpu-train-fit] $steps UNet steps, $(($(date +%s) - start)) s after the start"
+    rm -rf "$work/probe"
+    printf '%s\n%s\n' "${args[*]}" "$steps" > "$fit"
+fi
 exec bash tools/gpu-train.sh "${args[@]}" --set unet.loop.steps="$steps"
