@@ -32,9 +32,9 @@ else
     # log stays in the work dir as probe.log (tools/gpu-train.sh brings the work dir's logs back)
     status=0
     OUT='' bash tools/gpu-train.sh "${args[@]}" --set unet.loop.steps="$probe_steps" --out "$work/probe" || status=$?
-    mv "$work/train.log" "$work/probe.log"
+    if [ -f "$work/train.log" ]; then mv "$work/train.log" "$work/probe.log"; fi
     if [ "$status" != 0 ]; then
-        [ -n "${OUT:-}" ] && cp "$work/probe.log" "$OUT/"
+        if [ -n "${OUT:-}" ] && [ -f "$work/probe.log" ]; then cp "$work/probe.log" "$OUT/"; fi
         exit "$status"
     fi
     steps=$("$PY" - "$work/probe/manifest.json" "$((seconds - $(date +%s) + start))" <<PYEOF

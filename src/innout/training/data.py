@@ -19,8 +19,8 @@ takes 1.3-2.2 s, one 160x120 view 0.13-0.15 s at supersample 4, and each view is
 twice (with and without the object). Scenes render in ``workers`` processes (spawned: the
 parent may hold torch's thread pools, which a fork can deadlock). Threads scaled no further
 than a few cores: on a 16-core H200 machine 16 threads rendered 1024 views in 74-79 s, no
-faster per view than two cores, because the ray casting's Python between numpy calls holds
-the GIL. Every scene is rendered from its own seed alone, so the arrays do not depend on the
+faster per view than two cores (likely the GIL, held by the ray casting's Python between
+numpy calls). Every scene is rendered from its own seed alone, so the arrays do not depend on the
 pool.
 """
 
