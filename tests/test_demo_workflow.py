@@ -280,7 +280,7 @@ def test_force_one_stage_of_one_scene(demo, tmp_path):
     assert "wildcards: scene=demo" not in out, out[-3000:]
 
 
-def _same_numbers(a, b, rel: float = 1e-6) -> bool:
+def _same_numbers(a, b, rel: float = 1e-5) -> bool:
     """``a`` and ``b`` (parsed JSON) equal, their floats to ``rel`` (relative)."""
     if isinstance(a, float) and isinstance(b, float):
         return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
@@ -297,16 +297,21 @@ def test_same_numbers_tells_kernel_noise_from_a_changed_result():
     once = {"lpips": 0.066038301, "views": {"a": {"psnr": 16.4}}}
     again = {"lpips": 0.06603830344974995, "views": {"a": {"psnr": 16.4}}}
     assert _same_numbers(once, again)
+    # and one view's LPIPS in two evaluates of the same inputs on that machine (1.4e-6 apart)
+    assert _same_numbers({"per_view": {"img_000": {"lpips": 0.06564362347126007}}},
+                         {"per_view": {"img_000": {"lpips": 0.06564371287822723}}})
     assert not _same_numbers(once, {**again, "lpips": 0.0664})  # another seed's LPIPS would differ so
     assert not _same_numbers(once, {**again, "views": {"a": {"psnr": 16.4, "ssim": 0.1}}})
 
 
 def test_evaluate_and_inpaint_are_deterministic(demo):
     """Same config and seed: rerunning a stage on the same inputs gives identical files. The
-    metrics to 1e-6 (relative): on one Intel Xeon (2026-12-04) CI's first evaluate (a Slurm
-    job) and its rerun differed in LPIPS's 9th decimal, which no rerun there reproduced (local,
-    Slurm, one core, under load: all equal to the rerun); likely the CPU's kernels, not a
-    seed. The inpainted images stay byte for byte."""
+    metrics to 1e-5 (relative): on one Intel Xeon (2026-12-04) evaluate's LPIPS varies between
+    runs of the same inputs, seed and threads: CI's first evaluate (a Slurm job) and its rerun
+    differed in the mean's 9th decimal; later, of 4 reruns by Snakemake, 3 gave the first
+    view's LPIPS 0.06564362347..., 1 gave 0.06564371287... (1.4e-6 apart), the value every
+    direct call gave (11 runs in fresh processes). Likely the CPU's kernels, not a seed: a
+    changed result moves it by 1e-3 or more. The inpainted images stay byte for byte."""
     metrics = (demo / "results/demo/eval/metrics.json").read_bytes()
     result = snakemake(demo, "results/demo/eval/metrics.json", "--cores", "2", "--forcerun", "evaluate", timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
