@@ -310,7 +310,7 @@ def test_evaluate_and_inpaint_are_deterministic(demo):
     runs of the same inputs, seed and threads: CI's first evaluate (a Slurm job) and its rerun
     differed in the mean's 9th decimal; later, of 4 reruns by Snakemake, 3 gave the first
     view's LPIPS 0.06564362347..., 1 gave 0.06564371287... (1.4e-6 apart), the value every
-    direct call gave (11 runs in fresh processes). Likely the CPU's kernels, not a seed: a
+    direct call gave (16 in fresh processes). Likely the CPU's kernels, not a seed: a
     changed result moves it by 1e-3 or more. The inpainted images stay byte for byte."""
     metrics = (demo / "results/demo/eval/metrics.json").read_bytes()
     result = snakemake(demo, "results/demo/eval/metrics.json", "--cores", "2", "--forcerun", "evaluate", timeout=900)
