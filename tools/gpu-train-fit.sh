@@ -44,7 +44,7 @@ rate = unet["steps"] / unet["seconds"]  # its first steps included: an under-est
 left = float(sys.argv[2]) - ${MARGIN:-60}
 steps = int(max(0.0, left) * rate * 0.95) // 100 * 100
 print(max(${MIN_STEPS:-200}, min(${MAX_STEPS:-48000}, steps)))
-print(f"[gpu-train-fit] UNet {rate:.2f} steps/s over {unet['steps']} steps, {left:.0f} s left to train", file=sys.stderr)
+print(f"[gpu-train-fit] UNet {rate:.6f} steps/s over {unet['steps']} steps, {left:.0f} s left to train", file=sys.stderr)
 PYEOF
     )
     echo "[gpu-train-fit] $steps UNet steps, $(($(date +%s) - start)) s after the start"
