@@ -14,8 +14,11 @@ whose ``results/<scene>/base`` is finished and whose ``results/generated/<scene>
 the generator's metadata), this redoes exactly those inpaintings
 (:func:`innout.base.inpaint_candidates`, same seed, no cache) and prints the PSNR inside
 each candidate's mask against the generator's render of the view without the object,
-averaged over the candidates: one markdown row per folder, one column per scene.
-Neither the runs nor the folders are changed.
+averaged over the candidates: one markdown row per folder, one column per scene (per run and
+scene when several runs are given: other method seeds pick other candidates). A second table
+gives the mean colour in the masks of the fills, of the truth and of the truth passed through
+the set's VAE, so a colour error can be told the denoiser's or the autoencoder's. Neither the
+runs nor the folders are changed.
 """
 
 from __future__ import annotations
@@ -48,18 +51,45 @@ def scenes_of(run: Path) -> list[str]:
 
 
 def load_scene(run: Path, scene: str) -> dict:
-    """The candidates' train views (image, mask, camera) and their object-free truth."""
+    """The candidates' train views (image, mask, camera), their object-free truth, and the
+    method seed the run inpainted them with."""
     views = {v.name: v for v in load_train_views(scene_transforms(run, scene))}
-    names = json.loads((run / "results" / scene / "base" / "summary.json").read_text())["candidates"]
+    summary = json.loads((run / "results" / scene / "base" / "summary.json").read_text())
+    names = summary["candidates"]
     truth = true_background(run, scene, names)
-    return {"views": views, "names": names, "truth": truth}
+    return {"views": views, "names": names, "truth": truth, "seed": int(summary["seed"])}
 
 
-def fill_psnr(pipe, scene: dict, settings: dict, seed: int) -> float:
-    images, _, _ = inpaint_candidates(pipe, scene["views"], scene["names"], "", settings, seed, None, None)
-    # (PSNR is scale-free: uint8 images over 255 score as they would in 0-255)
-    return float(np.mean([_psnr(images[n] / 255.0, scene["truth"][n]["rgb"] / 255.0, scene["views"][n].mask)
-                          for n in scene["names"]]))
+def fill_scores(pipe, scene: dict, settings: dict) -> dict:
+    """PSNR in the mask, and the mean colour there of the fills, of the truth and of the
+    truth through the set's VAE (encode, decode): a fill off in colour while the VAE's
+    reconstruction is not points at the denoiser."""
+    images, _, _ = inpaint_candidates(pipe, scene["views"], scene["names"], "", settings, scene["seed"], None, None)
+    psnr, fill_rgb, truth_rgb, vae_rgb = [], [], [], []
+    for name in scene["names"]:
+        mask = scene["views"][name].mask.astype(bool)
+        truth = scene["truth"][name]["rgb"] / 255.0
+        fill = images[name] / 255.0
+        psnr.append(_psnr(fill, truth, scene["views"][name].mask))
+        fill_rgb.append(fill[mask].mean(0))
+        truth_rgb.append(truth[mask].mean(0))
+        vae_rgb.append(through_vae(pipe.vae, truth)[mask].mean(0))
+    return {"psnr": float(np.mean(psnr)), "fill": np.mean(fill_rgb, 0), "truth": np.mean(truth_rgb, 0),
+            "vae": np.mean(vae_rgb, 0)}
+
+
+def through_vae(vae, rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` (H, W, 3 in 0-1) encoded to its latent mean and decoded again."""
+    import torch
+
+    pixels = torch.from_numpy(rgb * 2.0 - 1.0).to(vae.dtype).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+    return ((decoded[0].permute(1, 2, 0).float().numpy().clip(-1, 1) + 1.0) / 2.0).astype(np.float64)
+
+
+def rgb(values) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,23 +110,34 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{folder}: no inpainter/model_index.json")
     cfg = load_method_config("smoke", [], model="procedural")
     settings = {key: cfg.inpaint[key] for key in BASE_INPAINT_KEYS}
+    runs = args.runs or [REPO / "results-measure" / "bilinear"]
     scenes = {}
-    for run in args.runs or [REPO / "results-measure" / "bilinear"]:
+    for run in runs:
         for name in scenes_of(run):
-            scenes.setdefault(name, load_scene(run, name))
+            # runs of one scene with other method seeds have other candidates: a column each
+            scenes[f"{run.name}/{name}" if len(runs) > 1 else name] = load_scene(run, name)
     if not scenes:
         ap.error("no finished base stage of a procedural scene under the given runs")
     print(f"PSNR (dB) inside each base-stage candidate's mask against the object-free truth, mean over the "
-          f"candidates; {settings}, seed {int(cfg.seed)}\n")
+          f"candidates; {settings}, each run's method seed\n")
     print("| weights | " + " | ".join(scenes) + " | mean |")
     print("|---" * (len(scenes) + 2) + "|")
+    colours = []
     for folder in args.weights:
         t0 = time.perf_counter()
         pipe = load_inpainter(str(folder / "inpainter"), device="cpu", dtype="float32", options=cfg.models)
-        scores = [fill_psnr(pipe, scene, settings, int(cfg.seed)) for scene in scenes.values()]
-        cells = " | ".join(f"{s:.2f}" for s in scores)
-        print(f"| {folder} | {cells} | {np.mean(scores):.2f} |", flush=True)
+        scores = [fill_scores(pipe, scene, settings) for scene in scenes.values()]
+        cells = " | ".join(f"{s['psnr']:.2f}" for s in scores)
+        print(f"| {folder} | {cells} | {np.mean([s['psnr'] for s in scores]):.2f} |", flush=True)
+        colours.append((folder, {key: np.mean([s[key] for s in scores], 0) for key in ("fill", "truth", "vae")}))
         print(f"  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    print("\nMean RGB (0-1) inside the masks, over all the columns' candidates: the fills, the truth, and the "
+          "truth through the set's VAE\n")
+    print("| weights | fills | truth | truth through the VAE | fills - truth |")
+    print("|---|---|---|---|---|")
+    for folder, mean in colours:
+        print(f"| {folder} | {rgb(mean['fill'])} | {rgb(mean['truth'])} | {rgb(mean['vae'])} | "
+              f"{rgb(mean['fill'] - mean['truth'])} |")
     return 0
 
 
