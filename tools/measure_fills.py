@@ -61,31 +61,37 @@ def load_scene(run: Path, scene: str) -> dict:
 
 
 def fill_scores(pipe, scene: dict, settings: dict) -> dict:
-    """PSNR in the mask, and the mean colour there of the fills, of the truth and of the
-    truth through the set's VAE (encode, decode): a fill off in colour while the VAE's
-    reconstruction is not points at the denoiser."""
+    """PSNR in the mask, and the mean colour there of the fills and of the truth through the
+    set's VAE (encode, decode): a fill off in colour while the VAE's reconstruction is not
+    points at the denoiser."""
     images, _, _ = inpaint_candidates(pipe, scene["views"], scene["names"], "", settings, scene["seed"], None, None)
-    psnr, fill_rgb, truth_rgb, vae_rgb = [], [], [], []
-    for name in scene["names"]:
-        mask = scene["views"][name].mask.astype(bool)
-        truth = scene["truth"][name]["rgb"] / 255.0
-        fill = images[name] / 255.0
-        psnr.append(_psnr(fill, truth, scene["views"][name].mask))
-        fill_rgb.append(fill[mask].mean(0))
-        truth_rgb.append(truth[mask].mean(0))
-        vae_rgb.append(through_vae(pipe.vae, truth)[mask].mean(0))
-    return {"psnr": float(np.mean(psnr)), "fill": np.mean(fill_rgb, 0), "truth": np.mean(truth_rgb, 0),
-            "vae": np.mean(vae_rgb, 0)}
+    fills = {name: images[name] / 255.0 for name in scene["names"]}
+    truths = truth_images(scene)
+    psnr = np.mean([_psnr(fills[name], truths[name], scene["views"][name].mask) for name in scene["names"]])
+    through = {name: through_vae(pipe.vae, scene["truth"][name]["rgb"]) for name in scene["names"]}
+    return {"psnr": float(psnr), "fill": mean_colour(fills, scene), "vae": mean_colour(through, scene)}
 
 
-def through_vae(vae, rgb: np.ndarray) -> np.ndarray:
-    """``rgb`` (H, W, 3 in 0-1) encoded to its latent mean and decoded again."""
+def truth_images(scene: dict) -> dict:
+    """The candidates' object-free truth, float RGB in 0-1."""
+    return {name: scene["truth"][name]["rgb"] / 255.0 for name in scene["names"]}
+
+
+def mean_colour(images: dict, scene: dict) -> np.ndarray:
+    """Mean RGB inside each candidate's mask, averaged over the candidates."""
+    return np.mean([images[name][scene["views"][name].mask.astype(bool)].mean(0) for name in scene["names"]], 0)
+
+
+def through_vae(vae, rgb_u8: np.ndarray) -> np.ndarray:
+    """``rgb_u8`` (H, W, 3 uint8) encoded to its posterior mode and decoded, as RGB in 0-1."""
     import torch
 
-    pixels = torch.from_numpy(rgb * 2.0 - 1.0).to(vae.dtype).permute(2, 0, 1)[None]
+    from innout.training.vae import to_signed
+
     with torch.no_grad():
-        decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
-    return ((decoded[0].permute(1, 2, 0).float().numpy().clip(-1, 1) + 1.0) / 2.0).astype(np.float64)
+        pixels = to_signed(torch.from_numpy(np.ascontiguousarray(rgb_u8))[None]).to(vae.dtype)
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+    return (decoded[0].permute(1, 2, 0).float().numpy().clip(-1, 1) + 1.0) / 2.0
 
 
 def rgb(values) -> str:
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
           f"candidates; {settings}, each run's method seed\n")
     print("| weights | " + " | ".join(scenes) + " | mean |")
     print("|---" * (len(scenes) + 2) + "|")
+    truth_colour = np.mean([mean_colour(truth_images(scene), scene) for scene in scenes.values()], 0)
     colours = []
     for folder in args.weights:
         t0 = time.perf_counter()
@@ -129,15 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         scores = [fill_scores(pipe, scene, settings) for scene in scenes.values()]
         cells = " | ".join(f"{s['psnr']:.2f}" for s in scores)
         print(f"| {folder} | {cells} | {np.mean([s['psnr'] for s in scores]):.2f} |", flush=True)
-        colours.append((folder, {key: np.mean([s[key] for s in scores], 0) for key in ("fill", "truth", "vae")}))
+        colours.append((folder, {key: np.mean([s[key] for s in scores], 0) for key in ("fill", "vae")}))
         print(f"  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    print("\nMean RGB (0-1) inside the masks, over all the columns' candidates: the fills, the truth, and the "
+    print("\nMean RGB (0-1) inside the candidates' masks, mean over the columns: the fills, the truth, and the "
           "truth through the set's VAE\n")
     print("| weights | fills | truth | truth through the VAE | fills - truth |")
     print("|---|---|---|---|---|")
     for folder, mean in colours:
-        print(f"| {folder} | {rgb(mean['fill'])} | {rgb(mean['truth'])} | {rgb(mean['vae'])} | "
-              f"{rgb(mean['fill'] - mean['truth'])} |")
+        print(f"| {folder} | {rgb(mean['fill'])} | {rgb(truth_colour)} | {rgb(mean['vae'])} | "
+              f"{rgb(mean['fill'] - truth_colour)} |")
     return 0
 
 
