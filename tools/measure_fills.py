@@ -51,13 +51,14 @@ def scenes_of(run: Path) -> list[str]:
 
 
 def load_scene(run: Path, scene: str) -> dict:
-    """The candidates' train views (image, mask, camera), their object-free truth, and the
-    method seed the run inpainted them with."""
+    """The candidates' train views (image, mask, camera), their object-free truth (with its
+    RGB as floats in 0-1, the fills' scale), and the method seed the run inpainted them with."""
     views = {v.name: v for v in load_train_views(scene_transforms(run, scene))}
     summary = json.loads((run / "results" / scene / "base" / "summary.json").read_text())
     names = summary["candidates"]
     truth = true_background(run, scene, names)
-    return {"views": views, "names": names, "truth": truth, "seed": int(summary["seed"])}
+    truth_rgb = {name: truth[name]["rgb"] / 255.0 for name in names}
+    return {"views": views, "names": names, "truth": truth, "truth_rgb": truth_rgb, "seed": int(summary["seed"])}
 
 
 def fill_scores(pipe, scene: dict, settings: dict) -> dict:
@@ -66,15 +67,10 @@ def fill_scores(pipe, scene: dict, settings: dict) -> dict:
     points at the denoiser."""
     images, _, _ = inpaint_candidates(pipe, scene["views"], scene["names"], "", settings, scene["seed"], None, None)
     fills = {name: images[name] / 255.0 for name in scene["names"]}
-    truths = truth_images(scene)
+    truths = scene["truth_rgb"]
     psnr = np.mean([_psnr(fills[name], truths[name], scene["views"][name].mask) for name in scene["names"]])
-    through = {name: through_vae(pipe.vae, scene["truth"][name]["rgb"]) for name in scene["names"]}
+    through = {name: through_vae(pipe, scene["truth"][name]["rgb"]) for name in scene["names"]}
     return {"psnr": float(psnr), "fill": mean_colour(fills, scene), "vae": mean_colour(through, scene)}
-
-
-def truth_images(scene: dict) -> dict:
-    """The candidates' object-free truth, float RGB in 0-1."""
-    return {name: scene["truth"][name]["rgb"] / 255.0 for name in scene["names"]}
 
 
 def mean_colour(images: dict, scene: dict) -> np.ndarray:
@@ -82,16 +78,19 @@ def mean_colour(images: dict, scene: dict) -> np.ndarray:
     return np.mean([images[name][scene["views"][name].mask.astype(bool)].mean(0) for name in scene["names"]], 0)
 
 
-def through_vae(vae, rgb_u8: np.ndarray) -> np.ndarray:
-    """``rgb_u8`` (H, W, 3 uint8) encoded to its posterior mode and decoded, as RGB in 0-1."""
+def through_vae(pipe, rgb_u8: np.ndarray) -> np.ndarray:
+    """``rgb_u8`` (H, W, 3 uint8) encoded to its posterior mode and decoded by the pipeline's
+    own decoder (:func:`innout.diffusion.decode`), as RGB in 0-1."""
     import torch
 
+    from innout.diffusion import decode
     from innout.training.vae import to_signed
 
+    vae = pipe.vae
     with torch.no_grad():
         pixels = to_signed(torch.from_numpy(np.ascontiguousarray(rgb_u8))[None]).to(vae.dtype)
-        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
-    return (decoded[0].permute(1, 2, 0).float().numpy().clip(-1, 1) + 1.0) / 2.0
+        latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+    return decode(pipe, latents)[0]
 
 
 def rgb(values) -> str:
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
           f"candidates; {settings}, each run's method seed\n")
     print("| weights | " + " | ".join(scenes) + " | mean |")
     print("|---" * (len(scenes) + 2) + "|")
-    truth_colour = np.mean([mean_colour(truth_images(scene), scene) for scene in scenes.values()], 0)
+    truth_colour = np.mean([mean_colour(scene["truth_rgb"], scene) for scene in scenes.values()], 0)
     colours = []
     for folder in args.weights:
         t0 = time.perf_counter()
