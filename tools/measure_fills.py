@@ -4,6 +4,7 @@ inpainted again by each given model set, scored against the generator's object-f
 
     .venv/bin/python tools/measure_fills.py src/innout/weights/procedural OTHER_SET ... \\
         --run results-measure/bilinear
+    ... --set inpaint.steps=20    # the same candidates inpainted with other method settings
 
 The base stage inpaints every candidate view alone, from one seed's noise, with the
 workflow's settings (``smoke`` preset); the winner's fill becomes the base view that ELA
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", dest="runs", action="append", type=Path,
                     help="a workflow checkout with finished base stages (repeatable; default results-measure/bilinear)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a method setting for the inpaintings (Hydra override of the smoke preset), e.g. "
+                         "inpaint.steps=20; the runs' candidates and seeds stay theirs")
     args = ap.parse_args(argv)
     import torch
 
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.weights:
         if not (folder / "inpainter" / "model_index.json").is_file():
             ap.error(f"{folder}: no inpainter/model_index.json")
-    cfg = load_method_config("smoke", [], model="procedural")
+    cfg = load_method_config("smoke", args.overrides, model="procedural")
     settings = {key: cfg.inpaint[key] for key in BASE_INPAINT_KEYS}
     runs = args.runs or [REPO / "results-measure" / "bilinear"]
     scenes = {}
