@@ -3,7 +3,6 @@ trip) are on the fills' scale, and only finished runs are read."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,15 +30,17 @@ def test_mean_colour_reads_only_the_masked_pixels_of_each_candidate():
     assert np.allclose(measure_fills.mean_colour({"a": left, "b": right}, scene), (0.6, 0.35, 0.1))
 
 
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+
+
 def test_a_scene_is_read_only_when_its_base_stage_and_generator_metadata_exist(tmp_path):
-    for scene, files in {"demo": ("base/summary.json", "generated"), "heldout-forward": ("base/summary.json",),
-                         "heldout-360": ("generated",)}.items():
-        if "base/summary.json" in files:
-            (tmp_path / "results" / scene / "base").mkdir(parents=True)
-            (tmp_path / "results" / scene / "base" / "summary.json").write_text(json.dumps({"candidates": []}))
-        if "generated" in files:
-            (tmp_path / "results" / "generated" / scene).mkdir(parents=True)
-            (tmp_path / "results" / "generated" / scene / "innout_generator.json").write_text("{}")
+    results = tmp_path / "results"
+    _touch(results / "demo" / "base" / "summary.json")
+    _touch(results / "generated" / "demo" / "innout_generator.json")
+    _touch(results / "heldout-forward" / "base" / "summary.json")  # no generator metadata
+    _touch(results / "generated" / "heldout-360" / "innout_generator.json")  # base stage not finished
     assert measure_fills.scenes_of(tmp_path) == ["demo"]
 
 
